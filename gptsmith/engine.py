@@ -1,0 +1,103 @@
+"""The engine: batched sampling with a KV cache, used by everything that generates.
+
+Prompts of different lengths are left-padded to a common end and decoded together; each row
+has its own random generator (seed + row), so row i of a batch samples exactly what that
+prompt alone would sample with seed + i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gptsmith.model import GPT, KVCache
+
+
+@dataclass
+class Sampling:
+    max_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0            # 0 = off
+    top_p: float = 1.0        # 1 = off
+    seed: int = 0
+    stop_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.max_tokens < 0:
+            raise ValueError("top_k and max_tokens must be >= 0")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask (to -inf) what falls outside the top-k ids and the top-p probability mass."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop an id when the mass before it already reaches top_p (the first always stays)
+        drop = probs.cumsum(-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def _next_tokens(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator]) -> torch.Tensor:
+    if s.temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits / s.temperature, s.top_k, s.top_p).softmax(-1)
+    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])
+
+
+@torch.no_grad()
+def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> Iterator[list[int | None]]:
+    """Yield, per decoding step, each row's new token (None once the row has stopped).
+
+    A row stops after emitting a stop id (which is yielded) or at ``max_tokens``; decoding
+    also ends where the model's context is full.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = next(model.parameters()).device
+    longest = max(len(p) for p in prompts)
+    ctx = model.cfg.seq_len
+    if longest >= ctx:
+        raise ValueError(f"prompt of {longest} tokens leaves no room in a context of {ctx}")
+    budget = min(s.max_tokens, ctx - longest)
+    if budget == 0:
+        return
+    B = len(prompts)
+    pad = torch.tensor([longest - len(p) for p in prompts], device=device)
+    idx = torch.zeros(B, longest, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        idx[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+    gens = [torch.Generator(device=device).manual_seed(s.seed + i) for i in range(B)]
+    cache = KVCache(model.cfg, B, longest + budget, pad)
+    stops = torch.tensor(list(s.stop_ids), device=device, dtype=torch.long)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    logits = model(idx, cache=cache)[:, -1].float()
+    for step in range(budget):
+        tok = _next_tokens(logits, s, gens)
+        out = [None if d else int(t) for t, d in zip(tok.tolist(), done.tolist(), strict=True)]
+        yield out
+        if len(stops):
+            done |= torch.isin(tok, stops)
+        if bool(done.all()) or step == budget - 1:
+            return
+        logits = model(tok[:, None], cache=cache)[:, -1].float()
+
+
+def generate(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> list[list[int]]:
+    """Each prompt's new tokens (a stop id, when reached, is the last)."""
+    outs: list[list[int]] = [[] for _ in prompts]
+    for step in stream(model, prompts, s):
+        for row, t in zip(outs, step, strict=True):
+            if t is not None:
+                row.append(t)
+    return outs

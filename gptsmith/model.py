@@ -1,0 +1,238 @@
+"""The GPT: a Llama-style decoder (RoPE, RMSNorm, SwiGLU, grouped-query attention).
+
+Parameter names follow the Hugging Face Llama layout (``layers.N.self_attn.q_proj`` ...) and
+RoPE uses the same rotate-half convention, so weights map one to one in both directions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    """The only place a model's shape is described. ``depth`` is the one knob; fields left
+    at 0 are derived from it (width 48·depth, one head per layer of depth, two query heads per
+    key/value head, SwiGLU hidden ≈ 8/3·width)."""
+
+    vocab_size: int = 2048
+    depth: int = 4
+    seq_len: int = 256
+    n_embd: int = 0
+    n_head: int = 0
+    n_kv_head: int = 0
+    mlp_hidden: int = 0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    head: str = "lm"  # "lm": next-token logits; "scalar": one value per position (RM, value)
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise ValueError(f"model.depth must be >= 1, got {self.depth}")
+        if not self.n_embd:
+            self.n_embd = 48 * self.depth
+        if not self.n_head:
+            self.n_head = self.depth if self.n_embd == 48 * self.depth else max(1, self.n_embd // 64)
+        if not self.n_kv_head:
+            self.n_kv_head = self.n_head // 2 if self.n_head % 2 == 0 else self.n_head
+        if not self.mlp_hidden:
+            self.mlp_hidden = 32 * math.ceil(8 * self.n_embd / 3 / 32)
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                "set model.n_head to a divisor of n_embd"
+            )
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"model.n_head={self.n_head} is not a multiple of model.n_kv_head={self.n_kv_head}"
+            )
+        if self.head not in ("lm", "scalar"):
+            raise ValueError(f"model.head must be 'lm' or 'scalar', got {self.head!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rope_tables(cfg: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for every position, (seq_len, head_dim), halves duplicated (rotate-half)."""
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(half, dtype=torch.float64) / half))
+    angles = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of every layer for a batch being decoded, filled left to right.
+
+    ``pad`` holds each row's number of left-padding slots: prompts of different lengths are
+    left-aligned to a common end so that every row decodes its next token at the same slot.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, pad: torch.Tensor | None):
+        if max_len > cfg.seq_len:
+            raise ValueError(f"cache length {max_len} exceeds the model context {cfg.seq_len}")
+        self.cfg, self.batch_size, self.max_len = cfg, batch_size, max_len
+        self.pad = pad if pad is not None and bool(pad.any()) else None
+        self.pos = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if self.k is None:
+            shape = (self.cfg.depth, self.batch_size, self.cfg.n_kv_head, self.max_len,
+                     self.cfg.head_dim)
+            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
+            self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * hd, bias=False)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=False)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.n_head * hd, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None, mask, causal: bool):
+        B, T, _ = x.shape
+        cfg, hd = self.cfg, self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, cfg.n_head, hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=cfg.n_kv_head != cfg.n_head
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_embd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache, mask, causal):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, mask, causal)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        if cfg.head == "scalar":
+            self.score = nn.Linear(cfg.n_embd, 1, bias=True)
+        elif not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2·depth)."""
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                nn.init.ones_(p) if "norm" in name else nn.init.zeros_(p)
+            else:
+                std = 0.02
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    std /= math.sqrt(2 * self.cfg.depth)
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def output_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, reduction: str = "mean"):
+        """Logits (B, T, vocab), or per-position scalars (B, T) with a scalar head.
+
+        With ``targets`` the cross-entropy is returned instead (-1 targets are ignored);
+        ``reduction="none"`` gives it per position. With ``cache`` the positions continue
+        where the cache stands and the cache advances by T.
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.seq_len:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds the model context of {self.cfg.seq_len}"
+            )
+        slots = torch.arange(start, start + T, device=idx.device)
+        mask, causal = None, cache is None or (start == 0 and T > 1)
+        if cache is not None and cache.pad is not None:
+            pad = cache.pad.to(idx.device)
+            positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+            keys = torch.arange(start + T, device=idx.device)
+            visible = (keys[None, None, :] <= slots[None, :, None]) & (
+                keys[None, None, :] >= pad[:, None, None]
+            )
+            # padding slots see themselves only, so no softmax row is empty (no NaN)
+            visible |= keys[None, None, :] == slots[None, :, None]
+            mask, causal = visible[:, None], False
+        else:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+            if cache is not None and start > 0 and T > 1:
+                keys = torch.arange(start + T, device=idx.device)
+                mask, causal = keys[None, :] <= slots[:, None], False
+        x = self.embed_tokens(idx)
+        for block in self.layers:
+            x = block(x, cos, sin, cache, mask, causal)
+        x = self.norm(x)
+        if cache is not None:
+            cache.pos += T
+        if self.cfg.head == "scalar":
+            return self.score(x).squeeze(-1).float()
+        logits = F.linear(x, self.output_weight())
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+            ignore_index=-1, reduction=reduction,
+        )
+        return loss.view(B, T) if reduction == "none" else loss

@@ -1,0 +1,78 @@
+"""All phases in order, each in its own directory under one pipeline directory.
+
+A phase whose output exists is skipped; an interrupted one resumes from its checkpoint.
+Phases so far: tokenizer, data, pretrain, samples (SFT, RM and PPO join later).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gptsmith.data.build import prepare_data, train_tokenizer_from
+from gptsmith.engine import Sampling, generate
+from gptsmith.runs import atomic_write_text, load_model, write_config
+from gptsmith.train.pretrain import PretrainConfig, pretrain
+
+SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
+
+
+def _cpu_pretrain() -> PretrainConfig:
+    cfg = PretrainConfig()
+    cfg.train = dataclasses.replace(cfg.train, steps=600, batch_size=16, lr=3e-3,
+                                    warmup_steps=30, eval_every=200, checkpoint_every=100)
+    return cfg
+
+
+@dataclass
+class PipelineConfig:
+    out: str = field(default="runs/default", metadata={"help": "pipeline directory"})
+    corpus: str = field(default="default", metadata={"help": "'default' or a corpus path"})
+    vocab_size: int = field(default=2048, metadata={"help": "tokenizer vocabulary size"})
+    val_fraction: float = field(default=0.02, metadata={"help": "share held out"})
+    pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    write_config(root, dataclasses.asdict(cfg))
+    timings = {}
+
+    def phase(name: str, done: bool, fn):
+        if done:
+            print(f"== {name}: done already, skipped")
+            return
+        print(f"== {name}")
+        t = time.perf_counter()
+        fn()
+        timings[name] = round(time.perf_counter() - t, 1)
+
+    tok = root / "tokenizer.json"
+    phase("tokenizer", tok.exists(),
+          lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok))
+    data = root / "data"
+    phase("data", (data / "meta.json").exists(),
+          lambda: prepare_data(cfg.corpus, tok, data, cfg.val_fraction))
+    cfg.pretrain.data, cfg.pretrain.out = str(data), str(root / "pretrain")
+    summary = {}
+    phase("pretrain", False, lambda: summary.update(pretrain(cfg.pretrain)))
+    samples = root / "pretrain" / "samples.txt"
+    phase("samples", samples.exists(), lambda: write_samples(root / "pretrain", samples))
+    print(samples.read_text())
+    return {"timings": timings, "pretrain": summary}
+
+
+def write_samples(run_dir: Path, out: Path, prompts: list[str] = SAMPLE_PROMPTS) -> None:
+    model, tokenizer = load_model(run_dir)
+    ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    torch.manual_seed(0)
+    outs = generate(model, ids, Sampling(max_tokens=60, temperature=0.8, top_k=50, seed=0,
+                                         stop_ids=(tokenizer.bos_id,)))
+    text = "".join(f"--- {p!r}\n{p}{tokenizer.decode(o, skip_special=True)}\n\n"
+                   for p, o in zip(prompts, outs, strict=True))
+    atomic_write_text(out, text)

@@ -1,0 +1,86 @@
+"""Run directories: atomic writes, and the model + tokenizer that every phase hands on.
+
+A run directory holds ``model.safetensors``, ``model.json`` (its GPTConfig),
+``tokenizer.json`` and ``config.yaml`` (what ran), so any command can be pointed at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from gptsmith.errors import GptsmithError
+from gptsmith.model import GPT, GPTConfig
+from gptsmith.tokenizer import Tokenizer
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def atomic_dir(path: Path, overwrite: bool = False):
+    """Build a directory under a temporary name; it becomes ``path`` only if the block succeeds."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise GptsmithError(f"{path} already exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def save_model(run_dir: Path, model: GPT) -> None:
+    """Weights as safetensors (the tied output matrix stored once) plus model.json."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(run_dir / "model.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """The model and tokenizer saved in a run directory."""
+    run_dir = Path(run_dir)
+    weights = run_dir / "model.safetensors"
+    if not weights.exists():
+        raise GptsmithError(
+            f"{run_dir}: no model.safetensors here; point at a finished run directory "
+            "(e.g. runs/default/pretrain)"
+        )
+    cfg = GPTConfig(**json.loads((run_dir / "model.json").read_text()))
+    model = GPT(cfg)
+    model.load_state_dict(load_file(str(weights)))
+    return model.to(device).eval(), Tokenizer.load(run_dir / "tokenizer.json")

@@ -1,0 +1,238 @@
+"""The one training loop every phase runs on.
+
+AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
+accumulation, clipping, bf16 autocast, optional torch.compile, periodic evaluation,
+``metrics.jsonl``, a progress bar, and checkpoints written atomically that resume exactly:
+model, optimizer, step, RNG states and the data position all travel in one file.
+
+A phase supplies a model, a batch source (``next()``, ``state_dict()``,
+``load_state_dict()``), a ``loss_fn(model, batch) -> (loss, tokens)`` and optionally an
+``evaluate(model) -> dict`` of metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gptsmith.device import autocast, pick_device, resolve_precision, set_threads
+from gptsmith.errors import GptsmithError
+from gptsmith.runs import atomic_path
+
+# Fields that may change between a run and its resumption without changing its result.
+RESUMABLE_CHANGES = {"log_every", "eval_every", "checkpoint_every", "threads", "compile",
+                     "progress"}
+
+
+@dataclass
+class TrainConfig:
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a share of peak"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay (matrices only)"})
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm; 0 disables"})
+    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    threads: int = field(default=0, metadata={"help": "CPU threads; 0 keeps PyTorch's choice"})
+    seed: int = 1337
+    log_every: int = 10
+    eval_every: int = field(default=250, metadata={"help": "evaluate every N steps (and last)"})
+    checkpoint_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+class Batches(Protocol):
+    def next(self) -> Any: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+def _fault(point: str, step: int) -> None:
+    """Test hook: GPTSMITH_FAULT=point:step kills this process there, as a crash would."""
+    if os.environ.get("GPTSMITH_FAULT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class Trainer:
+    """Runs ``cfg.steps`` optimizer steps in ``run_dir``, resuming from its checkpoint."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, run_dir: Path,
+                 batches: Batches, loss_fn: Callable, evaluate: Callable | None = None,
+                 phase_config: dict | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        set_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.model = model.to(self.device)
+        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.batches, self.loss_fn, self.evaluate_fn = batches, loss_fn, evaluate
+        self.phase_config = phase_config or {}
+        self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.step = 0
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _resume(self) -> None:
+        if not self.ckpt_path.exists():
+            self.metrics_path.unlink(missing_ok=True)
+            return
+        ckpt = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        old, new = ckpt["phase_config"], self.phase_config
+        changed = config_differences(old, new)
+        if changed:
+            raise GptsmithError(
+                f"{self.ckpt_path}: this checkpoint was made with different settings "
+                f"({'; '.join(changed)}); rerun with the same settings to resume, or start over "
+                "with --overwrite"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.batches.load_state_dict(ckpt["data"])
+        _set_rng_state(ckpt["rng"])
+        self.step = ckpt["step"]
+        # drop metrics logged after the checkpoint: those steps run again
+        if self.metrics_path.exists():
+            kept = [ln for ln in self.metrics_path.read_text().splitlines()
+                    if ln and json.loads(ln)["step"] <= self.step]
+            self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        print(f"resuming {self.run_dir} from step {self.step}", flush=True)
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
+            "rng": _rng_state(), "phase_config": self.phase_config,
+        }
+        with atomic_path(self.ckpt_path) as tmp:
+            torch.save(state, tmp)
+            _fault("checkpoint-write", self.step)
+
+    # -- the loop ---------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def evaluate(self) -> dict:
+        if self.evaluate_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.precision):
+            out = self.evaluate_fn(self.model)
+        self.model.train()
+        return out
+
+    def train_step(self) -> tuple[float, int, float]:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(self.step, self.cfg)
+        total_loss, tokens = 0.0, 0
+        for _ in range(self.cfg.grad_accum):
+            batch = self.batches.next()
+            with autocast(self.device, self.precision):
+                loss, n = self.loss_fn(self.forward_model, batch)
+            (loss / self.cfg.grad_accum).backward()
+            total_loss += loss.item() / self.cfg.grad_accum
+            tokens += n
+        norm = 0.0
+        if self.cfg.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                        self.cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, tokens, norm
+
+    def run(self) -> dict:
+        """Train to ``cfg.steps``; returns the last evaluation's metrics."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._resume()
+        self.model.train()
+        last_eval: dict = {}
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress,
+                   unit="step", dynamic_ncols=True)
+        tokens_seen, train_time = 0, 0.0
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            loss, tokens, norm = self.train_step()
+            train_time += time.perf_counter() - t0
+            self.step += 1
+            tokens_seen += tokens
+            _fault("after-step", self.step)
+            if not math.isfinite(loss):
+                raise GptsmithError(f"loss became {loss} at step {self.step}; lower --train.lr")
+            record = {"step": self.step, "loss": round(loss, 6), "lr": lr_at(self.step - 1, cfg),
+                      "grad_norm": round(norm, 4), "tok_per_s": round(tokens_seen / train_time)}
+            evaluating = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+            if evaluating:
+                last_eval = self.evaluate()
+                record.update(last_eval)
+                bar.write(f"step {self.step}: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in last_eval.items()))
+            if evaluating or self.step % cfg.log_every == 0:
+                self.log(record)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tok_per_s']:,}")
+            bar.update(1)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        return last_eval
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b and key not in RESUMABLE_CHANGES:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+

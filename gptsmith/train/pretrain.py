@@ -1,0 +1,105 @@
+"""Phase 1: pre-training, next-token cross-entropy on token shards."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gptsmith.config import to_dict
+from gptsmith.data.shards import TokenWindows, read_meta
+from gptsmith.errors import GptsmithError
+from gptsmith.model import GPT, GPTConfig
+from gptsmith.plots import plot_metrics
+from gptsmith.runs import atomic_write_text, save_model, write_config
+from gptsmith.tokenizer import Tokenizer
+from gptsmith.train.loop import TrainConfig, Trainer, config_differences
+
+
+@dataclass
+class PretrainConfig:
+    data: str = field(default="", metadata={"help": "data directory from `gptsmith data prepare`"})
+    out: str = field(default="runs/pretrain", metadata={"help": "run directory to write"})
+    eval_tokens: int = field(default=65536, metadata={"help": "validation tokens per evaluation"})
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def bits_per_byte(model: GPT, windows, token_bytes: torch.Tensor) -> dict:
+    """Validation loss per token and in bits per byte (tokenizer-independent).
+
+    Targets that stand for no bytes (special tokens) are left out of both sums.
+    """
+    nats, nbytes, ntok = 0.0, 0, 0
+    device = next(model.parameters()).device
+    for x, y in windows:
+        x, y = x.to(device), y.to(device)
+        losses = model(x, y, reduction="none").float()
+        b = token_bytes[y]
+        counted = b > 0
+        nats += float(losses[counted].sum())
+        nbytes += int(b.sum())
+        ntok += int(counted.sum())
+    return {"val_loss": nats / ntok, "val_bpb": nats / math.log(2) / nbytes}
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Train a base model from scratch on ``cfg.data``; resumes if ``cfg.out`` holds a
+    checkpoint of the same settings. Returns a summary (also saved as summary.json)."""
+    if not cfg.data:
+        raise GptsmithError("pretrain needs --data DIR (make one with `gptsmith data prepare`)")
+    data, out = Path(cfg.data), Path(cfg.out)
+    meta = read_meta(data)
+    tokenizer = Tokenizer.load(data / "tokenizer.json")
+    if cfg.model.vocab_size != tokenizer.vocab_size:
+        cfg.model = GPTConfig(**{**to_dict(cfg.model), "vocab_size": tokenizer.vocab_size})
+    summary_path = out / "summary.json"
+    if summary_path.exists() and (out / "model.safetensors").exists():
+        summary = json.loads(summary_path.read_text())
+        if not config_differences(summary["config"], to_dict(cfg)):
+            print(f"{out}: already trained with these settings (val bpb {summary['val_bpb']:.4f})")
+            return summary
+        raise GptsmithError(f"{out} holds a finished run with other settings; use another --out "
+                            "or --overwrite")
+    model = GPT(cfg.model)
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {cfg.model}")
+    t = cfg.train
+    train = TokenWindows(data, "train", t.batch_size, cfg.model.seq_len, seed=t.seed)
+    val = TokenWindows(data, "val", t.batch_size, cfg.model.seq_len).fixed(cfg.eval_tokens)
+    token_bytes = torch.from_numpy(tokenizer.token_bytes)
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return m(x.to(trainer.device), y.to(trainer.device)), x.numel()
+
+    def evaluate(m):
+        return bits_per_byte(m, val, token_bytes.to(trainer.device))
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, to_dict(cfg))
+    shutil.copyfile(data / "tokenizer.json", out / "tokenizer.json")
+    trainer = Trainer(model, t, out, train, loss_fn, evaluate, phase_config=to_dict(cfg))
+    print(f"training {t.steps} steps of {t.batch_size * t.grad_accum} x {cfg.model.seq_len} "
+          f"tokens on {trainer.device} ({trainer.precision}); unigram baseline "
+          f"{meta['unigram_bpb']:.4f} bits/byte")
+    start = time.perf_counter()
+    result = trainer.run() or trainer.evaluate()  # a run resumed at its end still reports
+    seconds = time.perf_counter() - start
+    save_model(out, model.cpu())
+    plot_metrics(out / "metrics.jsonl", out / "loss.png", title=f"pre-training: {out.name}")
+    summary = {
+        "params": model.num_params(), "steps": t.steps, "train_seconds": round(seconds, 1),
+        "tokens": t.steps * t.batch_size * t.grad_accum * cfg.model.seq_len,
+        "val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
+        "unigram_bpb": meta["unigram_bpb"], "config": to_dict(cfg),
+    }
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    print(f"done in {seconds:.0f}s: validation {result['val_bpb']:.4f} bits/byte "
+          f"(unigram baseline {meta['unigram_bpb']:.4f})")
+    return summary
+
