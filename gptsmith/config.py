@@ -43,29 +43,26 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> Non
                                 help=help_text)
 
 
-def _merge(cls, values: dict, where: str):
-    known = {name: (tp, f) for name, tp, f in _fields(cls)}
+def _merge(base, values: dict, where: str):
+    """``base`` (a dataclass instance) with ``values`` applied, type-checked, recursively."""
+    known = {name: tp for name, tp, _ in _fields(type(base))}
     kwargs = {}
     for key, value in values.items():
         if key not in known:
             raise GptsmithError(f"{where}: unknown setting {key!r} (known: {sorted(known)})")
-        tp, _ = known[key]
+        tp = known[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise GptsmithError(f"{where}: {key!r} must be a mapping of settings")
-            kwargs[key] = _merge(tp, value, f"{where}: {key}")
+            kwargs[key] = _merge(getattr(base, key), value, f"{where}: {key}")
         elif tp is float and isinstance(value, int) and not isinstance(value, bool):
             kwargs[key] = float(value)
-        elif tp is not Any and not isinstance(value, tp):
-            raise GptsmithError(
-                f"{where}: {key!r} must be {tp.__name__}, got {value!r}")
+        elif not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise GptsmithError(f"{where}: {key!r} must be {tp.__name__}, got {value!r}")
         else:
             kwargs[key] = value
-    for name, (tp, f) in known.items():
-        if name not in kwargs and dataclasses.is_dataclass(tp):
-            kwargs[name] = _merge(tp, {}, where)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs)
     except ValueError as e:
         raise GptsmithError(f"{where}: {e}") from None
 
@@ -108,7 +105,7 @@ def build(cls, args: argparse.Namespace, yaml_values: dict | None = None, where:
     flags = {k: v for k, v in vars(args).items() if "." in k or k in {f.name for f in
              dataclasses.fields(cls)}}
     values = deep_update(copy.deepcopy(yaml_values or {}), to_nested(flags))
-    return _merge(cls, values, where)
+    return _merge(cls(), values, where)
 
 
 def to_dict(config) -> dict:

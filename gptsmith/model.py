@@ -6,6 +6,7 @@ RoPE uses the same rotate-half convention, so weights map one to one in both dir
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 @dataclass
 class GPTConfig:
     """The only place a model's shape is described. ``depth`` is the one knob; fields left
-    at 0 are derived from it (width 48·depth, one head per layer of depth, two query heads per
-    key/value head, SwiGLU hidden ≈ 8/3·width)."""
+    at 0 are derived from it by ``resolved()`` (width 48·depth, one head per layer of depth,
+    two query heads per key/value head, SwiGLU hidden ≈ 8/3·width)."""
 
     vocab_size: int = 2048
     depth: int = 4
@@ -32,28 +33,24 @@ class GPTConfig:
     tie_embeddings: bool = True
     head: str = "lm"  # "lm": next-token logits; "scalar": one value per position (RM, value)
 
-    def __post_init__(self) -> None:
-        if self.depth < 1:
-            raise ValueError(f"model.depth must be >= 1, got {self.depth}")
-        if not self.n_embd:
-            self.n_embd = 48 * self.depth
-        if not self.n_head:
-            self.n_head = self.depth if self.n_embd == 48 * self.depth else max(1, self.n_embd // 64)
-        if not self.n_kv_head:
-            self.n_kv_head = self.n_head // 2 if self.n_head % 2 == 0 else self.n_head
-        if not self.mlp_hidden:
-            self.mlp_hidden = 32 * math.ceil(8 * self.n_embd / 3 / 32)
-        if self.n_embd % self.n_head:
-            raise ValueError(
-                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
-                "set model.n_head to a divisor of n_embd"
-            )
-        if self.n_head % self.n_kv_head:
-            raise ValueError(
-                f"model.n_head={self.n_head} is not a multiple of model.n_kv_head={self.n_kv_head}"
-            )
-        if self.head not in ("lm", "scalar"):
-            raise ValueError(f"model.head must be 'lm' or 'scalar', got {self.head!r}")
+    def resolved(self) -> GPTConfig:
+        """This config with every derived field filled in, validated."""
+        c = dataclasses.replace(self)
+        if c.depth < 1:
+            raise ValueError(f"model.depth must be >= 1, got {c.depth}")
+        c.n_embd = c.n_embd or 48 * c.depth
+        c.n_head = c.n_head or (c.depth if c.n_embd == 48 * c.depth else max(1, c.n_embd // 64))
+        c.n_kv_head = c.n_kv_head or (c.n_head // 2 if c.n_head % 2 == 0 else c.n_head)
+        c.mlp_hidden = c.mlp_hidden or 32 * math.ceil(8 * c.n_embd / 3 / 32)
+        if c.n_embd % c.n_head:
+            raise ValueError(f"model.n_embd={c.n_embd} is not divisible by model.n_head="
+                             f"{c.n_head}; set model.n_head to a divisor of n_embd")
+        if c.n_head % c.n_kv_head:
+            raise ValueError(f"model.n_head={c.n_head} is not a multiple of "
+                             f"model.n_kv_head={c.n_kv_head}")
+        if c.head not in ("lm", "scalar"):
+            raise ValueError(f"model.head must be 'lm' or 'scalar', got {c.head!r}")
+        return c
 
     @property
     def head_dim(self) -> int:
@@ -158,7 +155,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = cfg.resolved()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)

@@ -103,7 +103,8 @@ def prepare_shards(docs: Iterable[Document], tokenizer: Tokenizer, out: Path,
                 counts[:] += np.bincount(np.concatenate(train_ids), minlength=len(counts))
             batch.clear()
 
-        for n, doc in enumerate(tqdm(docs, desc="tokenizing", unit="doc", leave=False)):
+        progress = tqdm(docs, desc="tokenizing", unit="doc", leave=False, disable=None)
+        for n, doc in enumerate(progress):
             for i, piece in enumerate(_pieces(doc.text)):
                 split = "val" if _is_val(f"{n}:{doc.source}", i, val_fraction) else "train"
                 batch.append((split, piece))

@@ -122,6 +122,8 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------
     def _resume(self) -> None:
+        for stale in self.ckpt_path.parent.glob(".*.tmp"):  # left by a kill mid-write
+            stale.unlink()
         if not self.ckpt_path.exists():
             self.metrics_path.unlink(missing_ok=True)
             return
@@ -196,7 +198,7 @@ class Trainer:
         self._resume()
         self.model.train()
         last_eval: dict = {}
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress,
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=None if cfg.progress else True,
                    unit="step", dynamic_ncols=True)
         tokens_seen, train_time = 0, 0.0
         while self.step < cfg.steps:

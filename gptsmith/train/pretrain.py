@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -57,7 +58,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     meta = read_meta(data)
     tokenizer = Tokenizer.load(data / "tokenizer.json")
     if cfg.model.vocab_size != tokenizer.vocab_size:
-        cfg.model = GPTConfig(**{**to_dict(cfg.model), "vocab_size": tokenizer.vocab_size})
+        cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     summary_path = out / "summary.json"
     if summary_path.exists() and (out / "model.safetensors").exists():
         summary = json.loads(summary_path.read_text())
@@ -66,8 +67,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
             return summary
         raise GptsmithError(f"{out} holds a finished run with other settings; use another --out "
                             "or --overwrite")
+    torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {cfg.model}")
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.cfg}")
     t = cfg.train
     train = TokenWindows(data, "train", t.batch_size, cfg.model.seq_len, seed=t.seed)
     val = TokenWindows(data, "val", t.batch_size, cfg.model.seq_len).fixed(cfg.eval_tokens)

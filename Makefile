@@ -1,0 +1,34 @@
+# The two commands of the quick start: `make demo` and `make test`.
+# Both create .venv and install gptsmith into it first (once; again when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Without a CUDA GPU, pin the CPU build of torch (an unpinned torch pulls a multi-GB CUDA build).
+TORCH ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+
+.PHONY: demo test setup bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/gptsmith pipeline
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/generate_throughput.py
+
+clean:
+	rm -rf $(VENV) runs

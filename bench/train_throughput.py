@@ -1,0 +1,141 @@
+"""Training throughput: our GPT vs Hugging Face ``LlamaForCausalLM`` of the same shape.
+
+Both models get the same weights (copied over, checked to give the same fp32 logits), the same
+random token batches, the same AdamW (``make_optimizer``), gradient clipping at 1.0 and the same
+precision (bf16 autocast by default). A step is what ``Trainer.train_step`` does: forward with
+the loss, backward, ``loss.item()``, clip, optimizer step, zero grads. The two sides alternate
+in rounds (``--steps`` of ours, then ``--steps`` of HF, ``--rounds`` times) so that drift in the
+machine's speed hits both; the median round gives tokens/s per side and the ratio ours/HF.
+
+    .venv/bin/pip install "transformers>=4.45"      # or: pip install -e ".[bench]"
+    .venv/bin/python bench/train_throughput.py                  # depth 4, seq 256, batch 16
+    .venv/bin/python bench/train_throughput.py --precision fp32 --depth 8 --threads 2
+    .venv/bin/python bench/train_throughput.py --quick          # a few seconds: does it run?
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from gptsmith.device import autocast, set_threads
+from gptsmith.model import GPT, GPTConfig
+from gptsmith.train.loop import TrainConfig, make_optimizer
+
+
+def hf_twin(model: GPT) -> LlamaForCausalLM:
+    """A ``LlamaForCausalLM`` of the same shape as ``model``, holding a copy of its weights."""
+    c = model.cfg
+    assert c.head == "lm", "only the language-model head has a Llama twin"
+    hf_cfg = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_hidden,
+        num_hidden_layers=c.depth, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+        head_dim=c.head_dim, max_position_embeddings=c.seq_len, rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings, hidden_act="silu",
+        attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+        bos_token_id=None, eos_token_id=None, pad_token_id=0, attn_implementation="sdpa",
+    )
+    hf = LlamaForCausalLM(hf_cfg)
+    # our names are HF's without the "model." prefix; an untied lm_head keeps its name
+    ours = {k if k == "lm_head.weight" else "model." + k: v
+            for k, v in model.state_dict().items()}
+    missing, unexpected = hf.load_state_dict(ours, strict=False)
+    assert not unexpected, f"weights HF has no place for: {unexpected}"
+    assert set(missing) <= {"lm_head.weight"} and c.tie_embeddings == bool(missing), missing
+    if c.tie_embeddings:
+        assert hf.lm_head.weight is hf.model.embed_tokens.weight, "HF lm_head is not tied"
+    n_ours, n_hf = model.num_params(), sum(p.numel() for p in hf.parameters())
+    print(f"parameters: ours {n_ours:,}  HF {n_hf:,}")
+    assert abs(n_ours - n_hf) <= 0.01 * n_ours, "parameter counts differ by more than 1%"
+    return hf.train(model.training)
+
+
+@torch.no_grad()
+def check_same_logits(model: GPT, hf: LlamaForCausalLM, batch: int = 2, atol: float = 1e-4):
+    """Same weights, same fp32 logits on a random batch of full context: the shapes match."""
+    idx = torch.randint(model.cfg.vocab_size, (batch, model.cfg.seq_len))
+    a, b = model(idx), hf(input_ids=idx, use_cache=False).logits
+    err = (a - b).abs().max().item()
+    print(f"fp32 logits, ours vs HF: max abs difference {err:.2e}")
+    assert err < atol, f"logits differ by {err:.2e} > {atol}: the architectures do not match"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
+    args = p.parse_args()
+    if args.quick:
+        args.depth, args.seq_len, args.batch_size = 2, 64, 4
+        args.steps, args.rounds, args.warmup = 2, 2, 1
+
+    torch.manual_seed(args.seed)
+    set_threads(args.threads)
+    device = torch.device("cpu")
+    ours = GPT(GPTConfig(depth=args.depth, seq_len=args.seq_len))
+    cfg = ours.cfg  # with the fields derived from depth filled in
+    hf = hf_twin(ours)
+    check_same_logits(ours, hf)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}; "
+          f"{cfg.depth} layers, width {cfg.n_embd}, heads {cfg.n_head}/{cfg.n_kv_head}, "
+          f"mlp {cfg.mlp_hidden}, vocab {cfg.vocab_size}; batch {args.batch_size} x "
+          f"{args.seq_len} tokens")
+
+    tcfg = TrainConfig(batch_size=args.batch_size)
+    B, T, V = args.batch_size, args.seq_len, cfg.vocab_size
+    data = torch.randint(V, (args.steps, B, T + 1))  # the same batches for both sides
+
+    def hf_loss(x, y):  # our loss, computed from HF's logits
+        logits = hf(input_ids=x, use_cache=False).logits
+        return F.cross_entropy(logits.float().view(-1, V), y.reshape(-1))
+
+    sides = {
+        "ours": (ours, make_optimizer(ours, tcfg), lambda x, y: ours(x, y)),
+        "HF": (hf, make_optimizer(hf, tcfg), hf_loss),
+    }
+
+    def run(name: str, steps: int) -> tuple[float, float]:
+        model, opt, loss_fn = sides[name]
+        t0 = time.perf_counter()
+        for i in range(steps):
+            x, y = data[i % len(data), :, :-1], data[i % len(data), :, 1:]
+            with autocast(device, args.precision):
+                loss = loss_fn(x, y)
+            loss.backward()
+            last = loss.item()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, last
+
+    for name in sides:
+        run(name, args.warmup)
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        line = []
+        for name in sides:
+            dt, loss = run(name, args.steps)
+            rates[name].append(args.steps * B * T / dt)
+            line.append(f"{name} {rates[name][-1]:8.0f} tok/s (loss {loss:.3f})")
+        print(f"round {r + 1}: " + "   ".join(line))
+
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    best = {name: max(v) for name, v in rates.items()}
+    for name in sides:
+        print(f"{name:>4}: median {med[name]:8.0f} tok/s   best {best[name]:8.0f} tok/s")
+    print(f"ours/HF: median {med['ours'] / med['HF']:.2f}x   best {best['ours'] / best['HF']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

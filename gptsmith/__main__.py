@@ -1,0 +1,5 @@
+import sys
+
+from gptsmith.cli import main
+
+sys.exit(main())

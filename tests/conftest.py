@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny tokenizer, a tiny corpus and its shards, a tiny model. Offline."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptsmith.data.corpus import Document
+from gptsmith.data.shards import prepare_shards
+from gptsmith.data.world import World
+from gptsmith.model import GPT, GPTConfig
+from gptsmith.tokenizer import Tokenizer, train_tokenizer
+
+PROSE = (
+    "Now is the winter of our discontent made glorious summer by this sun of York; "
+    "and all the clouds that lour'd upon our house in the deep bosom of the ocean buried. "
+    "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him. "
+)
+
+
+def tiny_texts(n: int = 300) -> list[str]:
+    rng = random.Random(0)
+    world = World()
+    texts = []
+    for i in range(n):
+        texts.append(world.paragraph(rng) if i % 2 else PROSE[rng.randint(0, 80):])
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    tok = train_tokenizer(tiny_texts(), vocab_size=400, show_progress=False)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tok.save(path)
+    return Tokenizer.load(path)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tokenizer, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "shards"
+    docs = [Document(t, f"doc{i}") for i, t in enumerate(tiny_texts(600))]
+    prepare_shards(docs, tokenizer, out, val_fraction=0.1)
+    return out
+
+
+@pytest.fixture
+def tiny_model(tokenizer) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, depth=2, seq_len=64)).eval()

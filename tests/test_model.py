@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from gptsmith.model import GPT, GPTConfig, KVCache
+
+
+def test_depth_is_the_one_knob():
+    cfg = GPTConfig(depth=4).resolved()
+    assert (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.mlp_hidden) == (192, 4, 2, 512)
+    wide = GPTConfig(depth=8).resolved()
+    assert wide.n_embd == 384 and wide.n_head == 8 and wide.n_kv_head == 4
+
+
+def test_bad_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match="n_head"):
+        GPT(GPTConfig(depth=2, n_embd=100, n_head=3))
+
+
+def test_cached_decoding_equals_full_recomputation(tiny_model):
+    torch.manual_seed(1)
+    idx = torch.randint(0, tiny_model.cfg.vocab_size, (3, 20))
+    full = tiny_model(idx)
+    cache = KVCache(tiny_model.cfg, 3, 20, pad=None)
+    parts = [tiny_model(idx[:, :7], cache=cache), tiny_model(idx[:, 7:12], cache=cache)]
+    parts += [tiny_model(idx[:, t:t + 1], cache=cache) for t in range(12, 20)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_rows_match_unpadded(tiny_model):
+    torch.manual_seed(2)
+    short = torch.randint(0, tiny_model.cfg.vocab_size, (1, 5))
+    long = torch.randint(0, tiny_model.cfg.vocab_size, (1, 9))
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long])
+    cache = KVCache(tiny_model.cfg, 2, 12, pad=torch.tensor([4, 0]))
+    out = tiny_model(batch, cache=cache)
+    step = tiny_model(torch.tensor([[7], [7]]), cache=cache)
+    alone = tiny_model(torch.cat([short, torch.tensor([[7]])], 1))
+    torch.testing.assert_close(out[0, 4:], alone[0, :5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step[0, 0], alone[0, 5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], tiny_model(long)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_scalar_head_gives_one_value_per_position(tokenizer):
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, depth=1, seq_len=16, head="scalar"))
+    assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5)
+
+
+def test_context_overflow_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        tiny_model(torch.zeros(1, tiny_model.cfg.seq_len + 1, dtype=torch.long))
