@@ -23,8 +23,8 @@ SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
 
 def _cpu_pretrain() -> PretrainConfig:
     cfg = PretrainConfig()
-    cfg.train = dataclasses.replace(cfg.train, steps=600, batch_size=16, lr=3e-3,
-                                    warmup_steps=30, eval_every=200, checkpoint_every=100)
+    cfg.train = dataclasses.replace(cfg.train, steps=750, batch_size=16, lr=3e-3,
+                                    warmup_steps=30, eval_every=250, checkpoint_every=50)
     return cfg
 
 

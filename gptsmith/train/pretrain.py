@@ -57,8 +57,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     data, out = Path(cfg.data), Path(cfg.out)
     meta = read_meta(data)
     tokenizer = Tokenizer.load(data / "tokenizer.json")
-    if cfg.model.vocab_size != tokenizer.vocab_size:
-        cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+    # the model's shape as it will run: vocabulary from the tokenizer, derived fields filled
+    cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size).resolved()
     summary_path = out / "summary.json"
     if summary_path.exists() and (out / "model.safetensors").exists():
         summary = json.loads(summary_path.read_text())
