@@ -61,6 +61,75 @@ def cmd_sample(args) -> None:
         sys.stdout.write("\n" if args.n == 1 else "\n" + "-" * 40 + "\n")
 
 
+def cmd_data_demos(args) -> None:
+    from gptsmith.data.default_demos import write_default_demos
+    from gptsmith.data.world import World
+
+    world = World.load(Path(args.world)) if args.world else World()
+    write_default_demos(world, Path(args.out), n_arithmetic=args.arithmetic)
+
+
+def cmd_sft(args) -> None:
+    from gptsmith.train.sft import SFTConfig, sft
+
+    cfg = build(SFTConfig, args, load_yaml(args.config) if args.config else None,
+                where=args.config or "sft")
+    if args.overwrite and Path(cfg.out).exists():
+        shutil.rmtree(cfg.out)
+    sft(cfg)
+
+
+def _sampling(args, **overrides):
+    from gptsmith.engine import Sampling
+
+    return Sampling(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=args.seed, **overrides)
+
+
+def cmd_chat(args) -> None:
+    from gptsmith.chat import repl
+    from gptsmith.runs import load_model
+
+    model, tokenizer = load_model(args.run)
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    repl(model, tokenizer, _sampling(args), system=args.system)
+
+
+def cmd_generate(args) -> None:
+    from gptsmith.generate import generate_file
+
+    generate_file(args.model, args.input, args.output, _sampling(args), args.batch_size,
+                  args.skip_bad)
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from gptsmith.evaluate import load_questions, report, score_model
+
+    questions = load_questions(args.questions, args.limit)
+    s = _sampling(args)
+    scores = [score_model(m, questions, s) for m in args.model]
+    print(report(scores, questions, args.show))
+    if args.out:
+        from gptsmith.runs import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps([sc.row() for sc in scores], indent=2))
+
+
+def add_sampling_flags(c, temperature: float, max_tokens: int) -> None:
+    c.add_argument("--max-tokens", type=int, default=max_tokens,
+                   help=f"most tokens to generate (default: {max_tokens})")
+    c.add_argument("--temperature", type=float, default=temperature,
+                   help=f"0 = greedy (default: {temperature})")
+    c.add_argument("--top-k", type=int, default=0, help="0 = off (default: 0)")
+    c.add_argument("--top-p", type=float, default=1.0, help="1 = off (default: 1.0)")
+    c.add_argument("--seed", type=int, default=0, help="row i samples with seed+i (default: 0)")
+
+
 def cmd_pipeline(args) -> None:
     from gptsmith.pipeline import PipelineConfig, run_pipeline
 
@@ -72,6 +141,7 @@ def cmd_pipeline(args) -> None:
 def make_parser() -> argparse.ArgumentParser:
     from gptsmith.pipeline import PipelineConfig
     from gptsmith.train.pretrain import PretrainConfig
+    from gptsmith.train.sft import SFTConfig
 
     p = argparse.ArgumentParser(prog="gptsmith", description=(
         "Build a ChatGPT-style assistant end to end: tokenizer, pre-training, and (next) SFT, "
@@ -99,6 +169,16 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--val-fraction", type=float, default=0.02, help="share held out (0.02)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     c.set_defaults(func=cmd_data_prepare)
+    c = dsub.add_parser("demos", help="write the built-in SFT demonstrations and eval questions",
+                        description="Real conversations (chatterbot corpus) plus correct, brief "
+                        "answers to the tiny world's questions: train.jsonl, val.jsonl and "
+                        "questions.jsonl (held-out facts with true answers and myths).")
+    c.add_argument("--world", help="world.json of the data directory (default: the default "
+                   "world)")
+    c.add_argument("--out", required=True, help="directory to write")
+    c.add_argument("--arithmetic", type=int, default=2000,
+                   help="arithmetic demonstrations (default: 2000)")
+    c.set_defaults(func=cmd_data_demos)
 
     tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tsub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
@@ -119,6 +199,47 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="delete --out first")
     add_arguments(c, PretrainConfig)
     c.set_defaults(func=cmd_pretrain)
+
+    c = sub.add_parser("sft", help="supervised fine-tuning on demonstrations",
+                       description="Fine-tunes a run directory's model on conversations; the "
+                       "loss counts assistant tokens only. Formats: pairs (prompt/response), "
+                       "messages, alpaca, sharegpt; .jsonl, .json or .parquet.")
+    c.add_argument("--config", help="YAML file of settings (flags override it)")
+    c.add_argument("--overwrite", action="store_true", help="delete --out first")
+    add_arguments(c, SFTConfig)
+    c.set_defaults(func=cmd_sft)
+
+    c = sub.add_parser("chat", help="talk to a model in the terminal",
+                       description="Multi-turn chat with streamed replies. Commands: /reset, "
+                       "/system TEXT, /help, /quit.")
+    c.add_argument("run", help="run directory (base, SFT or RLHF)")
+    c.add_argument("--system", default="", help="system prompt")
+    add_sampling_flags(c, temperature=0.7, max_tokens=200)
+    c.set_defaults(func=cmd_chat)
+
+    c = sub.add_parser("generate", help="answer a .jsonl of prompts (batch inference)",
+                       description="Input lines hold 'prompt' or 'messages'; output lines are "
+                       "the input fields plus 'response' and 'finished'.")
+    c.add_argument("--model", required=True, help="run directory")
+    c.add_argument("--input", required=True, help=".jsonl of prompts")
+    c.add_argument("--output", required=True, help=".jsonl to write")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--skip-bad", action="store_true", help="skip and count unusable records")
+    add_sampling_flags(c, temperature=0.7, max_tokens=200)
+    c.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("eval", help="accuracy, end of turn and length on known-answer questions",
+                       description="Scores one or more models on the same questions and shows "
+                       "their answers side by side.")
+    c.add_argument("--model", action="append", required=True,
+                   help="run directory; repeat to compare models")
+    c.add_argument("--questions", required=True,
+                   help=".jsonl with prompt (or messages) and answer per line")
+    c.add_argument("--limit", type=int, default=0, help="use the first N questions (0 = all)")
+    c.add_argument("--show", type=int, default=5, help="questions shown side by side")
+    c.add_argument("--out", help="write the scores as JSON here")
+    add_sampling_flags(c, temperature=0.0, max_tokens=48)
+    c.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("sample", help="complete a prompt with a trained model, streamed")
     c.add_argument("run", help="run directory holding model.safetensors")

@@ -1,12 +1,13 @@
 """All phases in order, each in its own directory under one pipeline directory.
 
 A phase whose output exists is skipped; an interrupted one resumes from its checkpoint.
-Phases so far: tokenizer, data, pretrain, samples (SFT, RM and PPO join later).
+Phases so far: tokenizer, data, pretrain, samples, demos, sft, eval (RM and PPO join later).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +15,13 @@ from pathlib import Path
 import torch
 
 from gptsmith.data.build import prepare_data, train_tokenizer_from
+from gptsmith.data.default_demos import write_default_demos
+from gptsmith.data.world import World
 from gptsmith.engine import Sampling, generate
+from gptsmith.evaluate import load_questions, report, score_model
 from gptsmith.runs import atomic_write_text, load_model, write_config
 from gptsmith.train.pretrain import PretrainConfig, pretrain
+from gptsmith.train.sft import SFTConfig, sft
 
 SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
 
@@ -34,7 +39,13 @@ class PipelineConfig:
     corpus: str = field(default="default", metadata={"help": "'default' or a corpus path"})
     vocab_size: int = field(default=2048, metadata={"help": "tokenizer vocabulary size"})
     val_fraction: float = field(default=0.02, metadata={"help": "share held out"})
+    demos: str = field(default="default", metadata={
+        "help": "'default' (built-in) or a demonstrations file for SFT"})
+    questions: str = field(default="", metadata={
+        "help": "known-answer questions for eval (default: the built-in held-out set)"})
+    eval_limit: int = field(default=200, metadata={"help": "questions evaluated (0 = all)"})
     pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -59,12 +70,42 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     phase("data", (data / "meta.json").exists(),
           lambda: prepare_data(cfg.corpus, tok, data, cfg.val_fraction))
     cfg.pretrain.data, cfg.pretrain.out = str(data), str(root / "pretrain")
-    summary = {}
-    phase("pretrain", False, lambda: summary.update(pretrain(cfg.pretrain)))
+    summary: dict = {}
+    phase("pretrain", False, lambda: summary.update(pretrain=pretrain(cfg.pretrain)))
     samples = root / "pretrain" / "samples.txt"
     phase("samples", samples.exists(), lambda: write_samples(root / "pretrain", samples))
     print(samples.read_text())
-    return {"timings": timings, "pretrain": summary}
+
+    demos = root / "sft_data"
+    if cfg.demos == "default":
+        world = World.load(data / "world.json") if (data / "world.json").exists() else World()
+        phase("demos", (demos / "questions.jsonl").exists(),
+              lambda: write_default_demos(world, demos))
+        cfg.sft.data, cfg.sft.val_data = str(demos / "train.jsonl"), str(demos / "val.jsonl")
+    else:
+        cfg.sft.data = cfg.demos
+    cfg.sft.base, cfg.sft.out = str(root / "pretrain"), str(root / "sft")
+    phase("sft", False, lambda: summary.update(sft=sft(cfg.sft)))
+
+    questions = cfg.questions or (str(demos / "questions.jsonl") if cfg.demos == "default"
+                                  else "")
+    scores = root / "eval.json"
+    if questions:
+        phase("eval", scores.exists(), lambda: evaluate_phases(
+            [root / "pretrain", root / "sft"], questions, cfg.eval_limit, root / "eval.txt",
+            scores))
+        print((root / "eval.txt").read_text())
+    return {"timings": timings, **summary}
+
+
+def evaluate_phases(runs: list[Path], questions: str, limit: int, text_out: Path,
+                    json_out: Path) -> None:
+    """Greedy answers of each phase's model to the same held-out questions, scored."""
+    qs = load_questions(questions, limit)
+    s = Sampling(max_tokens=48, temperature=0)
+    results = [score_model(str(r), qs, s) for r in runs]
+    atomic_write_text(text_out, report(results, qs, show=6) + "\n")
+    atomic_write_text(json_out, json.dumps([r.row() for r in results], indent=2) + "\n")
 
 
 def write_samples(run_dir: Path, out: Path, prompts: list[str] = SAMPLE_PROMPTS) -> None:

@@ -21,7 +21,6 @@ from gptsmith.errors import GptsmithError
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.tokenizer import Tokenizer
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

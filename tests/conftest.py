@@ -50,3 +50,16 @@ def data_dir(tokenizer, tmp_path_factory) -> Path:
 def tiny_model(tokenizer) -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, depth=2, seq_len=64)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tokenizer, tmp_path_factory) -> Path:
+    """A run directory holding an untrained tiny model: enough for every command that loads."""
+    from gptsmith.runs import save_model
+
+    run = tmp_path_factory.mktemp("run") / "tiny"
+    run.mkdir()
+    torch.manual_seed(0)
+    save_model(run, GPT(GPTConfig(vocab_size=tokenizer.vocab_size, depth=1, seq_len=128)))
+    tokenizer.save(run / "tokenizer.json")
+    return run

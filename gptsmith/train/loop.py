@@ -29,7 +29,9 @@ from tqdm import tqdm
 
 from gptsmith.device import autocast, pick_device, resolve_precision, set_threads
 from gptsmith.errors import GptsmithError
-from gptsmith.runs import atomic_path
+from gptsmith.plots import plot_metrics
+from gptsmith.runs import atomic_path, atomic_write_text, save_model, write_config
+from gptsmith.tokenizer import Tokenizer
 
 # Fields that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = {"log_every", "eval_every", "checkpoint_every", "threads", "compile",
@@ -105,7 +107,7 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, run_dir: Path,
                  batches: Batches, loss_fn: Callable, evaluate: Callable | None = None,
-                 phase_config: dict | None = None):
+                 phase_config: dict | None = None, tokenizer: Tokenizer | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -116,6 +118,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.batches, self.loss_fn, self.evaluate_fn = batches, loss_fn, evaluate
         self.phase_config = phase_config or {}
+        self.tokenizer = tokenizer
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = 0
@@ -195,6 +198,9 @@ class Trainer:
         """Train to ``cfg.steps``; returns the last evaluation's metrics."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(self.run_dir, self.phase_config)
+        if self.tokenizer is not None:
+            self.tokenizer.save(self.run_dir / "tokenizer.json")
         self._resume()
         self.model.train()
         last_eval: dict = {}
@@ -226,6 +232,36 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         return last_eval
+
+    def train_and_save(self, title: str, extra: dict | None = None) -> dict:
+        """Run to the end, then write model, loss plot and ``summary.json``; return the summary.
+
+        The summary holds the last evaluation, the training time of this process, ``extra``
+        and the config, by which ``finished_summary`` recognises the run later.
+        """
+        start = time.perf_counter()
+        result = self.run() or self.evaluate()  # a run resumed at its very end still reports
+        seconds = time.perf_counter() - start
+        save_model(self.run_dir, self.model.cpu())
+        plot_metrics(self.metrics_path, self.run_dir / "loss.png", title=title)
+        summary = {"steps": self.cfg.steps, "train_seconds": round(seconds, 1), **result,
+                   **(extra or {}), "config": self.phase_config}
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def finished_summary(run_dir: Path, config: dict) -> dict | None:
+    """The summary of the finished run in ``run_dir`` if it was made with ``config``; None if
+    there is no finished run there; an error if it was made with other settings."""
+    path = Path(run_dir) / "summary.json"
+    if not (path.exists() and (Path(run_dir) / "model.safetensors").exists()):
+        return None
+    summary = json.loads(path.read_text())
+    changed = config_differences(summary["config"], config)
+    if changed:
+        raise GptsmithError(f"{run_dir} holds a finished run with other settings "
+                            f"({'; '.join(changed)}); use another --out or --overwrite")
+    return summary
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +13,8 @@ from gptsmith.config import to_dict
 from gptsmith.data.shards import TokenWindows, read_meta
 from gptsmith.errors import GptsmithError
 from gptsmith.model import GPT, GPTConfig
-from gptsmith.plots import plot_metrics
-from gptsmith.runs import atomic_write_text, save_model, write_config
 from gptsmith.tokenizer import Tokenizer
-from gptsmith.train.loop import TrainConfig, Trainer, config_differences
+from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 
 
 @dataclass
@@ -59,14 +54,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     tokenizer = Tokenizer.load(data / "tokenizer.json")
     # the model's shape as it will run: vocabulary from the tokenizer, derived fields filled
     cfg.model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size).resolved()
-    summary_path = out / "summary.json"
-    if summary_path.exists() and (out / "model.safetensors").exists():
-        summary = json.loads(summary_path.read_text())
-        if not config_differences(summary["config"], to_dict(cfg)):
-            print(f"{out}: already trained with these settings (val bpb {summary['val_bpb']:.4f})")
-            return summary
-        raise GptsmithError(f"{out} holds a finished run with other settings; use another --out "
-                            "or --overwrite")
+    done = finished_summary(out, to_dict(cfg))
+    if done:
+        print(f"{out}: already trained with these settings (val bpb {done['val_bpb']:.4f})")
+        return done
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.cfg}")
@@ -82,26 +73,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     def evaluate(m):
         return bits_per_byte(m, val, token_bytes.to(trainer.device))
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, to_dict(cfg))
-    shutil.copyfile(data / "tokenizer.json", out / "tokenizer.json")
-    trainer = Trainer(model, t, out, train, loss_fn, evaluate, phase_config=to_dict(cfg))
+    trainer = Trainer(model, t, out, train, loss_fn, evaluate, phase_config=to_dict(cfg),
+                      tokenizer=tokenizer)
     print(f"training {t.steps} steps of {t.batch_size * t.grad_accum} x {cfg.model.seq_len} "
           f"tokens on {trainer.device} ({trainer.precision}); unigram baseline "
           f"{meta['unigram_bpb']:.4f} bits/byte")
-    start = time.perf_counter()
-    result = trainer.run() or trainer.evaluate()  # a run resumed at its end still reports
-    seconds = time.perf_counter() - start
-    save_model(out, model.cpu())
-    plot_metrics(out / "metrics.jsonl", out / "loss.png", title=f"pre-training: {out.name}")
-    summary = {
-        "params": model.num_params(), "steps": t.steps, "train_seconds": round(seconds, 1),
-        "tokens": t.steps * t.batch_size * t.grad_accum * cfg.model.seq_len,
-        "val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
-        "unigram_bpb": meta["unigram_bpb"], "config": to_dict(cfg),
-    }
-    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
-    print(f"done in {seconds:.0f}s: validation {result['val_bpb']:.4f} bits/byte "
-          f"(unigram baseline {meta['unigram_bpb']:.4f})")
+    summary = trainer.train_and_save(f"pre-training: {out}", {
+        "params": model.num_params(), "unigram_bpb": meta["unigram_bpb"],
+        "tokens": t.steps * t.batch_size * t.grad_accum * cfg.model.seq_len})
+    print(f"done in {summary['train_seconds']:.0f}s: validation {summary['val_bpb']:.4f} "
+          f"bits/byte (unigram baseline {meta['unigram_bpb']:.4f})")
     return summary
 

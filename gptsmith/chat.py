@@ -1,0 +1,169 @@
+"""The chat format: one function turns a conversation into token ids and a loss mask.
+
+    <|bos|> [<|system|> text <|end|>] <|user|> text <|end|> <|assistant|> text <|end|> ...
+
+The mask is 1 exactly on assistant text and on the <|end|> that closes each assistant turn:
+what SFT learns from. Rendering a prompt for generation is the same function with
+``for_generation=True`` (the conversation ends with a user turn and <|assistant|> is
+appended), so training and inference cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from gptsmith.engine import Sampling, generate, stream
+from gptsmith.model import GPT
+from gptsmith.tokenizer import IncrementalDecoder, Tokenizer
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_conversation(messages: list[dict], for_generation: bool = False) -> str | None:
+    """What is wrong with ``messages`` (None if nothing): roles, order, content, ending."""
+    if not isinstance(messages, list) or not messages:
+        return "conversation has no messages"
+    expected = "user"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) - {"role", "content", "name"} or "role" not in m:
+            return f"messages[{i}] must be an object with 'role' and 'content'"
+        role, content = m["role"], m.get("content")
+        if role not in ROLES:
+            return f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}"
+        if not isinstance(content, str):
+            return f"messages[{i}].content must be a string"
+        if role == "system":
+            if i != 0:
+                return f"messages[{i}]: a system message may only come first"
+            continue
+        if role != expected:
+            return f"messages[{i}].role is {role!r} where {expected!r} was expected " \
+                   "(turns must alternate user, assistant)"
+        expected = "assistant" if role == "user" else "user"
+    last = messages[-1]["role"]
+    if for_generation and last != "user":
+        return "a prompt must end with a user message"
+    if not for_generation and last != "assistant":
+        return "conversation must end with an assistant message"
+    return None
+
+
+def render(tokenizer: Tokenizer, messages: list[dict],
+           for_generation: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask (1 on assistant tokens, closing <|end|> included)."""
+    problem = check_conversation(messages, for_generation)
+    if problem:
+        raise ValueError(problem)
+    role_ids = {"system": tokenizer.system_id, "user": tokenizer.user_id,
+                "assistant": tokenizer.assistant_id}
+    ids, mask = [tokenizer.bos_id], [0]
+    for m in messages:
+        body = tokenizer.encode(m["content"])
+        learn = int(m["role"] == "assistant")
+        ids += [role_ids[m["role"]], *body, tokenizer.end_id]
+        mask += [0, *[learn] * len(body), learn]
+    if for_generation:
+        ids.append(tokenizer.assistant_id)
+        mask.append(0)
+    return ids, mask
+
+
+def prompt_ids(tokenizer: Tokenizer, messages: list[dict]) -> list[int]:
+    """The ids to generate the next assistant turn from."""
+    return render(tokenizer, messages, for_generation=True)[0]
+
+
+@dataclass
+class Reply:
+    text: str
+    ended: bool   # the model closed its turn with <|end|>
+    tokens: int   # tokens generated, <|end|> included
+
+
+def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], s: Sampling,
+             batch_size: int = 32) -> list[Reply]:
+    """The next assistant turn of each conversation, generated in batches by the engine.
+
+    Row i of the whole list samples with seed ``s.seed + i``, whatever the batch size.
+    """
+    s = dataclasses.replace(s, stop_ids=(tokenizer.end_id,))
+    replies = []
+    for start in range(0, len(conversations), batch_size):
+        prompts = [prompt_ids(tokenizer, c) for c in conversations[start:start + batch_size]]
+        outs = generate(model, prompts, dataclasses.replace(s, seed=s.seed + start))
+        for ids in outs:
+            ended = bool(ids) and ids[-1] == tokenizer.end_id
+            body = ids[:-1] if ended else ids
+            replies.append(Reply(tokenizer.decode(body, skip_special=True), ended, len(ids)))
+    return replies
+
+
+HELP = """commands: /reset (forget the conversation), /system TEXT (set the system prompt and
+reset), /system (clear it), /help, /quit (or Ctrl-D)"""
+
+
+def stream_reply(model: GPT, tokenizer: Tokenizer, messages: list[dict], s: Sampling,
+                 write) -> Reply:
+    """Generate the next assistant turn, passing text pieces to ``write`` as they come."""
+    decoder = IncrementalDecoder(tokenizer, skip_special=True)
+    s = dataclasses.replace(s, stop_ids=(tokenizer.end_id,))
+    ids: list[int] = []
+    for (token,) in stream(model, [prompt_ids(tokenizer, messages)], s):
+        ids.append(token)
+        if token != tokenizer.end_id:
+            write(decoder.push(token))
+    ended = bool(ids) and ids[-1] == tokenizer.end_id
+    return Reply(tokenizer.decode(ids[:-1] if ended else ids, skip_special=True), ended, len(ids))
+
+
+def repl(model: GPT, tokenizer: Tokenizer, s: Sampling, system: str = "",
+         read=input, write=None) -> None:
+    """An interactive multi-turn chat: read a line, stream the reply, keep the history."""
+    import sys
+
+    def out(text: str) -> None:
+        (write or sys.stdout.write)(text)
+        sys.stdout.flush()
+
+    history: list[dict] = []
+    out(f"chatting with a {model.num_params() / 1e6:.1f}M-parameter model. {HELP}\n")
+    turn = 0
+    while True:
+        try:
+            line = read("you> ")
+        except EOFError:
+            out("\n")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return
+        if text == "/help":
+            out(HELP + "\n")
+            continue
+        if text == "/reset":
+            history = []
+            out("(conversation reset)\n")
+            continue
+        if text == "/system" or text.startswith("/system "):
+            system, history = text[len("/system"):].strip(), []
+            out(f"(system prompt {'set' if system else 'cleared'}; conversation reset)\n")
+            continue
+        history.append({"role": "user", "content": text})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        if len(prompt_ids(tokenizer, messages)) >= model.cfg.seq_len - 1:
+            history = [history[-1]]  # keep the newest turn; older ones no longer fit
+            messages = ([{"role": "system", "content": system}] if system else []) + history
+            out("(older turns dropped: the context is full)\n")
+            if len(prompt_ids(tokenizer, messages)) >= model.cfg.seq_len - 1:
+                out(f"(that message is too long for a context of {model.cfg.seq_len})\n")
+                history = []
+                continue
+        out("assistant> ")
+        reply = stream_reply(model, tokenizer, messages,
+                             dataclasses.replace(s, seed=s.seed + turn), out)
+        out("\n" if reply.ended else " [no end of turn]\n")
+        history.append({"role": "assistant", "content": reply.text})
+        turn += 1

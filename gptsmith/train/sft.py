@@ -1,0 +1,163 @@
+"""Phase 2: supervised fine-tuning on demonstrations, loss on assistant tokens only."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gptsmith.chat import render
+from gptsmith.config import to_dict
+from gptsmith.data.demos import Conversation, read_demos
+from gptsmith.errors import GptsmithError
+from gptsmith.runs import load_model
+from gptsmith.tokenizer import Tokenizer
+from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
+
+
+def _sft_train() -> TrainConfig:
+    return TrainConfig(steps=0, batch_size=16, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1,
+                       eval_every=50, checkpoint_every=50, log_every=5)
+
+
+@dataclass
+class SFTConfig:
+    base: str = field(default="", metadata={"help": "run directory of the model to fine-tune"})
+    data: str = field(default="", metadata={"help": "demonstrations (.jsonl, .json, .parquet)"})
+    val_data: str = field(default="", metadata={
+        "help": "held-out demonstrations; empty: hold out val_fraction of --data"})
+    val_fraction: float = 0.05
+    format: str = field(default="auto", metadata={
+        "help": "auto | pairs | messages | alpaca | sharegpt"})
+    skip_bad: bool = field(default=False, metadata={
+        "help": "skip (and count) unusable records instead of stopping"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data if steps is 0"})
+    out: str = field(default="runs/sft", metadata={"help": "run directory to write"})
+    train: TrainConfig = field(default_factory=_sft_train)
+
+
+def encode_conversations(convs: list[Conversation], tokenizer: Tokenizer, seq_len: int,
+                         skip_bad: bool) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(ids, mask) per conversation; one longer than the context is an error (or skipped)."""
+    out, skipped = [], 0
+    for c in convs:
+        ids, mask = render(tokenizer, c.messages)
+        if len(ids) > seq_len + 1:
+            if skip_bad:
+                skipped += 1
+                continue
+            raise GptsmithError(f"{c.source}: field 'messages' renders to {len(ids)} tokens, "
+                                f"longer than the model context of {seq_len}; shorten it or "
+                                "pass --skip-bad")
+        out.append((ids, mask))
+    return out, skipped
+
+
+def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """Inputs and targets padded to the longest example; targets are -1 where not learned."""
+    width = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), width), -1, dtype=torch.long)
+    for i, (ids, mask) in enumerate(examples):
+        t = torch.tensor(ids)
+        x[i, :len(ids) - 1] = t[:-1]
+        y[i, :len(ids) - 1] = torch.where(torch.tensor(mask[1:]) == 1, t[1:], -1)
+    return x, y
+
+
+class ConversationBatches:
+    """Shuffled epochs of padded batches; the order and position are the resumable state."""
+
+    def __init__(self, examples, batch_size: int, pad_id: int, seed: int):
+        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+        self.pos = 0
+
+    def next(self):
+        chosen = []
+        while len(chosen) < self.batch_size:
+            if self.pos >= len(self.order):
+                self.order, self.pos = torch.randperm(len(self.examples),
+                                                      generator=self.gen).tolist(), 0
+            chosen.append(self.examples[self.order[self.pos]])
+            self.pos += 1
+        return pad_batch(chosen, self.pad_id)
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.order, self.pos = state["order"], state["pos"]
+
+
+def _held_out(source: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little")
+    return h / 2**64 < fraction
+
+
+def sft(cfg: SFTConfig) -> dict:
+    """Fine-tune ``cfg.base`` on ``cfg.data``; resumable like every phase."""
+    if not cfg.base or not cfg.data:
+        raise GptsmithError("sft needs --base RUN_DIR and --data FILE")
+    out = Path(cfg.out)
+    done = finished_summary(out, to_dict(cfg))
+    if done:
+        print(f"{out}: already fine-tuned with these settings (val loss {done['val_loss']:.4f})")
+        return done
+    model, tokenizer = load_model(cfg.base)
+    seq_len = model.cfg.seq_len
+    convs, skipped = read_demos(cfg.data, cfg.format, cfg.skip_bad)
+    if cfg.val_data:
+        val_convs, val_skipped = read_demos(cfg.val_data, cfg.format, cfg.skip_bad)
+        skipped += val_skipped
+    else:
+        val_convs = [c for c in convs if _held_out(c.source, cfg.val_fraction)]
+        convs = [c for c in convs if not _held_out(c.source, cfg.val_fraction)]
+    train_ex, s1 = encode_conversations(convs, tokenizer, seq_len, cfg.skip_bad)
+    val_ex, s2 = encode_conversations(val_convs, tokenizer, seq_len, cfg.skip_bad)
+    skipped += s1 + s2
+    if not train_ex or not val_ex:
+        raise GptsmithError(f"{cfg.data}: need demonstrations both to train on and to hold out "
+                            f"(got {len(train_ex)} and {len(val_ex)})")
+    if skipped:
+        print(f"skipped {skipped} unusable records (--skip-bad)")
+    t = cfg.train
+    if t.steps == 0:  # resolved here, not in cfg: the saved config keeps "0 = by epochs"
+        t = dataclasses.replace(t, steps=max(1, math.ceil(
+            cfg.epochs * len(train_ex) / (t.batch_size * t.grad_accum))))
+    batches = ConversationBatches(train_ex, t.batch_size, tokenizer.pad_id, t.seed)
+    val_batches = [pad_batch(val_ex[i:i + t.batch_size], tokenizer.pad_id)
+                   for i in range(0, len(val_ex), t.batch_size)]
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return m(x.to(trainer.device), y.to(trainer.device)), int((y >= 0).sum())
+
+    def evaluate(m):
+        total, count = 0.0, 0
+        for x, y in val_batches:
+            losses = m(x.to(trainer.device), y.to(trainer.device), reduction="none")
+            total += float(losses.sum())
+            count += int((y >= 0).sum())
+        return {"val_loss": total / count}
+
+    torch.manual_seed(t.seed)
+    trainer = Trainer(model, t, out, batches, loss_fn, evaluate, phase_config=to_dict(cfg),
+                      tokenizer=tokenizer)
+    padded = sum(max(len(e[0]) for e in train_ex[i:i + t.batch_size]) * len(
+        train_ex[i:i + t.batch_size]) for i in range(0, len(train_ex), t.batch_size))
+    learned = sum(sum(m) for _, m in train_ex)
+    print(f"fine-tuning {cfg.base} on {len(train_ex)} demonstrations ({len(val_ex)} held out): "
+          f"{t.steps} steps of {t.batch_size}, on {trainer.device} ({trainer.precision})")
+    summary = trainer.train_and_save(f"SFT: {out}", {
+        "train_examples": len(train_ex), "val_examples": len(val_ex), "skipped": skipped,
+        "learned_token_share": round(learned / padded, 3)})
+    print(f"done in {summary['train_seconds']:.0f}s: validation loss {summary['val_loss']:.4f} "
+          "nats per assistant token")
+    return summary

@@ -1,0 +1,70 @@
+"""SFT: only assistant tokens are learned, the loss goes down, bad data is named."""
+
+import json
+
+import pytest
+import torch
+
+from gptsmith.chat import render
+from gptsmith.errors import GptsmithError
+from gptsmith.train.loop import TrainConfig
+from gptsmith.train.sft import SFTConfig, pad_batch, sft
+
+
+def test_targets_are_the_assistant_tokens_only(tokenizer):
+    a = render(tokenizer, [{"role": "user", "content": "2 plus 2?"},
+                           {"role": "assistant", "content": "4"}])
+    b = render(tokenizer, [{"role": "user", "content": "Say hello to everybody please"},
+                           {"role": "assistant", "content": "Hello, everybody!"}])
+    x, y = pad_batch([a, b], tokenizer.pad_id)
+    assert x.shape == y.shape == (2, len(b[0]) - 1)
+    assert y[0][y[0] >= 0].tolist() == [*tokenizer.encode("4"), tokenizer.end_id]
+    assert y[1][y[1] >= 0].tolist() == [*tokenizer.encode("Hello, everybody!"), tokenizer.end_id]
+    assert (x[0, len(a[0]) - 1:] == tokenizer.pad_id).all()
+
+
+def demos_file(path, n=200):
+    rows = [{"prompt": f"What is {i % 10} plus {i % 7}?", "response": f"It is {i % 10 + i % 7}."}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sft_learns_the_demonstrations(tiny_run, tmp_path):
+    cfg = SFTConfig(base=str(tiny_run), data=str(demos_file(tmp_path / "d.jsonl")),
+                    out=str(tmp_path / "sft"), val_fraction=0.2,
+                    train=TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=4,
+                                      eval_every=20, progress=False))
+    summary = sft(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_loss"] < 0.5 * rows[0]["loss"]
+    assert summary["train_examples"] + summary["val_examples"] == 200
+    assert (tmp_path / "sft" / "model.safetensors").exists()
+    again = sft(cfg)  # finished: recognised, not retrained
+    assert again["train_seconds"] == summary["train_seconds"]
+
+
+def test_conversation_longer_than_the_context_is_named(tiny_run, tmp_path):
+    path = demos_file(tmp_path / "d.jsonl", 20)
+    with open(path, "a") as f:
+        f.write(json.dumps({"prompt": "word " * 400, "response": "ok"}) + "\n")
+    cfg = SFTConfig(base=str(tiny_run), data=str(path), out=str(tmp_path / "sft"),
+                    train=TrainConfig(steps=1, progress=False))
+    with pytest.raises(GptsmithError, match=r"d.jsonl:21: field 'messages' renders to \d+ tok"):
+        sft(cfg)
+    cfg.skip_bad = True
+    cfg.val_fraction = 0.3
+    assert sft(cfg)["skipped"] == 1
+
+
+def test_sft_starts_from_the_base_weights(tiny_run, tmp_path):
+    from gptsmith.runs import load_model
+
+    cfg = SFTConfig(base=str(tiny_run), data=str(demos_file(tmp_path / "d.jsonl", 40)),
+                    out=str(tmp_path / "sft"), val_fraction=0.3,
+                    train=TrainConfig(steps=1, lr=1e-9, warmup_steps=1, progress=False))
+    sft(cfg)
+    base, _ = load_model(tiny_run)
+    tuned, _ = load_model(tmp_path / "sft")
+    for (name, p), q in zip(base.named_parameters(), tuned.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
