@@ -119,10 +119,11 @@ def read_corpus(spec: str, field: str = "text") -> Iterator[Document]:
         raise GptsmithError(f"{path}: corpus holds no text")
 
 
-def default_corpus(world: World | None = None, arithmetic_share: float = 0.5) -> list[Document]:
+def default_corpus(world: World | None = None) -> list[Document]:
     """The tiny world: Shakespeare's works in passages, mixed with arithmetic prose.
 
-    ``arithmetic_share`` is the share of the corpus's bytes that is arithmetic prose. Passages
+    ``world.arithmetic_share`` is the share of the corpus's bytes that is arithmetic prose.
+    Passages
     (about 2 KB, cut at blank lines) and arithmetic documents are shuffled together so every
     stretch of the token stream holds both.
     """
@@ -141,7 +142,8 @@ def default_corpus(world: World | None = None, arithmetic_share: float = 0.5) ->
         if passage:
             docs.append(Document("\n\n".join(passage).strip(), f"shakespeare/{name}"))
     literature = sum(len(d.text) for d in docs)
-    n_bytes = int(literature * arithmetic_share / (1 - arithmetic_share))
+    share = world.arithmetic_share
+    n_bytes = int(literature * share / (1 - share))
     docs += [Document(t, "world") for t in world.documents(n_bytes)]
     random.Random(world.seed).shuffle(docs)
     return [d for d in docs if d.text]

@@ -74,6 +74,7 @@ class World:
     max_factor: int = 12       # times uses factors 0..max_factor
     wrong_share: float = 0.1   # share of statements that state the fact's myth instead
     small_share: float = 0.5   # share of facts drawn with both operands below 10
+    arithmetic_share: float = 0.65  # share of the default corpus's bytes that is arithmetic
 
     def truth(self, a: int, op: str, b: int) -> int:
         return OPS[op](a, b)
