@@ -120,6 +120,32 @@ def cmd_eval(args) -> None:
         atomic_write_text(Path(args.out), json.dumps([sc.row() for sc in scores], indent=2))
 
 
+def cmd_label(args) -> None:
+    from gptsmith.label import label
+
+    label(args.model, args.prompts, args.out, k=args.k, s=_sampling(args), limit=args.limit)
+
+
+def cmd_rm(args) -> None:
+    from gptsmith.train.reward import RMConfig, train_reward_model
+
+    cfg = build(RMConfig, args, load_yaml(args.config) if args.config else None,
+                where=args.config or "rm")
+    if args.overwrite and Path(cfg.out).exists():
+        shutil.rmtree(cfg.out)
+    train_reward_model(cfg)
+
+
+def cmd_ppo(args) -> None:
+    from gptsmith.train.ppo import PPOConfig, ppo
+
+    cfg = build(PPOConfig, args, load_yaml(args.config) if args.config else None,
+                where=args.config or "ppo")
+    if args.overwrite and Path(cfg.out).exists():
+        shutil.rmtree(cfg.out)
+    ppo(cfg)
+
+
 def add_sampling_flags(c, temperature: float, max_tokens: int) -> None:
     c.add_argument("--max-tokens", type=int, default=max_tokens,
                    help=f"most tokens to generate (default: {max_tokens})")
@@ -140,7 +166,9 @@ def cmd_pipeline(args) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     from gptsmith.pipeline import PipelineConfig
+    from gptsmith.train.ppo import PPOConfig
     from gptsmith.train.pretrain import PretrainConfig
+    from gptsmith.train.reward import RMConfig
     from gptsmith.train.sft import SFTConfig
 
     p = argparse.ArgumentParser(prog="gptsmith", description=(
@@ -240,6 +268,36 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="write the scores as JSON here")
     add_sampling_flags(c, temperature=0.0, max_tokens=48)
     c.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("label", help="sample K replies per prompt and rank them by the truth",
+                       description="The built-in labeler knows the tiny world's truth: a "
+                       "correct answer beats a wrong one; among equals, the brief answer that "
+                       "ends its turn wins; ties are not emitted. Writes the ranking .jsonl a "
+                       "person would write ({prompt, responses, ranking}, best first).")
+    c.add_argument("--model", required=True, help="SFT run directory to sample from")
+    c.add_argument("--prompts", required=True, help=".jsonl with prompt and answer per line")
+    c.add_argument("--out", required=True, help="rankings .jsonl to write")
+    c.add_argument("-k", type=int, default=4, help="replies sampled per prompt (default: 4)")
+    c.add_argument("--limit", type=int, default=0, help="use the first N prompts (0 = all)")
+    add_sampling_flags(c, temperature=1.0, max_tokens=32)
+    c.set_defaults(func=cmd_label)
+
+    c = sub.add_parser("rm", help="train a reward model on comparisons",
+                       description="A scalar head on the SFT transformer, trained with "
+                       "-log sigmoid(r_chosen - r_rejected). Formats: prompt/chosen/rejected, "
+                       "message lists, HH-RLHF transcripts, K-wise rankings.")
+    c.add_argument("--config", help="YAML file of settings (flags override it)")
+    c.add_argument("--overwrite", action="store_true", help="delete --out first")
+    add_arguments(c, RMConfig)
+    c.set_defaults(func=cmd_rm)
+
+    c = sub.add_parser("ppo", help="RLHF: PPO against the reward model with a KL penalty",
+                       description="Policy and reference from an SFT run, reward from an RM "
+                       "run, value model initialised from the RM.")
+    c.add_argument("--config", help="YAML file of settings (flags override it)")
+    c.add_argument("--overwrite", action="store_true", help="delete --out first")
+    add_arguments(c, PPOConfig)
+    c.set_defaults(func=cmd_ppo)
 
     c = sub.add_parser("sample", help="complete a prompt with a trained model, streamed")
     c.add_argument("run", help="run directory holding model.safetensors")

@@ -34,11 +34,13 @@ def is_correct(response: str, answer: str) -> bool:
     return final_answer(response, numeric) == final_answer(answer, numeric)
 
 
-def load_questions(path: str | Path, limit: int = 0) -> list[dict]:
+def load_questions(path: str | Path, limit: int = 0, require_answer: bool = True) -> list[dict]:
     """Records with ``messages`` (built from ``prompt`` when needed) and ``answer``."""
     out = []
     for n, rec in read_records(Path(path)):
-        if not isinstance(rec, dict) or not isinstance(rec.get("answer"), str):
+        if not isinstance(rec, dict):
+            raise located(str(path), n, "record must be a JSON object")
+        if (require_answer or "answer" in rec) and not isinstance(rec.get("answer"), str):
             raise located(str(path), n, "field 'answer' must be a string")
         if isinstance(rec.get("prompt"), str):
             rec = {**rec, "messages": [{"role": "user", "content": rec["prompt"]}]}

@@ -1,7 +1,7 @@
 """All phases in order, each in its own directory under one pipeline directory.
 
 A phase whose output exists is skipped; an interrupted one resumes from its checkpoint.
-Phases so far: tokenizer, data, pretrain, samples, demos, sft, eval (RM and PPO join later).
+Phases: tokenizer, data, pretrain, samples, demos, sft, label, rm, ppo, eval.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from gptsmith.data.default_demos import write_default_demos
 from gptsmith.data.world import World
 from gptsmith.engine import Sampling, generate
 from gptsmith.evaluate import load_questions, report, score_model
+from gptsmith.label import label
 from gptsmith.runs import atomic_write_text, load_model, write_config
+from gptsmith.train.ppo import PPOConfig, ppo
 from gptsmith.train.pretrain import PretrainConfig, pretrain
+from gptsmith.train.reward import RMConfig, train_reward_model
 from gptsmith.train.sft import SFTConfig, sft
 
 SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
@@ -44,8 +47,16 @@ class PipelineConfig:
     questions: str = field(default="", metadata={
         "help": "known-answer questions for eval (default: the built-in held-out set)"})
     eval_limit: int = field(default=200, metadata={"help": "questions evaluated (0 = all)"})
+    comparisons: str = field(default="", metadata={
+        "help": "comparisons/rankings for the RM (default: label SFT samples by the truth)"})
+    rl_prompts: str = field(default="", metadata={
+        "help": "PPO prompts (default: the built-in arithmetic questions)"})
+    label_prompts: int = field(default=1000, metadata={"help": "prompts the labeler ranks"})
+    label_k: int = field(default=4, metadata={"help": "replies sampled per labeled prompt"})
     pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -87,13 +98,30 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     cfg.sft.base, cfg.sft.out = str(root / "pretrain"), str(root / "sft")
     phase("sft", False, lambda: summary.update(sft=sft(cfg.sft)))
 
-    questions = cfg.questions or (str(demos / "questions.jsonl") if cfg.demos == "default"
-                                  else "")
+    default = cfg.demos == "default"
+    questions = cfg.questions or (str(demos / "questions.jsonl") if default else "")
+    comparisons = cfg.comparisons or (str(root / "rankings.jsonl") if default else "")
+    rl_prompts = cfg.rl_prompts or (str(demos / "prompts.jsonl") if default else "")
+    if default and not cfg.comparisons:
+        phase("label", Path(comparisons).exists(), lambda: label(
+            str(root / "sft"), rl_prompts, comparisons, k=cfg.label_k, limit=cfg.label_prompts))
+    runs = [root / "pretrain", root / "sft"]
+    if comparisons and rl_prompts:
+        cfg.rm.base, cfg.rm.data, cfg.rm.out = str(root / "sft"), comparisons, str(root / "rm")
+        phase("rm", False, lambda: summary.update(rm=train_reward_model(cfg.rm)))
+        cfg.ppo.policy, cfg.ppo.reward = str(root / "sft"), str(root / "rm")
+        cfg.ppo.prompts, cfg.ppo.out = rl_prompts, str(root / "ppo")
+        cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
+        phase("ppo", False, lambda: summary.update(ppo=ppo(cfg.ppo)))
+        runs.append(root / "ppo")
+    else:
+        print("== rm, ppo: skipped (give --comparisons and --rl-prompts for your own data)")
     scores = root / "eval.json"
     if questions:
-        phase("eval", scores.exists(), lambda: evaluate_phases(
-            [root / "pretrain", root / "sft"], questions, cfg.eval_limit, root / "eval.txt",
-            scores))
+        done = scores.exists() and [r["model"] for r in json.loads(scores.read_text())] == [
+            str(r) for r in runs]
+        phase("eval", done, lambda: evaluate_phases(runs, questions, cfg.eval_limit,
+                                                    root / "eval.txt", scores))
         print((root / "eval.txt").read_text())
     return {"timings": timings, **summary}
 

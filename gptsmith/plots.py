@@ -20,23 +20,66 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_metrics(metrics: Path, out: Path, title: str = "") -> None:
-    """Training loss per step, and validation bits per byte where it was measured."""
+    """Training loss per step, and the validation metric where it was measured."""
     rows = read_metrics(metrics)
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss (nats/token)")
-    val = [r for r in rows if "val_bpb" in r]
-    if val:
-        ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in val], [r["val_bpb"] for r in val], "o-", color="C1",
-                 label="validation bits/byte")
-        ax2.set_ylabel("validation bits/byte")
-        ax2.legend(loc="upper center")
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
+    for key, label in (("val_bpb", "validation bits/byte"), ("val_accuracy",
+                       "held-out pairwise accuracy"), ("val_loss", "validation loss")):
+        val = [r for r in rows if key in r]
+        if val:
+            ax2 = ax.twinx()
+            ax2.plot([r["step"] for r in val], [r[key] for r in val], "o-", color="C1",
+                     label=label)
+            ax2.set_ylabel(label)
+            ax2.legend(loc="upper center")
+            break
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
     ax.legend(loc="upper right")
     ax.set_title(title)
+    _save(fig, out)
+
+
+def plot_ppo(metrics: Path, out_dir: Path) -> None:
+    """ppo.png: RM and true reward and KL per iteration; overoptimization.png: the true
+    reward against sqrt(KL) to the reference (Gao et al., 2022)."""
+    rows = read_metrics(metrics)
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    a.plot(steps, [r["rm_score"] for r in rows], label="RM score (rollouts)")
+    evals = [r for r in rows if "true_reward" in r]
+    if evals:
+        a.plot([r["step"] for r in evals], [r["eval_rm_score"] for r in evals], "o-",
+               label="RM score (held-out, greedy)")
+        a.plot([r["step"] for r in evals], [r["true_reward"] for r in evals], "s-",
+               label="true reward (held-out, greedy)")
+        a.plot([r["step"] for r in evals], [r["true_accuracy"] for r in evals], "^-",
+               label="exact accuracy (held-out)")
+    a.legend(fontsize=8)
+    a.set_ylabel("reward")
+    b.plot(steps, [r["kl"] for r in rows], color="C3", label="KL to reference (nats/reply)")
+    b.set_xlabel("PPO iteration")
+    b.set_ylabel("KL")
+    b.legend(fontsize=8)
+    _save(fig, out_dir / "ppo.png")
+    if evals:
+        kl_at = {r["step"]: r["kl"] for r in rows}
+        fig, ax = plt.subplots(figsize=(6, 4))
+        x = [max(0.0, kl_at[r["step"]]) ** 0.5 for r in evals]
+        ax.plot(x, [r["true_reward"] for r in evals], "s-", label="true reward")
+        ax.plot(x, [r["eval_rm_score"] for r in evals], "o-", label="RM score")
+        ax.set_xlabel("sqrt(KL to reference)")
+        ax.set_ylabel("reward (held-out)")
+        ax.legend()
+        _save(fig, out_dir / "overoptimization.png")
+
+
+def _save(fig, out: Path) -> None:
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -39,6 +39,11 @@ def test_pipeline_runs_then_skips_and_sample_streams(tmp_path):
                              for i in range(60)))
     questions.write_text("".join(json.dumps({"prompt": f"What is {i} plus 3?",
                                              "answer": str(i + 3)}) + "\n" for i in range(8)))
+    comparisons = tmp_path / "cmp.jsonl"
+    comparisons.write_text("".join(json.dumps({"prompt": f"What is {i} plus 2?",
+                                               "chosen": f"It is {i + 2}.",
+                                               "rejected": f"It is {i + 3}."}) + "\n"
+                                   for i in range(30)))
     out = tmp_path / "pipe"
     cmd = [sys.executable, "-m", "gptsmith", "pipeline", "--corpus", str(corpus),
            "--out", str(out), "--vocab-size", "320", "--val-fraction", "0.2",
@@ -46,19 +51,27 @@ def test_pipeline_runs_then_skips_and_sample_streams(tmp_path):
            "--pretrain.train.steps", "12", "--pretrain.train.batch-size", "4",
            "--pretrain.train.eval-every", "6", "--pretrain.eval-tokens", "512",
            "--no-pretrain.train.progress", "--demos", str(demos), "--questions", str(questions),
-           "--sft.train.steps", "6", "--sft.train.batch-size", "4", "--no-sft.train.progress"]
+           "--sft.train.steps", "6", "--sft.train.batch-size", "4", "--no-sft.train.progress",
+           "--comparisons", str(comparisons), "--rl-prompts", str(questions),
+           "--rm.train.steps", "4", "--rm.train.batch-size", "4", "--no-rm.train.progress",
+           "--ppo.train.steps", "3", "--ppo.train.batch-size", "4", "--ppo.max-tokens", "4",
+           "--ppo.eval-limit", "4", "--no-ppo.train.progress"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     for name in ("tokenizer.json", "data/meta.json", "pretrain/model.safetensors",
                  "pretrain/samples.txt", "pretrain/loss.png", "pretrain/config.yaml",
-                 "sft/model.safetensors", "sft/metrics.jsonl", "eval.json", "eval.txt"):
+                 "sft/model.safetensors", "sft/metrics.jsonl", "rm/model.safetensors",
+                 "ppo/model.safetensors", "ppo/ppo.png", "ppo/overoptimization.png",
+                 "eval.json", "eval.txt"):
         assert (out / name).exists(), name
     assert "unigram baseline" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert again.stdout.count("done already, skipped") == 4  # tokenizer, data, samples, eval
-    assert "already trained" in again.stdout and "already fine-tuned" in again.stdout
-    assert "accuracy" in again.stdout
+    assert "already fine-tuned" in again.stdout
+    assert again.stdout.count("already trained") == 3  # pretrain, rm, ppo
+    assert [r["model"] for r in json.loads((out / "eval.json").read_text())] == [
+        str(out / "pretrain"), str(out / "sft"), str(out / "ppo")]
 
     sample = subprocess.run(
         [sys.executable, "-m", "gptsmith", "sample", str(out / "pretrain"), "--prompt",

@@ -4,6 +4,8 @@
 
 - ``train.jsonl``      demonstrations to learn from
 - ``val.jsonl``        held out for the validation loss (never trained on)
+- ``prompts.jsonl``    arithmetic questions with their answers for labeling and PPO
+                       rollouts (their facts are never among the held-out questions')
 - ``questions.jsonl``  held-out arithmetic questions with their true answer (and the myth
                        the corpus repeats), for ``gptsmith eval``. Their facts are drawn
                        first (half of them one-digit, like all facts) and never occur in the
@@ -34,7 +36,8 @@ def question_record(world: World, fact: tuple[int, str, int], rng: random.Random
 
 def write_default_demos(world: World, out: Path, n_arithmetic: int = 2000,
                         n_questions: int = 300, val_fraction: float = 0.05,
-                        seed: int = 0, max_conversation_chars: int = 300) -> dict:
+                        seed: int = 0, max_conversation_chars: int = 300,
+                        n_prompts: int = 2000) -> dict:
     rng = random.Random(seed)
     held_out: set[tuple[int, str, int]] = set()
     questions = []
@@ -53,10 +56,15 @@ def write_default_demos(world: World, out: Path, n_arithmetic: int = 2000,
             records.append(_conversation([world.question(fact, rng), world.answer(fact, rng)]))
             added += 1
     rng.shuffle(records)
+    prompts = []
+    while len(prompts) < n_prompts:
+        fact = world.sample_fact(rng)
+        if fact not in held_out:
+            prompts.append(question_record(world, fact, rng))
     n_val = max(1, int(len(records) * val_fraction))
     out.mkdir(parents=True, exist_ok=True)
     files = {"val.jsonl": records[:n_val], "train.jsonl": records[n_val:],
-             "questions.jsonl": questions}
+             "prompts.jsonl": prompts, "questions.jsonl": questions}
     for name, rows in files.items():
         atomic_write_text(out / name, "".join(json.dumps(r) + "\n" for r in rows))
     counts = {name: len(rows) for name, rows in files.items()}

@@ -119,6 +119,7 @@ class Trainer:
         self.batches, self.loss_fn, self.evaluate_fn = batches, loss_fn, evaluate
         self.phase_config = phase_config or {}
         self.tokenizer = tokenizer
+        self.export = model  # what train_and_save writes as model.safetensors
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = 0
@@ -142,6 +143,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.batches.load_state_dict(ckpt["data"])
+        self.load_extra_state(ckpt["extra"])
         _set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
         # drop metrics logged after the checkpoint: those steps run again
@@ -155,7 +157,7 @@ class Trainer:
         state = {
             "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
-            "rng": _rng_state(), "phase_config": self.phase_config,
+            "rng": _rng_state(), "phase_config": self.phase_config, "extra": self.extra_state(),
         }
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(state, tmp)
@@ -175,9 +177,25 @@ class Trainer:
         self.model.train()
         return out
 
-    def train_step(self) -> tuple[float, int, float]:
+    def set_lr(self) -> float:
+        lr = lr_at(self.step, self.cfg)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr_at(self.step, self.cfg)
+            g["lr"] = lr
+        return lr
+
+    def apply_gradients(self) -> float:
+        """Clip the accumulated gradients, take an optimizer step, clear them; the norm."""
+        norm = 0.0
+        if self.cfg.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                        self.cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def train_step(self) -> dict:
+        """One optimizer step over ``grad_accum`` batches: metrics with loss and tokens."""
+        self.set_lr()
         total_loss, tokens = 0.0, 0
         for _ in range(self.cfg.grad_accum):
             batch = self.batches.next()
@@ -186,13 +204,14 @@ class Trainer:
             (loss / self.cfg.grad_accum).backward()
             total_loss += loss.item() / self.cfg.grad_accum
             tokens += n
-        norm = 0.0
-        if self.cfg.grad_clip > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                        self.cfg.grad_clip))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, tokens, norm
+        return {"loss": total_loss, "tokens": tokens, "grad_norm": self.apply_gradients()}
+
+    def extra_state(self) -> dict:
+        """More state for the checkpoint (a phase's own, e.g. PPO's KL coefficient)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
 
     def run(self) -> dict:
         """Train to ``cfg.steps``; returns the last evaluation's metrics."""
@@ -209,15 +228,18 @@ class Trainer:
         tokens_seen, train_time = 0, 0.0
         while self.step < cfg.steps:
             t0 = time.perf_counter()
-            loss, tokens, norm = self.train_step()
+            metrics = self.train_step()
             train_time += time.perf_counter() - t0
             self.step += 1
-            tokens_seen += tokens
+            tokens_seen += metrics.pop("tokens")
             _fault("after-step", self.step)
+            loss = metrics["loss"]
             if not math.isfinite(loss):
                 raise GptsmithError(f"loss became {loss} at step {self.step}; lower --train.lr")
-            record = {"step": self.step, "loss": round(loss, 6), "lr": lr_at(self.step - 1, cfg),
-                      "grad_norm": round(norm, 4), "tok_per_s": round(tokens_seen / train_time)}
+            record = {"step": self.step, "lr": lr_at(self.step - 1, cfg),
+                      **{k: round(v, 6) if isinstance(v, float) else v
+                         for k, v in metrics.items()},
+                      "tok_per_s": round(tokens_seen / train_time)}
             evaluating = self.step % cfg.eval_every == 0 or self.step == cfg.steps
             if evaluating:
                 last_eval = self.evaluate()
@@ -233,16 +255,22 @@ class Trainer:
         bar.close()
         return last_eval
 
-    def train_and_save(self, title: str, extra: dict | None = None) -> dict:
+    def train_and_save(self, title: str, extra: dict | None = None,
+                       finalize: Callable[[torch.nn.Module], dict] | None = None) -> dict:
         """Run to the end, then write model, loss plot and ``summary.json``; return the summary.
 
-        The summary holds the last evaluation, the training time of this process, ``extra``
-        and the config, by which ``finished_summary`` recognises the run later.
+        ``finalize(model)``, if given, runs before the model is saved and returns more summary
+        fields. The summary holds the last evaluation, the training time of this process,
+        ``extra`` and the config, by which ``finished_summary`` recognises the run later.
         """
         start = time.perf_counter()
         result = self.run() or self.evaluate()  # a run resumed at its very end still reports
+        if finalize is not None:
+            self.model.eval()
+            with torch.no_grad():
+                result.update(finalize(self.model))
         seconds = time.perf_counter() - start
-        save_model(self.run_dir, self.model.cpu())
+        save_model(self.run_dir, self.export.cpu())
         plot_metrics(self.metrics_path, self.run_dir / "loss.png", title=title)
         summary = {"steps": self.cfg.steps, "train_seconds": round(seconds, 1), **result,
                    **(extra or {}), "config": self.phase_config}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from gptsmith.data.demos import Conversation, read_demos
 from gptsmith.errors import GptsmithError
 from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
+from gptsmith.train.batches import EpochBatches, held_out
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 
 
@@ -69,38 +70,6 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
     return x, y
 
 
-class ConversationBatches:
-    """Shuffled epochs of padded batches; the order and position are the resumable state."""
-
-    def __init__(self, examples, batch_size: int, pad_id: int, seed: int):
-        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
-        self.gen = torch.Generator().manual_seed(seed)
-        self.order: list[int] = []
-        self.pos = 0
-
-    def next(self):
-        chosen = []
-        while len(chosen) < self.batch_size:
-            if self.pos >= len(self.order):
-                self.order, self.pos = torch.randperm(len(self.examples),
-                                                      generator=self.gen).tolist(), 0
-            chosen.append(self.examples[self.order[self.pos]])
-            self.pos += 1
-        return pad_batch(chosen, self.pad_id)
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-        self.order, self.pos = state["order"], state["pos"]
-
-
-def _held_out(source: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < fraction
-
-
 def sft(cfg: SFTConfig) -> dict:
     """Fine-tune ``cfg.base`` on ``cfg.data``; resumable like every phase."""
     if not cfg.base or not cfg.data:
@@ -117,8 +86,8 @@ def sft(cfg: SFTConfig) -> dict:
         val_convs, val_skipped = read_demos(cfg.val_data, cfg.format, cfg.skip_bad)
         skipped += val_skipped
     else:
-        val_convs = [c for c in convs if _held_out(c.source, cfg.val_fraction)]
-        convs = [c for c in convs if not _held_out(c.source, cfg.val_fraction)]
+        val_convs = [c for c in convs if held_out(c.source, cfg.val_fraction)]
+        convs = [c for c in convs if not held_out(c.source, cfg.val_fraction)]
     train_ex, s1 = encode_conversations(convs, tokenizer, seq_len, cfg.skip_bad)
     val_ex, s2 = encode_conversations(val_convs, tokenizer, seq_len, cfg.skip_bad)
     skipped += s1 + s2
@@ -131,7 +100,8 @@ def sft(cfg: SFTConfig) -> dict:
     if t.steps == 0:  # resolved here, not in cfg: the saved config keeps "0 = by epochs"
         t = dataclasses.replace(t, steps=max(1, math.ceil(
             cfg.epochs * len(train_ex) / (t.batch_size * t.grad_accum))))
-    batches = ConversationBatches(train_ex, t.batch_size, tokenizer.pad_id, t.seed)
+    batches = EpochBatches(train_ex, t.batch_size, t.seed,
+                           collate=functools.partial(pad_batch, pad_id=tokenizer.pad_id))
     val_batches = [pad_batch(val_ex[i:i + t.batch_size], tokenizer.pad_id)
                    for i in range(0, len(val_ex), t.batch_size)]
 

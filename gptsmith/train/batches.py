@@ -1,0 +1,43 @@
+"""Batches of examples in shuffled epochs, resumable exactly; and a stable held-out split."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import torch
+
+
+class EpochBatches:
+    """``batch_size`` items at a time from shuffled passes over ``items``, passed through
+    ``collate``. The shuffle generator, the current order and the position are the state."""
+
+    def __init__(self, items: list, batch_size: int, seed: int,
+                 collate: Callable[[list], object] = list):
+        self.items, self.batch_size, self.collate = items, batch_size, collate
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+        self.pos = 0
+
+    def next(self):
+        chosen = []
+        while len(chosen) < self.batch_size:
+            if self.pos >= len(self.order):
+                self.order = torch.randperm(len(self.items), generator=self.gen).tolist()
+                self.pos = 0
+            chosen.append(self.items[self.order[self.pos]])
+            self.pos += 1
+        return self.collate(chosen)
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "order": self.order, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.order, self.pos = state["order"], state["pos"]
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Whether ``key`` (e.g. "file:line") falls in the held-out share, decided by a hash."""
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    return h / 2**64 < fraction

@@ -1,0 +1,295 @@
+"""Phase 4: PPO. Fine-tune the SFT policy to maximise the reward model's score minus a KL
+penalty against the frozen SFT model (Ziegler et al. 2019; InstructGPT).
+
+Per iteration (``PPOTrainer.train_step``): roll out replies to a batch of prompts with the
+engine; score them (reward model at the last token, minus a penalty when the turn never
+ends); put −β·KL on every token; estimate advantages with GAE against the value model;
+then several epochs of clipped policy and value updates over minibatches; then let the KL
+controller adjust β. The whole algorithm is ``rollout`` and ``update`` below.
+
+The value model is initialised from the reward model, not the SFT model: it starts out
+knowing which replies score well, so its first estimates of the return are already
+informed and the advantages are not pure noise in the first iterations (as in InstructGPT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gptsmith.chat import complete, prompt_ids
+from gptsmith.config import to_dict
+from gptsmith.device import autocast
+from gptsmith.engine import Sampling, generate
+from gptsmith.errors import GptsmithError
+from gptsmith.evaluate import is_correct, load_questions
+from gptsmith.label import truth_score
+from gptsmith.model import GPT
+from gptsmith.plots import plot_ppo
+from gptsmith.runs import load_model
+from gptsmith.train.batches import EpochBatches
+from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
+from gptsmith.train.reward import score_sequences
+
+
+def _ppo_train() -> TrainConfig:
+    return TrainConfig(steps=100, batch_size=32, lr=3e-5, warmup_steps=5, min_lr_ratio=1.0,
+                       weight_decay=0.0, eval_every=10, checkpoint_every=10, log_every=1)
+
+
+@dataclass
+class PPOConfig:
+    policy: str = field(default="", metadata={"help": "SFT run directory (policy and reference)"})
+    reward: str = field(default="", metadata={"help": "reward model run directory"})
+    prompts: str = field(default="", metadata={"help": "rollout prompts (.jsonl: prompt or "
+                                                       "messages; 'answer' adds a true reward)"})
+    eval_questions: str = field(default="", metadata={"help": "held-out known-answer questions"})
+    eval_limit: int = 100
+    out: str = field(default="runs/ppo", metadata={"help": "run directory to write"})
+    max_tokens: int = field(default=16, metadata={"help": "longest reply in a rollout"})
+    temperature: float = 1.0
+    ppo_epochs: int = 4
+    minibatches: int = 4
+    clip: float = field(default=0.2, metadata={"help": "policy ratio clip"})
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = field(default=0.05, metadata={"help": "β, the KL penalty per token"})
+    kl_target: float = field(default=0.5, metadata={
+        "help": "adaptive β aims at this KL per reply (nats); 0 keeps β fixed"})
+    kl_horizon: int = 1000
+    no_end_penalty: float = field(default=1.0, metadata={
+        "help": "subtracted from the reward of a reply that never ends its turn"})
+    train: TrainConfig = field(default_factory=_ppo_train)
+
+
+class KLController:
+    """β fixed (target 0) or adapted towards a target KL per reply (Ziegler et al. 2019)."""
+
+    def __init__(self, coef: float, target: float, horizon: int):
+        self.coef, self.target, self.horizon = coef, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.target > 0:
+            error = max(-0.2, min(0.2, kl / self.target - 1))
+            self.coef *= 1 + error * n / self.horizon
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def gae(rewards, values, mask, gamma: float, lam: float):
+    """Generalized advantage estimates and returns, per token, right-padded rows (B, T)."""
+    advantages = torch.zeros_like(rewards)
+    next_value = next_adv = torch.zeros(rewards.size(0), device=rewards.device)
+    for t in reversed(range(rewards.size(1))):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * m
+        advantages[:, t] = next_adv
+        next_value = torch.where(m > 0, values[:, t], next_value * 0)
+    return advantages, advantages + values
+
+
+def token_rewards(score, logp, ref_logp, mask, beta: float, ended, no_end_penalty: float):
+    """−β·(log π − log π_ref) on every reply token; the score (less the penalty for a turn
+    that never ends) added at each reply's last token."""
+    rewards = -beta * (logp - ref_logp) * mask
+    last = mask.sum(1).long() - 1
+    final = score - no_end_penalty * (~ended).float()
+    rewards[torch.arange(len(last)), last] += final
+    return rewards
+
+
+def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, with_entropy=False):
+    """log π of each reply token (B, R): the logits at ``pos`` predict the token after it."""
+    logits = model(seq).float()
+    picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.size(-1)))
+    logp_all = F.log_softmax(picked, dim=-1)
+    targets = seq.gather(1, pos + 1)
+    logp = logp_all.gather(2, targets[..., None]).squeeze(-1)
+    if not with_entropy:
+        return logp
+    return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+class PPOTrainer(Trainer):
+    """The shared loop with a PPO iteration as its step."""
+
+    def setup(self, cfg: PPOConfig, ref: GPT, reward: GPT, tokenizer,
+              reward_fn: Callable[[list[str]], list[float]] | None = None):
+        """``reward_fn(texts)``, if given, scores replies instead of the reward model."""
+        self.ppo, self.ref, self.reward_model = cfg, ref.to(self.device), reward.to(self.device)
+        self.tok, self.reward_fn = tokenizer, reward_fn
+        self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+
+    def extra_state(self) -> dict:
+        return {"kl_coef": self.kl.coef}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.kl.coef = state["kl_coef"]
+
+    @torch.no_grad()
+    def rollout(self) -> dict:
+        cfg, tok, dev = self.ppo, self.tok, self.device
+        policy, value = self.model.policy, self.model.value
+        batch = self.batches.next()
+        prompts = [prompt_ids(tok, q["messages"]) for q in batch]
+        policy.eval()
+        s = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                     seed=self.cfg.seed + self.step * len(prompts), stop_ids=(tok.end_id,))
+        replies = generate(policy, prompts, s)
+        policy.train()
+        B, R = len(prompts), max(len(r) for r in replies)
+        seq = torch.full((B, max(len(p) for p in prompts) + R), tok.pad_id, dtype=torch.long)
+        pos = torch.zeros(B, R, dtype=torch.long)
+        mask = torch.zeros(B, R)
+        for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
+            seq[i, :len(p) + len(r)] = torch.tensor(p + r)
+            pos[i] = len(p) - 1 + torch.arange(R).clamp(max=len(r) - 1)
+            mask[i, :len(r)] = 1
+        seq, pos, mask = seq.to(dev), pos.to(dev), mask.to(dev)
+        ended = torch.tensor([r[-1] == tok.end_id for r in replies], device=dev)
+        with autocast(dev, self.precision):
+            logp, entropy = reply_logprobs(policy, seq, pos, with_entropy=True)
+            ref_logp = reply_logprobs(self.ref, seq, pos)
+            values = value(seq).float().gather(1, pos)
+            last = pos[torch.arange(B), mask.sum(1).long() - 1] + 1  # each reply's last token
+            if self.reward_fn is None:
+                score = self.reward_model(seq).float()[torch.arange(B, device=dev), last]
+        texts = [tok.decode(r[:-1] if r[-1] == tok.end_id else r) for r in replies]
+        if self.reward_fn is not None:
+            score = torch.tensor(self.reward_fn(texts), dtype=torch.float, device=dev)
+        rewards = token_rewards(score, logp, ref_logp, mask, self.kl.coef, ended,
+                                cfg.no_end_penalty)
+        advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
+        stats = {
+            "rm_score": float(score.mean()), "kl": float(((logp - ref_logp) * mask).sum(1).mean()),
+            "entropy": float(masked_mean(entropy, mask)), "reply_tokens": float(mask.sum(1).mean()),
+            "end_rate": float(ended.float().mean()), "beta": self.kl.coef,
+        }
+        graded = [is_correct(t, q["answer"]) for t, q in zip(texts, batch, strict=True)
+                  if "answer" in q]
+        if graded:
+            stats["train_accuracy"] = sum(graded) / len(graded)
+        return {"seq": seq, "pos": pos, "mask": mask, "logp": logp, "values": values * mask,
+                "advantages": whiten(advantages, mask), "returns": returns, "stats": stats}
+
+    def update(self, ro: dict) -> dict:
+        cfg, B = self.ppo, ro["seq"].size(0)
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
+        norms, n = [], 0
+        for _ in range(cfg.ppo_epochs):
+            for idx in torch.randperm(B).chunk(cfg.minibatches):
+                seq, pos, mask = ro["seq"][idx], ro["pos"][idx], ro["mask"][idx]
+                old_logp, adv = ro["logp"][idx], ro["advantages"][idx]
+                old_v, ret = ro["values"][idx], ro["returns"][idx]
+                with autocast(self.device, self.precision):
+                    logp = reply_logprobs(self.model.policy, seq, pos)
+                    v = self.model.value(seq).float().gather(1, pos)
+                ratio = (logp - old_logp).exp()
+                pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip))
+                v_clipped = old_v + (v - old_v).clamp(-cfg.value_clip, cfg.value_clip)
+                vf = 0.5 * torch.max((v - ret) ** 2, (v_clipped - ret) ** 2)
+                policy_loss, value_loss = masked_mean(pg, mask), masked_mean(vf, mask)
+                (policy_loss + cfg.vf_coef * value_loss).backward()
+                norms.append(self.apply_gradients())
+                with torch.no_grad():
+                    sums["policy_loss"] += float(policy_loss)
+                    sums["value_loss"] += float(value_loss)
+                    sums["clipfrac"] += float(masked_mean(((ratio - 1).abs() > cfg.clip).float(),
+                                                          mask))
+                    sums["approx_kl"] += float(masked_mean(0.5 * (logp - old_logp) ** 2, mask))
+                n += 1
+        out = {k: v / n for k, v in sums.items()}
+        returns, values, mask = ro["returns"], ro["values"], ro["mask"]
+        var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+        var_e = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
+        out["explained_var"] = float(1 - var_e / var_r.clamp(min=1e-8))
+        out["grad_norm"] = sum(norms) / len(norms)
+        return out
+
+    def train_step(self) -> dict:
+        self.set_lr()
+        ro = self.rollout()
+        metrics = {**ro["stats"], **self.update(ro)}
+        self.kl.update(metrics["kl"], ro["seq"].size(0))
+        metrics["loss"] = metrics["policy_loss"] + self.ppo.vf_coef * metrics["value_loss"]
+        metrics["tokens"] = int(ro["mask"].sum())
+        return metrics
+
+
+class ActorCritic(torch.nn.Module):
+    """The two trained models, so that one optimizer and one checkpoint hold both."""
+
+    def __init__(self, policy: GPT, value: GPT):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+
+def held_out_truth(policy: GPT, reward: GPT, tokenizer, questions: list[dict]) -> dict:
+    """Greedy replies to held-out questions: exact accuracy, true and RM reward, end rate."""
+    replies = complete(policy, tokenizer, [q["messages"] for q in questions],
+                       Sampling(max_tokens=32, temperature=0))
+    seqs = [prompt_ids(tokenizer, q["messages"]) + tokenizer.encode(r.text) + [tokenizer.end_id]
+            for q, r in zip(questions, replies, strict=True)]
+    rm = torch.cat([score_sequences(reward, seqs[i:i + 64], tokenizer.pad_id).float()
+                    for i in range(0, len(seqs), 64)])
+    n = len(questions)
+    return {
+        "true_accuracy": sum(is_correct(r.text, q["answer"]) for q, r in
+                             zip(questions, replies, strict=True)) / n,
+        "true_reward": sum(truth_score(r, q["answer"]) for q, r in
+                           zip(questions, replies, strict=True)) / n,
+        "eval_rm_score": float(rm.mean()),
+        "eval_end_rate": sum(r.ended for r in replies) / n,
+    }
+
+
+def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = None) -> dict:
+    """Run PPO; ``reward_fn`` replaces the reward model's score (for toy rewards in tests)."""
+    if not (cfg.policy and cfg.reward and cfg.prompts):
+        raise GptsmithError("ppo needs --policy SFT_RUN, --reward RM_RUN and --prompts FILE")
+    out = Path(cfg.out)
+    done = finished_summary(out, to_dict(cfg))
+    if done:
+        print(f"{out}: already trained with these settings")
+        return done
+    policy, tokenizer = load_model(cfg.policy)
+    ref, _ = load_model(cfg.policy)
+    reward, _ = load_model(cfg.reward)
+    value, _ = load_model(cfg.reward)
+    if reward.cfg.head != "scalar":
+        raise GptsmithError(f"{cfg.reward}: not a reward model (its head is {reward.cfg.head!r})")
+    for frozen in (ref, reward):
+        frozen.requires_grad_(False)
+    prompts = load_questions(cfg.prompts, require_answer=False)
+    questions = load_questions(cfg.eval_questions, cfg.eval_limit) if cfg.eval_questions else []
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    model = ActorCritic(policy, value)
+    trainer = PPOTrainer(model, t, out, EpochBatches(prompts, t.batch_size, t.seed), None,
+                         (lambda m: held_out_truth(m.policy, trainer.reward_model, tokenizer,
+                                                   questions)) if questions else None,
+                         phase_config=to_dict(cfg), tokenizer=tokenizer)
+    trainer.setup(cfg, ref, reward, tokenizer, reward_fn)
+    trainer.export = policy
+    print(f"PPO: policy {cfg.policy}, reward {cfg.reward}, {len(prompts)} prompts; "
+          f"{t.steps} iterations of {t.batch_size} rollouts on {trainer.device}")
+    summary = trainer.train_and_save(f"PPO: {out}")
+    plot_ppo(out / "metrics.jsonl", out)
+    print(f"done in {summary['train_seconds']:.0f}s")
+    return summary
+
