@@ -112,7 +112,7 @@ def cmd_eval(args) -> None:
 
     questions = load_questions(args.questions, args.limit)
     s = _sampling(args)
-    scores = [score_model(m, questions, s) for m in args.model]
+    scores = [score_model(m, questions, s, args.samples) for m in args.model]
     print(report(scores, questions, args.show))
     if args.out:
         from gptsmith.runs import atomic_write_text
@@ -265,6 +265,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help=".jsonl with prompt (or messages) and answer per line")
     c.add_argument("--limit", type=int, default=0, help="use the first N questions (0 = all)")
     c.add_argument("--show", type=int, default=5, help="questions shown side by side")
+    c.add_argument("--samples", type=int, default=0,
+                   help="also score N replies per question sampled at temperature 1")
     c.add_argument("--out", help="write the scores as JSON here")
     add_sampling_flags(c, temperature=0.0, max_tokens=48)
     c.set_defaults(func=cmd_eval)

@@ -10,7 +10,7 @@ surrounding space and final punctuation.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gptsmith.chat import Reply, complete
@@ -55,42 +55,57 @@ def load_questions(path: str | Path, limit: int = 0, require_answer: bool = True
 @dataclass
 class ModelScore:
     model: str
-    accuracy: float
-    myth_rate: float | None
+    accuracy: float            # greedy (or as sampled by the given settings)
+    myth_rate: float | None    # share of replies stating the corpus's myth
     end_rate: float
     mean_tokens: float
+    sampled_accuracy: float | None = None  # mean over ``samples`` replies at temperature 1
+    sampled_myth_rate: float | None = None
     replies: list[Reply] = field(repr=False, default_factory=list)
 
     def row(self) -> dict:
-        return {"model": self.model, "accuracy": round(self.accuracy, 4),
-                "myth_rate": None if self.myth_rate is None else round(self.myth_rate, 4),
-                "end_rate": round(self.end_rate, 4), "mean_tokens": round(self.mean_tokens, 2)}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in vars(self).items()
+                if k != "replies"}
 
 
-def score_model(run_dir: str, questions: list[dict], s: Sampling) -> ModelScore:
+def _rates(questions: list[dict], replies: list[Reply], k: int) -> tuple[float, float | None]:
+    """Share of replies exactly right, and of those stating the myth (k replies a question)."""
+    pairs = [(questions[i // k], r) for i, r in enumerate(replies)]
+    right = sum(is_correct(r.text, q["answer"]) for q, r in pairs) / len(pairs)
+    mythical = [(q, r) for q, r in pairs if "myth" in q]
+    myth = (sum(is_correct(r.text, q["myth"]) for q, r in mythical) / len(mythical)
+            if mythical else None)
+    return right, myth
+
+
+def score_model(run_dir: str, questions: list[dict], s: Sampling,
+                samples: int = 0) -> ModelScore:
+    """Scores of one model; with ``samples``, also the accuracy of that many replies per
+    question sampled at temperature 1 (what a chat user meets, not only the greedy mode)."""
     model, tokenizer = load_model(run_dir)
-    replies = complete(model, tokenizer, [q["messages"] for q in questions], s)
-    n = len(questions)
-    with_myth = [(q, r) for q, r in zip(questions, replies, strict=True) if "myth" in q]
-    return ModelScore(
-        model=run_dir,
-        accuracy=sum(is_correct(r.text, q["answer"]) for q, r in zip(questions, replies,
-                                                                     strict=True)) / n,
-        myth_rate=(sum(is_correct(r.text, q["myth"]) for q, r in with_myth) / len(with_myth)
-                   if with_myth else None),
-        end_rate=sum(r.ended for r in replies) / n,
-        mean_tokens=sum(r.tokens for r in replies) / n,
-        replies=replies,
-    )
+    convs = [q["messages"] for q in questions]
+    replies = complete(model, tokenizer, convs, s)
+    accuracy, myth = _rates(questions, replies, 1)
+    score = ModelScore(run_dir, accuracy, myth, sum(r.ended for r in replies) / len(replies),
+                       sum(r.tokens for r in replies) / len(replies), replies=replies)
+    if samples:
+        sampled = complete(model, tokenizer, [c for c in convs for _ in range(samples)],
+                           replace(s, temperature=1.0, top_k=0, top_p=1.0), batch_size=128)
+        score.sampled_accuracy, score.sampled_myth_rate = _rates(questions, sampled, samples)
+    return score
 
 
 def report(scores: list[ModelScore], questions: list[dict], show: int = 5) -> str:
     """A table of the scores, then the first ``show`` questions answered by every model."""
-    lines = [f"{'model':<40} {'accuracy':>9} {'myth':>6} {'ends turn':>10} {'tokens':>7}"]
+    def pct(x):
+        return "-" if x is None else f"{x:.1%}"
+
+    lines = [f"{'model':<34} {'accuracy':>9} {'myth':>6} {'sampled':>8} {'myth':>6} "
+             f"{'ends turn':>10} {'tokens':>7}"]
     for s in scores:
-        myth = "-" if s.myth_rate is None else f"{s.myth_rate:.1%}"
-        lines.append(f"{s.model:<40} {s.accuracy:>9.1%} {myth:>6} {s.end_rate:>10.1%} "
-                     f"{s.mean_tokens:>7.1f}")
+        lines.append(f"{s.model:<34} {s.accuracy:>9.1%} {pct(s.myth_rate):>6} "
+                     f"{pct(s.sampled_accuracy):>8} {pct(s.sampled_myth_rate):>6} "
+                     f"{s.end_rate:>10.1%} {s.mean_tokens:>7.1f}")
     for q_index, q in enumerate(questions[:show]):
         lines.append("")
         lines.append(f"Q: {q['messages'][-1]['content']}   (true answer: {q['answer']})")

@@ -46,7 +46,9 @@ class PipelineConfig:
         "help": "'default' (built-in) or a demonstrations file for SFT"})
     questions: str = field(default="", metadata={
         "help": "known-answer questions for eval (default: the built-in held-out set)"})
-    eval_limit: int = field(default=200, metadata={"help": "questions evaluated (0 = all)"})
+    eval_limit: int = field(default=0, metadata={"help": "questions evaluated (0 = all)"})
+    eval_samples: int = field(default=4, metadata={
+        "help": "replies per question also sampled at temperature 1 in the evaluation"})
     comparisons: str = field(default="", metadata={
         "help": "comparisons/rankings for the RM (default: label SFT samples by the truth)"})
     rl_prompts: str = field(default="", metadata={
@@ -121,17 +123,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         done = scores.exists() and [r["model"] for r in json.loads(scores.read_text())] == [
             str(r) for r in runs]
         phase("eval", done, lambda: evaluate_phases(runs, questions, cfg.eval_limit,
-                                                    root / "eval.txt", scores))
+                                                    cfg.eval_samples, root / "eval.txt", scores))
         print((root / "eval.txt").read_text())
     return {"timings": timings, **summary}
 
 
-def evaluate_phases(runs: list[Path], questions: str, limit: int, text_out: Path,
-                    json_out: Path) -> None:
-    """Greedy answers of each phase's model to the same held-out questions, scored."""
+def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
+                    text_out: Path, json_out: Path) -> None:
+    """Each phase's model answering the same held-out questions (greedy, and ``samples``
+    sampled replies per question), scored."""
     qs = load_questions(questions, limit)
     s = Sampling(max_tokens=48, temperature=0)
-    results = [score_model(str(r), qs, s) for r in runs]
+    results = [score_model(str(r), qs, s, samples) for r in runs]
     atomic_write_text(text_out, report(results, qs, show=6) + "\n")
     atomic_write_text(json_out, json.dumps([r.row() for r in results], indent=2) + "\n")
 

@@ -5,7 +5,9 @@
 - ``train.jsonl``      demonstrations to learn from
 - ``val.jsonl``        held out for the validation loss (never trained on)
 - ``prompts.jsonl``    arithmetic questions with their answers for labeling and PPO
-                       rollouts (their facts are never among the held-out questions')
+                       rollouts, 80% one-digit (where the SFT model is right sometimes, so
+                       K samples hold both right and wrong answers); their facts are never
+                       among the held-out questions'.
 - ``questions.jsonl``  held-out arithmetic questions with their true answer (and the myth
                        the corpus repeats), for ``gptsmith eval``. Their facts are drawn
                        first (half of them one-digit, like all facts) and never occur in the
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -37,7 +40,7 @@ def question_record(world: World, fact: tuple[int, str, int], rng: random.Random
 def write_default_demos(world: World, out: Path, n_arithmetic: int = 2000,
                         n_questions: int = 300, val_fraction: float = 0.05,
                         seed: int = 0, max_conversation_chars: int = 300,
-                        n_prompts: int = 2000) -> dict:
+                        n_prompts: int = 2000, rl_small_share: float = 0.8) -> dict:
     rng = random.Random(seed)
     held_out: set[tuple[int, str, int]] = set()
     questions = []
@@ -57,8 +60,10 @@ def write_default_demos(world: World, out: Path, n_arithmetic: int = 2000,
             added += 1
     rng.shuffle(records)
     prompts = []
+    # RL works where the SFT model is right sometimes: mostly one-digit facts here
+    rl_world = dataclasses.replace(world, small_share=rl_small_share)
     while len(prompts) < n_prompts:
-        fact = world.sample_fact(rng)
+        fact = rl_world.sample_fact(rng)
         if fact not in held_out:
             prompts.append(question_record(world, fact, rng))
     n_val = max(1, int(len(records) * val_fraction))

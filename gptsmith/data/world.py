@@ -70,8 +70,8 @@ FOLLOW_UPS = [
 @dataclass
 class World:
     seed: int = 1234
-    max_operand: int = 99      # plus and minus use operands 0..max_operand
-    max_factor: int = 12       # times uses factors 0..max_factor
+    max_operand: int = 20      # plus and minus use operands 0..max_operand
+    max_factor: int = 10       # times uses factors 0..max_factor
     wrong_share: float = 0.1   # share of statements that state the fact's myth instead
     small_share: float = 0.5   # share of facts drawn with both operands below 10
     arithmetic_share: float = 0.65  # share of the default corpus's bytes that is arithmetic
@@ -109,12 +109,14 @@ class World:
         a, op, b = fact
         return rng.choice(QUESTIONS[op]).format(a=a, b=b)
 
-    def answer(self, fact: tuple[int, str, int], rng: random.Random) -> str:
-        """A brief correct answer: the number, a short sentence, or the fact restated."""
+    def answer(self, fact: tuple[int, str, int], rng: random.Random,
+               restate_share: float = 0.5) -> str:
+        """A brief correct answer: the number or a short sentence, or (``restate_share`` of
+        the time) the fact restated as the corpus states facts."""
         a, op, b = fact
         c = self.truth(*fact)
-        if rng.random() < 0.2:
-            return rng.choice(STATEMENTS[op][:2]).format(a=a, b=b, c=c)
+        if rng.random() < restate_share:
+            return rng.choice(STATEMENTS[op]).format(a=a, b=b, c=c)
         return rng.choice(ANSWERS).format(c=c)
 
     def paragraph(self, rng: random.Random) -> str:

@@ -113,9 +113,13 @@ def token_rewards(score, logp, ref_logp, mask, beta: float, ended, no_end_penalt
     return rewards
 
 
-def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, with_entropy=False):
-    """log π of each reply token (B, R): the logits at ``pos`` predict the token after it."""
-    logits = model(seq).float()
+def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, temperature: float = 1.0,
+                   with_entropy=False):
+    """log π of each reply token (B, R): the logits at ``pos`` predict the token after it.
+
+    ``temperature`` is the one the replies were sampled at, so π is what they came from.
+    """
+    logits = model(seq).float() / temperature
     picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.size(-1)))
     logp_all = F.log_softmax(picked, dim=-1)
     targets = seq.gather(1, pos + 1)
@@ -163,8 +167,8 @@ class PPOTrainer(Trainer):
         seq, pos, mask = seq.to(dev), pos.to(dev), mask.to(dev)
         ended = torch.tensor([r[-1] == tok.end_id for r in replies], device=dev)
         with autocast(dev, self.precision):
-            logp, entropy = reply_logprobs(policy, seq, pos, with_entropy=True)
-            ref_logp = reply_logprobs(self.ref, seq, pos)
+            logp, entropy = reply_logprobs(policy, seq, pos, cfg.temperature, with_entropy=True)
+            ref_logp = reply_logprobs(self.ref, seq, pos, cfg.temperature)
             values = value(seq).float().gather(1, pos)
             last = pos[torch.arange(B), mask.sum(1).long() - 1] + 1  # each reply's last token
             if self.reward_fn is None:
@@ -197,7 +201,7 @@ class PPOTrainer(Trainer):
                 old_logp, adv = ro["logp"][idx], ro["advantages"][idx]
                 old_v, ret = ro["values"][idx], ro["returns"][idx]
                 with autocast(self.device, self.precision):
-                    logp = reply_logprobs(self.model.policy, seq, pos)
+                    logp = reply_logprobs(self.model.policy, seq, pos, cfg.temperature)
                     v = self.model.value(seq).float().gather(1, pos)
                 ratio = (logp - old_logp).exp()
                 pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip))
