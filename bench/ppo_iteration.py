@@ -43,6 +43,7 @@ import copy
 import dataclasses
 import io
 import logging
+import os
 import random
 import statistics
 import tempfile
@@ -142,6 +143,7 @@ def quiet():
 def silence_libraries() -> None:
     import transformers
 
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we know it is experimental
     transformers.logging.set_verbosity_error()
     for name in ("accelerate", "trl", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)

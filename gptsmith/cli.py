@@ -31,16 +31,6 @@ def cmd_tokenizer_train(args) -> None:
     train_tokenizer_from(args.corpus, args.vocab_size, Path(args.out), args.max_bytes)
 
 
-def cmd_pretrain(args) -> None:
-    from gptsmith.train.pretrain import PretrainConfig, pretrain
-
-    cfg = build(PretrainConfig, args, load_yaml(args.config) if args.config else None,
-                where=args.config or "pretrain")
-    if args.overwrite and Path(cfg.out).exists():
-        shutil.rmtree(cfg.out)
-    pretrain(cfg)
-
-
 def cmd_sample(args) -> None:
     import torch
 
@@ -67,16 +57,6 @@ def cmd_data_demos(args) -> None:
 
     world = World.load(Path(args.world)) if args.world else World()
     write_default_demos(world, Path(args.out), n_arithmetic=args.arithmetic)
-
-
-def cmd_sft(args) -> None:
-    from gptsmith.train.sft import SFTConfig, sft
-
-    cfg = build(SFTConfig, args, load_yaml(args.config) if args.config else None,
-                where=args.config or "sft")
-    if args.overwrite and Path(cfg.out).exists():
-        shutil.rmtree(cfg.out)
-    sft(cfg)
 
 
 def _sampling(args, **overrides):
@@ -126,26 +106,6 @@ def cmd_label(args) -> None:
     label(args.model, args.prompts, args.out, k=args.k, s=_sampling(args), limit=args.limit)
 
 
-def cmd_rm(args) -> None:
-    from gptsmith.train.reward import RMConfig, train_reward_model
-
-    cfg = build(RMConfig, args, load_yaml(args.config) if args.config else None,
-                where=args.config or "rm")
-    if args.overwrite and Path(cfg.out).exists():
-        shutil.rmtree(cfg.out)
-    train_reward_model(cfg)
-
-
-def cmd_ppo(args) -> None:
-    from gptsmith.train.ppo import PPOConfig, ppo
-
-    cfg = build(PPOConfig, args, load_yaml(args.config) if args.config else None,
-                where=args.config or "ppo")
-    if args.overwrite and Path(cfg.out).exists():
-        shutil.rmtree(cfg.out)
-    ppo(cfg)
-
-
 def add_sampling_flags(c, temperature: float, max_tokens: int) -> None:
     c.add_argument("--max-tokens", type=int, default=max_tokens,
                    help=f"most tokens to generate (default: {max_tokens})")
@@ -154,6 +114,23 @@ def add_sampling_flags(c, temperature: float, max_tokens: int) -> None:
     c.add_argument("--top-k", type=int, default=0, help="0 = off (default: 0)")
     c.add_argument("--top-p", type=float, default=1.0, help="1 = off (default: 1.0)")
     c.add_argument("--seed", type=int, default=0, help="row i samples with seed+i (default: 0)")
+
+
+def cmd_train(args) -> None:
+    """pretrain, sft, rm, ppo: defaults < --config YAML < flags, then train."""
+    cfg = build(args.config_cls, args, load_yaml(args.config) if args.config else None,
+                where=args.config or args.command)
+    if args.overwrite and Path(cfg.out).exists():
+        shutil.rmtree(cfg.out)
+    args.train_fn(cfg)
+
+
+def add_training_command(sub, name: str, config_cls, train_fn, help: str, description: str):
+    c = sub.add_parser(name, help=help, description=description)
+    c.add_argument("--config", help="YAML file of settings (flags override it)")
+    c.add_argument("--overwrite", action="store_true", help="delete --out first")
+    add_arguments(c, config_cls)
+    c.set_defaults(func=cmd_train, config_cls=config_cls, train_fn=train_fn)
 
 
 def cmd_pipeline(args) -> None:
@@ -166,18 +143,19 @@ def cmd_pipeline(args) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     from gptsmith.pipeline import PipelineConfig
-    from gptsmith.train.ppo import PPOConfig
-    from gptsmith.train.pretrain import PretrainConfig
-    from gptsmith.train.reward import RMConfig
-    from gptsmith.train.sft import SFTConfig
+    from gptsmith.train.ppo import PPOConfig, ppo
+    from gptsmith.train.pretrain import PretrainConfig, pretrain
+    from gptsmith.train.reward import RMConfig, train_reward_model
+    from gptsmith.train.sft import SFTConfig, sft
 
     p = argparse.ArgumentParser(prog="gptsmith", description=(
-        "Build a ChatGPT-style assistant end to end: tokenizer, pre-training, and (next) SFT, "
+        "Build a ChatGPT-style assistant end to end: tokenizer, pre-training, SFT, "
         "reward model, PPO."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("pipeline", help="run every phase on the built-in default (make demo)",
-                       description="Tokenizer, data, pre-training and samples, each skipped "
+                       description="Tokenizer, data, pre-training, samples, SFT, labeling, "
+                       "reward model, PPO and evaluation, each skipped "
                        "when done and resumed when interrupted.")
     c.add_argument("--recipe", help="YAML file of pipeline settings")
     add_arguments(c, PipelineConfig)
@@ -220,22 +198,14 @@ def make_parser() -> argparse.ArgumentParser:
                    help="train on at most this much text (default: 50 MB)")
     c.set_defaults(func=cmd_tokenizer_train)
 
-    c = sub.add_parser("pretrain", help="pre-train a GPT on token shards",
-                       description="Next-token cross-entropy. Resumes from the run "
-                       "directory's checkpoint when one exists.")
-    c.add_argument("--config", help="YAML file of settings (flags override it)")
-    c.add_argument("--overwrite", action="store_true", help="delete --out first")
-    add_arguments(c, PretrainConfig)
-    c.set_defaults(func=cmd_pretrain)
-
-    c = sub.add_parser("sft", help="supervised fine-tuning on demonstrations",
-                       description="Fine-tunes a run directory's model on conversations; the "
-                       "loss counts assistant tokens only. Formats: pairs (prompt/response), "
-                       "messages, alpaca, sharegpt; .jsonl, .json or .parquet.")
-    c.add_argument("--config", help="YAML file of settings (flags override it)")
-    c.add_argument("--overwrite", action="store_true", help="delete --out first")
-    add_arguments(c, SFTConfig)
-    c.set_defaults(func=cmd_sft)
+    add_training_command(sub, "pretrain", PretrainConfig, pretrain,
+                         "pre-train a GPT on token shards",
+                         "Next-token cross-entropy. Resumes from the run directory's checkpoint "
+                         "when one exists.")
+    add_training_command(sub, "sft", SFTConfig, sft, "supervised fine-tuning on demonstrations",
+                         "Fine-tunes a run directory's model on conversations; the loss counts "
+                         "assistant tokens only. Formats: pairs (prompt/response), messages, "
+                         "alpaca, sharegpt; .jsonl, .json or .parquet.")
 
     c = sub.add_parser("chat", help="talk to a model in the terminal",
                        description="Multi-turn chat with streamed replies. Commands: /reset, "
@@ -284,22 +254,15 @@ def make_parser() -> argparse.ArgumentParser:
     add_sampling_flags(c, temperature=1.0, max_tokens=32)
     c.set_defaults(func=cmd_label)
 
-    c = sub.add_parser("rm", help="train a reward model on comparisons",
-                       description="A scalar head on the SFT transformer, trained with "
-                       "-log sigmoid(r_chosen - r_rejected). Formats: prompt/chosen/rejected, "
-                       "message lists, HH-RLHF transcripts, K-wise rankings.")
-    c.add_argument("--config", help="YAML file of settings (flags override it)")
-    c.add_argument("--overwrite", action="store_true", help="delete --out first")
-    add_arguments(c, RMConfig)
-    c.set_defaults(func=cmd_rm)
-
-    c = sub.add_parser("ppo", help="RLHF: PPO against the reward model with a KL penalty",
-                       description="Policy and reference from an SFT run, reward from an RM "
-                       "run, value model initialised from the RM.")
-    c.add_argument("--config", help="YAML file of settings (flags override it)")
-    c.add_argument("--overwrite", action="store_true", help="delete --out first")
-    add_arguments(c, PPOConfig)
-    c.set_defaults(func=cmd_ppo)
+    add_training_command(sub, "rm", RMConfig, train_reward_model,
+                         "train a reward model on comparisons",
+                         "A scalar head on the SFT transformer, trained with -log sigmoid("
+                         "r_chosen - r_rejected). Formats: prompt/chosen/rejected, message "
+                         "lists, HH-RLHF transcripts, K-wise rankings.")
+    add_training_command(sub, "ppo", PPOConfig, ppo,
+                         "RLHF: PPO against the reward model with a KL penalty",
+                         "Policy and reference from an SFT run, reward from an RM run, value "
+                         "model initialised from the RM.")
 
     c = sub.add_parser("sample", help="complete a prompt with a trained model, streamed")
     c.add_argument("run", help="run directory holding model.safetensors")

@@ -125,7 +125,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         phase("eval", done, lambda: evaluate_phases(runs, questions, cfg.eval_limit,
                                                     cfg.eval_samples, root / "eval.txt", scores))
         print((root / "eval.txt").read_text())
+    print_timings(timings, summary)
     return {"timings": timings, **summary}
+
+
+def print_timings(timings: dict, summary: dict) -> None:
+    """Seconds per phase run now, with each training phase's headline number."""
+    headline = {
+        "pretrain": lambda s: f"val {s['val_bpb']:.3f} bits/byte (unigram {s['unigram_bpb']:.3f})",
+        "sft": lambda s: f"val loss {s['val_loss']:.3f}",
+        "rm": lambda s: f"held-out pairwise accuracy {s['val_accuracy']:.1%}",
+        "ppo": lambda s: f"true accuracy {s.get('true_accuracy', float('nan')):.1%}, "
+                         f"RM score {s.get('rm_score', float('nan')):.2f}, "
+                         f"KL {s.get('kl', float('nan')):.2f}",
+    }
+    print("== phases run now")
+    for name, seconds in timings.items():
+        note = headline[name](summary[name]) if name in headline and name in summary else ""
+        print(f"  {name:<10} {seconds:>7.1f}s  {note}")
 
 
 def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,

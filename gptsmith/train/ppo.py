@@ -29,7 +29,7 @@ from gptsmith.errors import GptsmithError
 from gptsmith.evaluate import is_correct, load_questions
 from gptsmith.label import truth_score
 from gptsmith.model import GPT
-from gptsmith.plots import plot_ppo
+from gptsmith.plots import plot_ppo, read_metrics
 from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
@@ -292,7 +292,14 @@ def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = N
     trainer.export = policy
     print(f"PPO: policy {cfg.policy}, reward {cfg.reward}, {len(prompts)} prompts; "
           f"{t.steps} iterations of {t.batch_size} rollouts on {trainer.device}")
-    summary = trainer.train_and_save(f"PPO: {out}")
+    def last_iterations(_model) -> dict:
+        """Per-iteration metrics averaged over the last 10 iterations, for the summary."""
+        rows = read_metrics(out / "metrics.jsonl")[-10:]
+        keys = ("rm_score", "kl", "train_accuracy", "entropy", "reply_tokens", "end_rate")
+        return {k: sum(r[k] for r in rows) / len(rows) for k in keys
+                if rows and all(k in r for r in rows)}
+
+    summary = trainer.train_and_save(f"PPO: {out}", finalize=last_iterations)
     plot_ppo(out / "metrics.jsonl", out)
     print(f"done in {summary['train_seconds']:.0f}s")
     return summary
