@@ -84,12 +84,14 @@ def test_eval_scores_models_side_by_side(tiny_run, tmp_path, capsys):
                                      "myth": str(i + 2)}) + "\n" for i in range(6)))
     out = tmp_path / "scores.json"
     assert main(["eval", "--model", str(tiny_run), "--model", str(tiny_run), "--questions",
-                 str(q), "--max-tokens", "6", "--show", "2", "--out", str(out)]) == 0
+                 str(q), "--max-tokens", "6", "--show", "2", "--samples", "2",
+                 "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "accuracy" in text and text.count("Q: What is") == 2
     scores = json.loads(out.read_text())
     assert len(scores) == 2 and scores[0] == scores[1]
     assert 0 <= scores[0]["accuracy"] <= 1 and scores[0]["mean_tokens"] <= 6
+    assert 0 <= scores[0]["sampled_accuracy"] <= 1 and scores[0]["sampled_myth_rate"] is not None
 
 
 def test_exact_answers():
