@@ -25,7 +25,8 @@ def plot_metrics(metrics: Path, out: Path, title: str = "") -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
+    trained = [r for r in rows if "loss" in r]
+    ax.plot([r["step"] for r in trained], [r["loss"] for r in trained], label="train loss")
     for key, label in (("val_bpb", "validation bits/byte"), ("val_accuracy",
                        "held-out pairwise accuracy"), ("val_loss", "validation loss")):
         val = [r for r in rows if key in r]
@@ -46,13 +47,14 @@ def plot_metrics(metrics: Path, out: Path, title: str = "") -> None:
 def plot_ppo(metrics: Path, out_dir: Path) -> None:
     """ppo.png: RM and true reward and KL per iteration; overoptimization.png: the true
     reward against sqrt(KL) to the reference (Gao et al., 2022)."""
-    rows = read_metrics(metrics)
+    all_rows = read_metrics(metrics)
+    rows = [r for r in all_rows if "rm_score" in r]  # iterations (not the step-0 baseline)
     if not rows:
         return
     steps = [r["step"] for r in rows]
     fig, (a, b) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     a.plot(steps, [r["rm_score"] for r in rows], label="RM score (rollouts)")
-    evals = [r for r in rows if "true_reward" in r]
+    evals = [r for r in all_rows if "true_reward" in r]
     if evals:
         a.plot([r["step"] for r in evals], [r["eval_rm_score"] for r in evals], "o-",
                label="RM score (held-out, greedy)")
@@ -68,7 +70,7 @@ def plot_ppo(metrics: Path, out_dir: Path) -> None:
     b.legend(fontsize=8)
     _save(fig, out_dir / "ppo.png")
     if evals:
-        kl_at = {r["step"]: r["kl"] for r in rows}
+        kl_at = {0: 0.0, **{r["step"]: r["kl"] for r in rows}}
         fig, ax = plt.subplots(figsize=(6, 4))
         x = [max(0.0, kl_at[r["step"]]) ** 0.5 for r in evals]
         ax.plot(x, [r["true_reward"] for r in evals], "s-", label="true reward")

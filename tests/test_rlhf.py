@@ -141,7 +141,7 @@ def digit_runs(tiny_run, tmp_path_factory):
                                          for i in range(300)])
     sft(SFTConfig(base=str(tiny_run), data=str(demos), out=str(root / "sft"), val_fraction=0.1,
                   train=TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5,
-                                    eval_every=60, progress=False)))
+                                    eval_every=60, precision="fp32", progress=False)))
     policy, tok = load_model(root / "sft")
     (root / "rm").mkdir()
     save_model(root / "rm", reward_model_from(policy))
@@ -157,7 +157,7 @@ def ppo_config(root, out, steps, **train):
     return PPOConfig(policy=str(root / "sft"), reward=str(root / "rm"),
                      prompts=str(root / "prompts.jsonl"), out=str(out), max_tokens=3,
                      kl_coef=0.01, kl_target=0.0, minibatches=2,
-                     train=TrainConfig(steps=steps, batch_size=32, lr=2e-3, warmup_steps=1,
+                     train=TrainConfig(steps=steps, batch_size=32, lr=5e-4, warmup_steps=1,
                                        min_lr_ratio=1.0, weight_decay=0.0, eval_every=1000,
                                        checkpoint_every=4, log_every=1, precision="fp32",
                                        progress=False, **train))
@@ -168,12 +168,12 @@ def test_ppo_learns_a_toy_reward(digit_runs, tmp_path):
     """Reward 1 for answering 7: from chance (about 1 in 10) to most answers."""
     from gptsmith.train.ppo import ppo
 
-    ppo(ppo_config(digit_runs, tmp_path / "ppo", steps=25),
+    ppo(ppo_config(digit_runs, tmp_path / "ppo", steps=30),
         reward_fn=lambda texts: [float(t.strip().startswith("7")) for t in texts])
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["rm_score"] for r in rows[:3]) / 3
     last = sum(r["rm_score"] for r in rows[-3:]) / 3
-    assert first < 0.3 and last > 0.6, (first, last)
+    assert first < 0.3 and last > 0.8, (first, last)
     assert all(k in rows[-1] for k in ("kl", "entropy", "clipfrac", "approx_kl", "value_loss",
                                        "explained_var", "reply_tokens", "beta"))
     assert (tmp_path / "ppo" / "ppo.png").exists()

@@ -120,6 +120,7 @@ class Trainer:
         self.phase_config = phase_config or {}
         self.tokenizer = tokenizer
         self.export = model  # what train_and_save writes as model.safetensors
+        self.eval_at_start = False  # also evaluate before the first step (a baseline)
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = 0
@@ -225,6 +226,8 @@ class Trainer:
         last_eval: dict = {}
         bar = tqdm(total=cfg.steps, initial=self.step, disable=None if cfg.progress else True,
                    unit="step", dynamic_ncols=True)
+        if self.step == 0 and self.eval_at_start:
+            self.log({"step": 0, **self.evaluate()})
         tokens_seen, train_time = 0, 0.0
         while self.step < cfg.steps:
             t0 = time.perf_counter()

@@ -289,12 +289,12 @@ def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = N
                                                    questions)) if questions else None,
                          phase_config=to_dict(cfg), tokenizer=tokenizer)
     trainer.setup(cfg, ref, reward, tokenizer, reward_fn)
-    trainer.export = policy
+    trainer.export, trainer.eval_at_start = policy, bool(questions)
     print(f"PPO: policy {cfg.policy}, reward {cfg.reward}, {len(prompts)} prompts; "
           f"{t.steps} iterations of {t.batch_size} rollouts on {trainer.device}")
     def last_iterations(_model) -> dict:
         """Per-iteration metrics averaged over the last 10 iterations, for the summary."""
-        rows = read_metrics(out / "metrics.jsonl")[-10:]
+        rows = [r for r in read_metrics(out / "metrics.jsonl") if "rm_score" in r][-10:]
         keys = ("rm_score", "kl", "train_accuracy", "entropy", "reply_tokens", "end_rate")
         return {k: sum(r[k] for r in rows) / len(rows) for k in keys
                 if rows and all(k in r for r in rows)}
