@@ -29,6 +29,8 @@ bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/generate_throughput.py
+	$(BIN)/python bench/ppo_iteration.py
+	$(BIN)/python bench/reward_step.py
 
 clean:
 	rm -rf $(VENV) runs
