@@ -224,6 +224,6 @@ def test_reward_model_learns_comparisons(digit_runs, tmp_path):
     summary = train_reward_model(RMConfig(
         base=str(digit_runs / "sft"), data=str(data), out=str(tmp_path / "rm"),
         val_fraction=0.2, train=TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2,
-                                            eval_every=20, progress=False)))
+                                            eval_every=20, precision="fp32", progress=False)))
     assert summary["val_accuracy"] > 0.9
     assert "raw_reward_std" in summary

@@ -46,11 +46,15 @@ class RMConfig:
 
 
 def reward_model_from(policy: GPT) -> GPT:
-    """A scalar-head copy of ``policy``: same transformer weights, a fresh zero head."""
-    rm = GPT(dataclasses.replace(policy.cfg, head="scalar"))
+    """A scalar-head copy of ``policy``: same transformer weights, a fresh head.
+
+    The head starts small and random, not zero: a zero head passes no gradient to the
+    transformer, and the state at ``<|end|>`` may barely differ between two replies until
+    the transformer learns to carry what matters there.
+    """
+    rm = GPT(dataclasses.replace(policy.cfg, head="scalar"))  # head: normal(0, 0.02), bias 0
     missing, unexpected = rm.load_state_dict(policy.state_dict(), strict=False)
     assert set(missing) == {"score.weight", "score.bias"} and not unexpected
-    torch.nn.init.zeros_(rm.score.weight)
     return rm
 
 
