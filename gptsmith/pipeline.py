@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from gptsmith.data.build import prepare_data, train_tokenizer_from
 from gptsmith.data.default_demos import write_default_demos
 from gptsmith.data.world import World
@@ -159,7 +157,6 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
 def write_samples(run_dir: Path, out: Path, prompts: list[str] = SAMPLE_PROMPTS) -> None:
     model, tokenizer = load_model(run_dir)
     ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
-    torch.manual_seed(0)
     outs = generate(model, ids, Sampling(max_tokens=60, temperature=0.8, top_k=50, seed=0,
                                          stop_ids=(tokenizer.bos_id,)))
     text = "".join(f"--- {p!r}\n{p}{tokenizer.decode(o, skip_special=True)}\n\n"

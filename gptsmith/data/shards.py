@@ -47,9 +47,11 @@ def _pieces(text: str) -> list[str]:
     return out
 
 
-def _is_val(source: str, index: int, val_fraction: float) -> bool:
-    h = hashlib.blake2b(f"{source}#{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64 < val_fraction
+def held_out(key: str, fraction: float) -> bool:
+    """Whether ``key`` falls in the held-out share, decided by a hash: stable across runs.
+    Shards key pieces by document and piece; SFT and RM data by file name and line."""
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    return h / 2**64 < fraction
 
 
 class _ShardWriter:
@@ -106,7 +108,7 @@ def prepare_shards(docs: Iterable[Document], tokenizer: Tokenizer, out: Path,
         progress = tqdm(docs, desc="tokenizing", unit="doc", leave=False, disable=None)
         for n, doc in enumerate(progress):
             for i, piece in enumerate(_pieces(doc.text)):
-                split = "val" if _is_val(f"{n}:{doc.source}", i, val_fraction) else "train"
+                split = "val" if held_out(f"{n}:{doc.source}#{i}", val_fraction) else "train"
                 batch.append((split, piece))
             if len(batch) >= 512:
                 flush_batch()

@@ -1,8 +1,7 @@
-"""Batches of examples in shuffled epochs, resumable exactly; and a stable held-out split."""
+"""Batches of examples in shuffled epochs, resumable exactly."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import torch
@@ -36,8 +35,3 @@ class EpochBatches:
         self.gen.set_state(state["gen"])
         self.order, self.pos = state["order"], state["pos"]
 
-
-def held_out(key: str, fraction: float) -> bool:
-    """Whether ``key`` (e.g. "file:line") falls in the held-out share, decided by a hash."""
-    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < fraction

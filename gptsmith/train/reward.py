@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from gptsmith.chat import prompt_ids
 from gptsmith.config import to_dict
 from gptsmith.data.comparisons import PromptGroup, read_comparisons
+from gptsmith.data.shards import held_out
 from gptsmith.errors import GptsmithError
 from gptsmith.model import GPT
 from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
-from gptsmith.train.batches import EpochBatches, held_out
+from gptsmith.train.batches import EpochBatches
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 
 
@@ -117,8 +118,8 @@ def train_reward_model(cfg: RMConfig) -> dict:
         val_groups, more = read_comparisons(cfg.val_data, cfg.skip_bad)
         skipped += more
     else:
-        val_groups = [g for g in groups if held_out(g.source, cfg.val_fraction)]
-        groups = [g for g in groups if not held_out(g.source, cfg.val_fraction)]
+        val_groups = [g for g in groups if held_out(Path(g.source).name, cfg.val_fraction)]
+        groups = [g for g in groups if not held_out(Path(g.source).name, cfg.val_fraction)]
 
     def encode_all(gs):
         nonlocal skipped

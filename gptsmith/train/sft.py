@@ -13,10 +13,11 @@ import torch
 from gptsmith.chat import render
 from gptsmith.config import to_dict
 from gptsmith.data.demos import Conversation, read_demos
+from gptsmith.data.shards import held_out
 from gptsmith.errors import GptsmithError
 from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
-from gptsmith.train.batches import EpochBatches, held_out
+from gptsmith.train.batches import EpochBatches
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 
 
@@ -86,8 +87,8 @@ def sft(cfg: SFTConfig) -> dict:
         val_convs, val_skipped = read_demos(cfg.val_data, cfg.format, cfg.skip_bad)
         skipped += val_skipped
     else:
-        val_convs = [c for c in convs if held_out(c.source, cfg.val_fraction)]
-        convs = [c for c in convs if not held_out(c.source, cfg.val_fraction)]
+        val_convs = [c for c in convs if held_out(Path(c.source).name, cfg.val_fraction)]
+        convs = [c for c in convs if not held_out(Path(c.source).name, cfg.val_fraction)]
     train_ex, s1 = encode_conversations(convs, tokenizer, seq_len, cfg.skip_bad)
     val_ex, s2 = encode_conversations(val_convs, tokenizer, seq_len, cfg.skip_bad)
     skipped += s1 + s2
