@@ -78,6 +78,18 @@ def cmd_chat(args) -> None:
     repl(model, tokenizer, _sampling(args), system=args.system)
 
 
+def cmd_serve(args) -> None:
+    import os
+
+    from gptsmith.serve import serve
+
+    key = args.api_key or os.environ.get("GPTSMITH_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach "
+              "this port can use the models", file=sys.stderr)
+    serve(args.run, args.host, args.port, key, args.max_batch, args.device)
+
+
 def cmd_generate(args) -> None:
     from gptsmith.generate import generate_file
 
@@ -134,11 +146,9 @@ def add_training_command(sub, name: str, config_cls, train_fn, help: str, descri
 
 
 def cmd_pipeline(args) -> None:
-    from gptsmith.pipeline import PipelineConfig, run_pipeline
+    from gptsmith.pipeline import config_from_args, run_pipeline
 
-    cfg = build(PipelineConfig, args, load_yaml(args.recipe) if args.recipe else None,
-                where=args.recipe or "pipeline")
-    run_pipeline(cfg)
+    run_pipeline(config_from_args(args), redo_from=args.from_phase)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -153,11 +163,19 @@ def make_parser() -> argparse.ArgumentParser:
         "reward model, PPO."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from gptsmith.pipeline import PHASES
+
     c = sub.add_parser("pipeline", help="run every phase on the built-in default (make demo)",
                        description="Tokenizer, data, pre-training, samples, SFT, labeling, "
-                       "reward model, PPO and evaluation, each skipped "
-                       "when done and resumed when interrupted.")
-    c.add_argument("--recipe", help="YAML file of pipeline settings")
+                       "reward model, PPO and evaluation, each skipped when done and resumed "
+                       "when interrupted. Ends with a summary table (time, peak memory, data, "
+                       "headline number per phase) and report.html in the pipeline directory.")
+    c.add_argument("--recipe", metavar="NAME_OR_PATH", help="settings: 'cpu' (the defaults, "
+                   "for a small CPU), 'gpu' (one CUDA GPU, a larger model), or a YAML file; "
+                   "flags override it")
+    c.add_argument("--from", dest="from_phase", metavar="PHASE",
+                   help=f"redo this phase and every later one, deleting their outputs first "
+                   f"(phases: {', '.join(PHASES)})")
     add_arguments(c, PipelineConfig)
     c.set_defaults(func=cmd_pipeline)
 
@@ -214,6 +232,22 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default="", help="system prompt")
     add_sampling_flags(c, temperature=0.7, max_tokens=200)
     c.set_defaults(func=cmd_chat)
+
+    c = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web chat page",
+                       description="Serves run directories over the OpenAI API "
+                       "(/v1/chat/completions, /v1/completions, /v1/models; streaming as "
+                       "server-sent events) and a web chat page at /. Concurrent requests are "
+                       "decoded together (continuous batching).")
+    c.add_argument("run", nargs="+", help="run directories, each RUN_DIR or NAME=RUN_DIR; "
+                   "several give a model picker (e.g. base, SFT and RLHF side by side)")
+    c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every API request "
+                   "(default: $GPTSMITH_API_KEY if set)")
+    c.add_argument("--max-batch", type=int, default=16,
+                   help="requests decoded together per model (1 = one at a time)")
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    c.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("generate", help="answer a .jsonl of prompts (batch inference)",
                        description="Input lines hold 'prompt' or 'messages'; output lines are "

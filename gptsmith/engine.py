@@ -48,11 +48,20 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def draw(probs: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+    """One id per row of ``probs`` (B, V), row i drawn with generator i by inverting the
+    cumulative distribution at a uniform number: one small call per row instead of one
+    ``multinomial`` per row (which costs ~70 us each on a CPU)."""
+    u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in gens])
+    cdf = probs.float().cumsum(-1)
+    ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+    return ids.clamp(max=probs.size(-1) - 1)
+
+
 def _next_tokens(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator]) -> torch.Tensor:
     if s.temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits / s.temperature, s.top_k, s.top_p).softmax(-1)
-    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])
+    return draw(filter_logits(logits / s.temperature, s.top_k, s.top_p).softmax(-1), gens)
 
 
 @torch.no_grad()

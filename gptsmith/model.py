@@ -102,6 +102,57 @@ class KVCache:
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    # Continuous batching (the server): rows leave a running batch and new ones join it.
+
+    def pads(self) -> torch.Tensor:
+        if self.pad is not None:
+            return self.pad
+        return torch.zeros(self.batch_size, dtype=torch.long,
+                           device=self.k.device if self.k is not None else None)
+
+    def _rebuild(self, parts: list[tuple[KVCache, torch.Tensor, int]], length: int) -> None:
+        """Rows ``rows`` of each cache, shifted right by ``shift`` slots, into fresh tensors
+        of ``length`` filled slots (zeros where a row has no keys: masked, never NaN)."""
+        first = parts[0][0].k
+        rows = sum(len(r) for _, r, _ in parts)
+        shape = (self.cfg.depth, rows, self.cfg.n_kv_head, self.max_len, self.cfg.head_dim)
+        k, v = first.new_zeros(shape), first.new_zeros(shape)
+        pads, at = [], 0
+        for cache, r, shift in parts:
+            src_from = max(0, -shift)
+            k[:, at:at + len(r), :, shift + src_from:shift + cache.pos] = \
+                cache.k[:, r, :, src_from:cache.pos]
+            v[:, at:at + len(r), :, shift + src_from:shift + cache.pos] = \
+                cache.v[:, r, :, src_from:cache.pos]
+            pads.append(cache.pads()[r] + shift)
+            at += len(r)
+        self.k, self.v, self.pos, self.batch_size = k, v, length, rows
+        self.pad = torch.cat(pads)
+
+    def keep(self, rows: list[int]) -> None:
+        """Only ``rows`` stay, in that order; leading slots no kept row uses are dropped."""
+        if not rows:
+            self.k = self.v = None
+            self.pos, self.batch_size, self.pad = 0, 0, None
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.k.device)
+        cut = int(self.pads()[index].min())
+        self._rebuild([(self, index, -cut)], self.pos - cut)
+
+    def join(self, other: KVCache) -> None:
+        """Append ``other``'s rows; both are right-aligned at the longer one's position, so
+        every row decodes its next token at the same slot."""
+        if self.k is None:
+            self.k, self.v, self.pos, self.batch_size = other.k, other.v, other.pos, \
+                other.batch_size
+            self.pad = other.pads()
+            return
+        length = max(self.pos, other.pos)
+        mine = torch.arange(self.batch_size, device=self.k.device)
+        theirs = torch.arange(other.batch_size, device=self.k.device)
+        self._rebuild([(self, mine, length - self.pos), (other, theirs, length - other.pos)],
+                      length)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):

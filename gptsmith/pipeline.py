@@ -1,30 +1,68 @@
 """All phases in order, each in its own directory under one pipeline directory.
 
-A phase whose output exists is skipped; an interrupted one resumes from its checkpoint.
-Phases: tokenizer, data, pretrain, samples, demos, sft, label, rm, ppo, eval.
+A finished phase is skipped, an interrupted one resumes from its checkpoint, and
+``--from PHASE`` deletes the outputs of that phase and of every later one, then redoes them.
+``pipeline.json`` records, per phase, the settings it ran with (a finished phase whose
+settings changed is refused, not silently kept), its time, its peak memory and its numbers,
+so that a run in which everything is skipped still prints the whole summary table. At the
+end: that table, and ``report.html`` (see ``gptsmith/report.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import re
+import resource
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from gptsmith.chat import Reply, complete
+from gptsmith.config import build, load_yaml
 from gptsmith.data.build import prepare_data, train_tokenizer_from
 from gptsmith.data.default_demos import write_default_demos
 from gptsmith.data.world import World
 from gptsmith.engine import Sampling, generate
-from gptsmith.evaluate import load_questions, report, score_model
+from gptsmith.errors import GptsmithError
+from gptsmith.evaluate import is_correct, load_questions, report, score_model
 from gptsmith.label import label
+from gptsmith.plots import plot_eval
+from gptsmith.report import NAMES, summary_rows, summary_table, write_report
 from gptsmith.runs import atomic_write_text, load_model, write_config
+from gptsmith.train.loop import config_differences
 from gptsmith.train.ppo import PPOConfig, ppo
 from gptsmith.train.pretrain import PretrainConfig, pretrain
 from gptsmith.train.reward import RMConfig, train_reward_model
 from gptsmith.train.sft import SFTConfig, sft
 
+PHASES = ("tokenizer", "data", "pretrain", "samples", "demos", "sft", "label", "rm", "ppo",
+          "eval")
+# What each phase writes, relative to the pipeline directory: what --from deletes.
+OUTPUTS = {
+    "tokenizer": ["tokenizer.json"], "data": ["data"], "pretrain": ["pretrain"],
+    "samples": ["pretrain/samples.txt"], "demos": ["sft_data"], "sft": ["sft"],
+    "label": ["rankings.jsonl"], "rm": ["rm"], "ppo": ["ppo"],
+    "eval": ["eval.txt", "eval.json", "eval.png", "answers.json"],
+}
+# Settings the pipeline fills in itself, and the pipeline flag to use instead.
+FILLED = {
+    "pretrain.data": "--corpus", "pretrain.out": "--out",
+    "pretrain.model.vocab_size": "--vocab-size", "sft.base": "--out", "sft.data": "--demos",
+    "sft.out": "--out", "rm.base": "--out", "rm.data": "--comparisons", "rm.out": "--out",
+    "ppo.policy": "--out", "ppo.reward": "--out", "ppo.prompts": "--rl-prompts",
+    "ppo.out": "--out",
+}
+RECIPES = Path(__file__).parent / "recipes"
 SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
+OPEN_PROMPTS = ["Hello, how are you?", "What is your name?", "Tell me about the king.",
+                "Do you like poetry?"]
+SHOWN_QUESTIONS = 6  # held-out questions shown side by side in eval.txt and report.html
 
 
 def _cpu_pretrain() -> PretrainConfig:
@@ -36,6 +74,8 @@ def _cpu_pretrain() -> PretrainConfig:
 
 @dataclass
 class PipelineConfig:
+    """The defaults are the ``cpu`` recipe (gptsmith/recipes/cpu.yaml): a 2-core CPU."""
+
     out: str = field(default="runs/default", metadata={"help": "pipeline directory"})
     corpus: str = field(default="default", metadata={"help": "'default' or a corpus path"})
     vocab_size: int = field(default=2048, metadata={"help": "tokenizer vocabulary size"})
@@ -59,36 +99,171 @@ class PipelineConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
+def load_recipe(name_or_path: str) -> tuple[dict, str]:
+    """A recipe's settings and where they came from: a shipped one by name (``cpu``,
+    ``gpu``), else a YAML file."""
+    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
+        path = RECIPES / f"{name_or_path}.yaml"
+        if not path.exists():
+            shipped = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+            raise GptsmithError(f"--recipe {name_or_path!r}: no shipped recipe of that name "
+                                f"(shipped: {shipped}); or give the path of a YAML file")
+        return load_yaml(path), f"recipe {name_or_path} ({path})"
+    return load_yaml(name_or_path), name_or_path
+
+
+def config_from_args(args) -> PipelineConfig:
+    """The pipeline's config as the CLI builds it: defaults < ``--recipe`` < flags."""
+    values, where = load_recipe(args.recipe) if args.recipe else (None, "pipeline")
+    return build(PipelineConfig, args, values, where=where)
+
+
+def _check_filled(cfg: PipelineConfig) -> None:
+    defaults = dataclasses.asdict(PipelineConfig())
+    given = dataclasses.asdict(cfg)
+    for key, flag in FILLED.items():
+        a, b = defaults, given
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        if a != b:
+            raise GptsmithError(f"{key} is set by the pipeline itself (got {b!r}); "
+                                f"use {flag} instead")
+
+
+# -- measuring a phase ---------------------------------------------------------------------
+def reset_peak_memory() -> bool:
+    """Start a new peak-RSS measurement; False where the kernel cannot reset it."""
+    gc.collect()  # what earlier phases left behind is not this phase's
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux)
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process since the last reset (VmHWM), or since it
+    started where that is unavailable (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    try:
+        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        if found:
+            return int(found.group(1)) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def load_records(root: Path) -> dict:
+    path = root / "pipeline.json"
+    return json.loads(path.read_text()) if path.exists() else {"phases": {}}
+
+
+def save_records(root: Path, book: dict) -> None:
+    atomic_write_text(root / "pipeline.json", json.dumps(book, indent=2) + "\n")
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / "summary.json").exists() and (run_dir / "model.safetensors").exists()
+
+
+def _without_config(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "config"}
+
+
+def forget_from(root: Path, book: dict, first: str, keep: set[Path]) -> None:
+    """Delete the outputs and records of phase ``first`` and of every later phase (never a
+    file in ``keep``: the user's own inputs)."""
+    later = PHASES[PHASES.index(first):]
+    removed = []
+    for name in later:
+        for rel in OUTPUTS[name]:
+            path = root / rel
+            if path.resolve() in keep or not (path.exists() or path.is_symlink()):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(rel)
+    for name in later:  # after the files: a crash in between leaves records of nothing
+        book["phases"].pop(name, None)
+    save_records(root, book)
+    print(f"== --from {first}: redoing {', '.join(later)}; removed "
+          f"{', '.join(removed) or 'nothing'}")
+
+
+# -- the pipeline --------------------------------------------------------------------------
+def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
+    """Run (or skip) every phase, print the summary table, write report.html; the records
+    of the phases of this configuration, as in pipeline.json."""
+    if redo_from is not None and redo_from not in PHASES:
+        raise GptsmithError(f"--from {redo_from!r}: no such phase; the phases, in order: "
+                            f"{', '.join(PHASES)}")
+    _check_filled(cfg)
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
-    write_config(root, dataclasses.asdict(cfg))
-    timings = {}
+    given = dataclasses.asdict(cfg)  # before the phases fill in their paths
+    book = load_records(root)
+    if redo_from is not None:
+        inputs = (cfg.corpus, cfg.demos, cfg.questions, cfg.comparisons, cfg.rl_prompts)
+        forget_from(root, book, redo_from, {Path(p).resolve() for p in inputs if p})
+    seen: list[str] = []
+    ran: set[str] = set()
 
-    def phase(name: str, done: bool, fn):
+    def phase(name: str, done: bool, fn, settings: dict | None = None) -> None:
+        """Skip ``name`` when done with the same settings, else run ``fn`` (which returns
+        the phase's numbers) and record its time, peak memory and numbers."""
+        seen.append(name)
+        settings = json.loads(json.dumps(settings or {}))  # as pipeline.json will hold them
+        old = book["phases"].get(name)
+        if done and old is not None:
+            changed = config_differences(old.get("settings", {}), settings)
+            if changed:
+                raise GptsmithError(
+                    f"{root}: phase {name} was done with other settings ({'; '.join(changed)}); "
+                    f"rerun with the same settings, or add --from {name} to redo it and every "
+                    "phase after it")
         if done:
             print(f"== {name}: done already, skipped")
             return
         print(f"== {name}")
-        t = time.perf_counter()
-        fn()
-        timings[name] = round(time.perf_counter() - t, 1)
+        whole_phase = reset_peak_memory()
+        start = time.perf_counter()
+        try:
+            numbers = fn() or {}
+        except GptsmithError as e:  # a phase's "start over with --overwrite" is --from here
+            raise GptsmithError(str(e).replace("--overwrite", f"--from {name}")) from None
+        record = {"seconds": round(time.perf_counter() - start, 1),
+                  "peak_rss_mb": round(peak_memory_mb()),
+                  "peak_memory": "phase" if whole_phase else "process",
+                  "settings": settings, "numbers": numbers}
+        if torch.cuda.is_available():
+            record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        book["phases"][name] = record
+        save_records(root, book)
+        ran.add(name)
 
     tok = root / "tokenizer.json"
     phase("tokenizer", tok.exists(),
-          lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok))
+          lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok),
+          {"corpus": cfg.corpus, "vocab_size": cfg.vocab_size})
     data = root / "data"
     phase("data", (data / "meta.json").exists(),
-          lambda: prepare_data(cfg.corpus, tok, data, cfg.val_fraction))
+          lambda: _data_numbers(prepare_data(cfg.corpus, tok, data, cfg.val_fraction)),
+          {"corpus": cfg.corpus, "val_fraction": cfg.val_fraction})
     cfg.pretrain.data, cfg.pretrain.out = str(data), str(root / "pretrain")
-    summary: dict = {}
-    phase("pretrain", False, lambda: summary.update(pretrain=pretrain(cfg.pretrain)))
+    _trainer_phase(phase, book, "pretrain", cfg.pretrain, pretrain)
     samples = root / "pretrain" / "samples.txt"
     phase("samples", samples.exists(), lambda: write_samples(root / "pretrain", samples))
     print(samples.read_text())
 
     demos = root / "sft_data"
-    if cfg.demos == "default":
+    default = cfg.demos == "default"
+    if default:
         world = World.load(data / "world.json") if (data / "world.json").exists() else World()
         phase("demos", (demos / "questions.jsonl").exists(),
               lambda: write_default_demos(world, demos))
@@ -96,65 +271,94 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     else:
         cfg.sft.data = cfg.demos
     cfg.sft.base, cfg.sft.out = str(root / "pretrain"), str(root / "sft")
-    phase("sft", False, lambda: summary.update(sft=sft(cfg.sft)))
+    _trainer_phase(phase, book, "sft", cfg.sft, sft)
 
-    default = cfg.demos == "default"
     questions = cfg.questions or (str(demos / "questions.jsonl") if default else "")
     comparisons = cfg.comparisons or (str(root / "rankings.jsonl") if default else "")
     rl_prompts = cfg.rl_prompts or (str(demos / "prompts.jsonl") if default else "")
     if default and not cfg.comparisons:
-        phase("label", Path(comparisons).exists(), lambda: label(
-            str(root / "sft"), rl_prompts, comparisons, k=cfg.label_k, limit=cfg.label_prompts))
+        def rank_samples() -> dict:
+            return {**label(str(root / "sft"), rl_prompts, comparisons, k=cfg.label_k,
+                            limit=cfg.label_prompts), "k": cfg.label_k}
+
+        phase("label", Path(comparisons).exists(), rank_samples,
+              {"k": cfg.label_k, "prompts": cfg.label_prompts, "rl_prompts": rl_prompts})
     runs = [root / "pretrain", root / "sft"]
     if comparisons and rl_prompts:
         cfg.rm.base, cfg.rm.data, cfg.rm.out = str(root / "sft"), comparisons, str(root / "rm")
-        phase("rm", False, lambda: summary.update(rm=train_reward_model(cfg.rm)))
+        _trainer_phase(phase, book, "rm", cfg.rm, train_reward_model)
         cfg.ppo.policy, cfg.ppo.reward = str(root / "sft"), str(root / "rm")
         cfg.ppo.prompts, cfg.ppo.out = rl_prompts, str(root / "ppo")
         cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
-        phase("ppo", False, lambda: summary.update(ppo=ppo(cfg.ppo)))
+        _trainer_phase(phase, book, "ppo", cfg.ppo, ppo,
+                       {"rollouts": cfg.ppo.train.batch_size})
         runs.append(root / "ppo")
     else:
         print("== rm, ppo: skipped (give --comparisons and --rl-prompts for your own data)")
-    scores = root / "eval.json"
     if questions:
-        done = scores.exists() and [r["model"] for r in json.loads(scores.read_text())] == [
-            str(r) for r in runs]
+        done = all((root / name).exists() for name in ("eval.json", "eval.txt", "answers.json"))
         phase("eval", done, lambda: evaluate_phases(runs, questions, cfg.eval_limit,
-                                                    cfg.eval_samples, root / "eval.txt", scores))
+                                                    cfg.eval_samples, root),
+              {"questions": questions, "limit": cfg.eval_limit, "samples": cfg.eval_samples,
+               "models": [str(r) for r in runs]})
         print((root / "eval.txt").read_text())
-    print_timings(timings, summary)
-    return {"timings": timings, **summary}
+
+    write_config(root, given)  # what the pipeline directory now holds was made with
+    rows = summary_rows(book["phases"], seen, ran)
+    print(summary_table(rows))
+    write_report(root, rows)
+    print(f"report: {root / 'report.html'}")
+    return {name: book["phases"].get(name) for name in seen}
 
 
-def print_timings(timings: dict, summary: dict) -> None:
-    """Seconds per phase run now, with each training phase's headline number."""
-    headline = {
-        "pretrain": lambda s: f"val {s['val_bpb']:.3f} bits/byte (unigram {s['unigram_bpb']:.3f})",
-        "sft": lambda s: f"val loss {s['val_loss']:.3f}",
-        "rm": lambda s: f"held-out pairwise accuracy {s['val_accuracy']:.1%}",
-        "ppo": lambda s: f"true accuracy {s.get('true_accuracy', float('nan')):.1%}, "
-                         f"RM score {s.get('rm_score', float('nan')):.2f}, "
-                         f"KL {s.get('kl', float('nan')):.2f}",
-    }
-    print("== phases run now")
-    for name, seconds in timings.items():
-        note = headline[name](summary[name]) if name in headline and name in summary else ""
-        print(f"  {name:<10} {seconds:>7.1f}s  {note}")
+def _trainer_phase(phase, book: dict, name: str, cfg, train_fn, extra: dict | None = None):
+    """A training phase: done when its run directory holds a finished run that
+    pipeline.json recorded (without that record the trainer itself checks the settings)."""
+    run_dir = Path(cfg.out)
+    settings = dataclasses.asdict(cfg)  # before train_fn fills in derived fields
+    phase(name, _finished(run_dir) and name in book["phases"],
+          lambda: {**_without_config(train_fn(cfg)), **(extra or {})}, settings)
+
+
+def _data_numbers(meta: dict) -> dict:
+    return {"train_tokens": meta["train"]["tokens"], "val_tokens": meta["val"]["tokens"],
+            "train_bytes": meta["train"]["bytes"], "val_bytes": meta["val"]["bytes"],
+            "unigram_bpb": meta["unigram_bpb"]}
 
 
 def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
-                    text_out: Path, json_out: Path) -> None:
+                    root: Path) -> dict:
     """Each phase's model answering the same held-out questions (greedy, and ``samples``
-    sampled replies per question), scored."""
+    sampled replies per question), scored: eval.txt, eval.json, eval.png, and answers.json
+    (the first questions and a few open prompts, every model's reply, for the report)."""
     qs = load_questions(questions, limit)
     s = Sampling(max_tokens=48, temperature=0)
     results = [score_model(str(r), qs, s, samples) for r in runs]
-    atomic_write_text(text_out, report(results, qs, show=6) + "\n")
-    atomic_write_text(json_out, json.dumps([r.row() for r in results], indent=2) + "\n")
+    atomic_write_text(root / "eval.txt", report(results, qs, show=SHOWN_QUESTIONS) + "\n")
+    atomic_write_text(root / "eval.json",
+                      json.dumps([r.row() for r in results], indent=2) + "\n")
+    rows = {Path(r.model).name: r.row() for r in results}
+    plot_eval({NAMES.get(name, name): row for name, row in rows.items()}, root / "eval.png")
+    shown = [{"prompt": q["messages"][-1]["content"], "answer": q["answer"],
+              "replies": [{"text": r.replies[i].text, "ended": r.replies[i].ended,
+                           "right": is_correct(r.replies[i].text, q["answer"])}
+                          for r in results]} for i, q in enumerate(qs[:SHOWN_QUESTIONS])]
+    open_replies = [answer_prompts(r, OPEN_PROMPTS, s) for r in runs]
+    opened = [{"prompt": p, "replies": [{"text": rs[i].text, "ended": rs[i].ended}
+                                         for rs in open_replies]}
+              for i, p in enumerate(OPEN_PROMPTS)]
+    answers = {"models": [Path(r).name for r in runs], "questions": shown, "open": opened}
+    atomic_write_text(root / "answers.json", json.dumps(answers, indent=2) + "\n")
+    return {"questions": len(qs), "samples": samples, "models": rows}
 
 
-def write_samples(run_dir: Path, out: Path, prompts: list[str] = SAMPLE_PROMPTS) -> None:
+def answer_prompts(run_dir: Path, prompts: list[str], s: Sampling) -> list[Reply]:
+    """The replies of the model in ``run_dir`` to one-turn conversations."""
+    model, tokenizer = load_model(run_dir)
+    return complete(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], s)
+
+
+def write_samples(run_dir: Path, out: Path, prompts: list[str] = SAMPLE_PROMPTS) -> dict:
     model, tokenizer = load_model(run_dir)
     ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     outs = generate(model, ids, Sampling(max_tokens=60, temperature=0.8, top_k=50, seed=0,
@@ -162,3 +366,4 @@ def write_samples(run_dir: Path, out: Path, prompts: list[str] = SAMPLE_PROMPTS)
     text = "".join(f"--- {p!r}\n{p}{tokenizer.decode(o, skip_special=True)}\n\n"
                    for p, o in zip(prompts, outs, strict=True))
     atomic_write_text(out, text)
+    return {"prompts": len(prompts)}

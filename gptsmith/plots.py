@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+from gptsmith.runs import atomic_path
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from gptsmith.runs import atomic_path  # noqa: E402
+def _pyplot():
+    """matplotlib, imported on first use (a second of start-up that serving never needs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -24,7 +29,7 @@ def plot_metrics(metrics: Path, out: Path, title: str = "") -> None:
     rows = read_metrics(metrics)
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     trained = [r for r in rows if "loss" in r]
     ax.plot([r["step"] for r in trained], [r["loss"] for r in trained], label="train loss")
     for key, label in (("val_bpb", "validation bits/byte"), ("val_accuracy",
@@ -52,7 +57,7 @@ def plot_ppo(metrics: Path, out_dir: Path) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, (a, b) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    fig, (a, b) = _pyplot().subplots(2, 1, figsize=(7, 6), sharex=True)
     a.plot(steps, [r["rm_score"] for r in rows], label="RM score (rollouts)")
     evals = [r for r in all_rows if "true_reward" in r]
     if evals:
@@ -71,7 +76,7 @@ def plot_ppo(metrics: Path, out_dir: Path) -> None:
     _save(fig, out_dir / "ppo.png")
     if evals:
         kl_at = {0: 0.0, **{r["step"]: r["kl"] for r in rows}}
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _pyplot().subplots(figsize=(6, 4))
         x = [max(0.0, kl_at[r["step"]]) ** 0.5 for r in evals]
         ax.plot(x, [r["true_reward"] for r in evals], "s-", label="true reward")
         ax.plot(x, [r["eval_rm_score"] for r in evals], "o-", label="RM score")
@@ -81,8 +86,29 @@ def plot_ppo(metrics: Path, out_dir: Path) -> None:
         _save(fig, out_dir / "overoptimization.png")
 
 
+def plot_eval(rows: dict[str, dict], out: Path) -> None:
+    """eval.png: for each model (base, SFT, RLHF), the share of held-out questions answered
+    exactly right (greedy and sampled), stating the corpus's myth, and ending the turn."""
+    bars = [("accuracy", "right (greedy)"), ("sampled_accuracy", "right (sampled, T=1)"),
+            ("myth_rate", "states the myth (greedy)"), ("end_rate", "ends its turn")]
+    bars = [(k, label) for k, label in bars if any(r.get(k) is not None for r in rows.values())]
+    if not rows or not bars:
+        return
+    fig, ax = _pyplot().subplots(figsize=(7, 3.6))
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        values = [100 * (r.get(key) or 0.0) for r in rows.values()]
+        ax.bar([m + (i - (len(bars) - 1) / 2) * width for m in range(len(rows))], values,
+               width, label=label)
+    ax.set_xticks(range(len(rows)), list(rows))
+    ax.set_ylabel("% of held-out questions")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    _save(fig, out)
+
+
 def _save(fig, out: Path) -> None:
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)

@@ -76,8 +76,12 @@ def save_model(run_dir: Path, model: GPT) -> None:
     atomic_write_text(run_dir / "model.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer saved in a run directory."""
+def load_model(run_dir: str | Path, device: str | torch.device = "auto") -> tuple[GPT, Tokenizer]:
+    """The model and tokenizer saved in a run directory, on ``device`` (``auto``: a CUDA
+    GPU when there is one, else the CPU)."""
+    from gptsmith.device import pick_device
+
+    device = pick_device(device) if isinstance(device, str) else device
     run_dir = Path(run_dir)
     weights = run_dir / "model.safetensors"
     if not weights.exists():

@@ -63,3 +63,34 @@ def tiny_run(tokenizer, tmp_path_factory) -> Path:
     save_model(run, GPT(GPTConfig(vocab_size=tokenizer.vocab_size, depth=1, seq_len=128)))
     tokenizer.save(run / "tokenizer.json")
     return run
+
+
+def tiny_pipeline_args(tmp_path: Path) -> list[str]:
+    """`gptsmith pipeline` arguments for a run of seconds: a tiny corpus, model and data
+    (demonstrations, questions, comparisons) written under ``tmp_path``; out: tmp_path/pipe."""
+    import json
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(tiny_texts(400)))
+    demos, questions = tmp_path / "demos.jsonl", tmp_path / "questions.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"What is {i} plus 2?",
+                                         "response": f"It is {i + 2}."}) + "\n"
+                             for i in range(60)))
+    questions.write_text("".join(json.dumps({"prompt": f"What is {i} plus 3?",
+                                             "answer": str(i + 3)}) + "\n" for i in range(8)))
+    comparisons = tmp_path / "cmp.jsonl"
+    comparisons.write_text("".join(json.dumps({"prompt": f"What is {i} plus 2?",
+                                               "chosen": f"It is {i + 2}.",
+                                               "rejected": f"It is {i + 3}."}) + "\n"
+                                   for i in range(30)))
+    return ["pipeline", "--corpus", str(corpus), "--out", str(tmp_path / "pipe"),
+            "--vocab-size", "320", "--val-fraction", "0.2",
+            "--pretrain.model.depth", "1", "--pretrain.model.seq-len", "64",
+            "--pretrain.train.steps", "12", "--pretrain.train.batch-size", "4",
+            "--pretrain.train.eval-every", "6", "--pretrain.eval-tokens", "512",
+            "--no-pretrain.train.progress", "--demos", str(demos), "--questions", str(questions),
+            "--sft.train.steps", "6", "--sft.train.batch-size", "4", "--no-sft.train.progress",
+            "--comparisons", str(comparisons), "--rl-prompts", str(questions),
+            "--rm.train.steps", "4", "--rm.train.batch-size", "4", "--no-rm.train.progress",
+            "--ppo.train.steps", "3", "--ppo.train.batch-size", "4", "--ppo.max-tokens", "4",
+            "--ppo.eval-limit", "4", "--no-ppo.train.progress"]

@@ -41,7 +41,8 @@ def train_tokenizer_from(spec: str, vocab_size: int, out: Path, max_bytes: int =
     tokenizer = train_tokenizer(texts, vocab_size, show_progress=progress)
     tokenizer.save(out)
     stats = {"vocab_size": tokenizer.vocab_size,
-             "bytes_per_token": round(bytes_per_token(tokenizer, texts), 3)}
+             "bytes_per_token": round(bytes_per_token(tokenizer, texts), 3),
+             "corpus_bytes": sum(len(t.encode("utf-8")) for t in texts)}
     print(f"tokenizer: {stats['vocab_size']} ids, {stats['bytes_per_token']} bytes/token "
           f"on this corpus -> {out}")
     return stats

@@ -1,0 +1,452 @@
+"""`gptsmith serve`: the OpenAI HTTP API and a web chat page over trained run directories.
+
+    POST /v1/chat/completions   chat (``stream: true`` for server-sent events)
+    POST /v1/completions        plain text completion (base models)
+    GET  /v1/models             the run directories served
+    GET  /                      the web chat page
+
+Requests to one model share one :class:`~gptsmith.batching.Batcher`, so concurrent requests
+are decoded together. Errors are OpenAI-shaped JSON (``{"error": {"message", "type",
+"param", "code"}}``), never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gptsmith.batching import Batcher, Ticket
+from gptsmith.chat import check_conversation, prompt_ids
+from gptsmith.engine import Sampling
+from gptsmith.errors import GptsmithError
+from gptsmith.model import GPT
+from gptsmith.runs import load_model
+from gptsmith.tokenizer import IncrementalDecoder, Tokenizer
+
+log = logging.getLogger("gptsmith.serve")
+PAGE = Path(__file__).parent / "static" / "chat.html"
+MAX_N = 16
+
+
+@dataclass
+class ServedModel:
+    name: str
+    run_dir: Path
+    model: GPT
+    tokenizer: Tokenizer
+    batcher: Batcher
+    created: int
+
+
+def load_served(specs: list[str], max_batch: int = 16,
+                device: str = "cpu") -> dict[str, ServedModel]:
+    """Load each ``RUN_DIR`` or ``NAME=RUN_DIR``; a bare directory is named after itself
+    (``runs/default/ppo`` -> ``ppo``), or after its last two parts when names collide."""
+    pairs = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        pairs.append((name, Path(path)) if sep else (None, Path(spec)))
+    short = [p.name for n, p in pairs if n is None]
+    served: dict[str, ServedModel] = {}
+    for name, path in pairs:
+        if name is None:
+            name = path.name if short.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
+        if name in served:
+            raise GptsmithError(f"two models are named {name!r}; name them: NAME=RUN_DIR")
+        model, tokenizer = load_model(path, device)
+        created = int((path / "model.safetensors").stat().st_mtime)
+        served[name] = ServedModel(name, path, model, tokenizer, Batcher(model, max_batch), created)
+    return served
+
+
+# -- errors --------------------------------------------------------------------------------
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = \
+            status, message, param, code, type
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+# -- requests ------------------------------------------------------------------------------
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # other OpenAI fields are accepted and unused
+    model: str
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stops) > 4:
+            raise APIError(400, "stop may hold at most 4 sequences", "stop")
+        return [s for s in stops if s]
+
+
+class ChatRequest(_Common):
+    messages: list[dict]
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1)  # the OpenAI default for completions
+
+
+def _validated(cls: type[BaseModel], body: bytes):
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"],
+                       param) from None
+
+
+def _text_content(message: dict, i: int) -> dict:
+    """A message with list-of-parts content (``[{"type": "text", "text": ...}]``) flattened."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"),
+                   str) for p in content):
+            raise APIError(400, f"messages[{i}].content: only text parts are supported",
+                           f"messages.{i}.content")
+        message = {**message, "content": "".join(p["text"] for p in content)}
+    return message
+
+
+# -- generation ----------------------------------------------------------------------------
+
+class StopText:
+    """Cuts a stream of text at the first stop sequence, holding back a tail that could be
+    the start of one, so a stop sequence is never sent in part."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.held = stops, ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        text = self.held + piece
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return text[:min(hits)], True
+        hold = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])),
+                   default=0)
+        self.held = text[len(text) - hold:] if hold else ""
+        return text[:len(text) - hold], False
+
+    def flush(self) -> str:
+        text, self.held = self.held, ""
+        return text
+
+
+@dataclass
+class Choice:
+    decoder: IncrementalDecoder
+    stop: StopText
+    text: str = ""
+    tokens: int = 0
+    finish: str | None = None
+
+
+class Generation:
+    """One request's choices: checked and set up at once (so errors answer as JSON before
+    any streaming starts), then run by :meth:`pieces`.
+
+    Choice i = prompt i // n, sample i % n, seeded ``seed + i % n``.
+    """
+
+    def __init__(self, served: ServedModel, request: Request, prompts: list[list[int]],
+                 req: _Common, stop_ids: tuple[int, ...]):
+        ctx = served.model.cfg.seq_len
+        longest = max(len(p) for p in prompts)
+        if longest >= ctx:
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens; the "
+                           f"prompt has {longest}.", "messages", "context_length_exceeded")
+        max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+        if max_tokens is not None and longest + max_tokens > ctx:
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens; you "
+                           f"requested {longest + max_tokens} ({longest} in the prompt, "
+                           f"{max_tokens} for the completion). Lower max_tokens.",
+                           "max_tokens", "context_length_exceeded")
+        seed = req.seed if req.seed is not None else secrets.randbits(31)
+        stops = req.stops()
+        self.served, self.request, self.prompts, self.stop_ids = served, request, prompts, stop_ids
+        self.events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.tickets, self.choices = [], []
+        for i in range(len(prompts) * req.n):
+            prompt = prompts[i // req.n]
+            s = Sampling(max_tokens=max_tokens or ctx - len(prompt), temperature=req.temperature,
+                         top_p=req.top_p, seed=seed + i % req.n, stop_ids=stop_ids)
+            self.tickets.append(Ticket(prompt, s, loop, self.events, index=i))
+            self.choices.append(Choice(IncrementalDecoder(served.tokenizer, skip_special=True),
+                                       StopText(stops)))
+
+    def usage(self) -> dict:
+        prompt = sum(len(p) for p in self.prompts)
+        completion = sum(c.tokens for c in self.choices)
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
+
+    async def pieces(self) -> AsyncIterator[tuple[int, str]]:
+        """Yield ``(choice index, new text)`` as tokens arrive, until every choice has its
+        ``finish``. Everything is cancelled (batch places freed at once) if the client goes
+        away or the caller stops iterating."""
+        try:
+            for t in self.tickets:
+                self.served.batcher.submit(t)
+            open_ = len(self.tickets)
+            while open_:
+                try:
+                    async with asyncio.timeout(1.0):
+                        i, kind, value = await self.events.get()
+                except TimeoutError:
+                    if await self.request.is_disconnected():
+                        return
+                    continue
+                c = self.choices[i]
+                if c.finish is not None:
+                    continue  # a token decoded after a stop sequence had cut the choice
+                if kind == "token":
+                    c.tokens += 1
+                    if value in self.stop_ids:
+                        continue
+                    piece, stopped = c.stop.push(c.decoder.push(value))
+                    c.text += piece
+                    if stopped:
+                        c.finish = "stop"
+                        self.tickets[i].cancel()
+                        open_ -= 1
+                    yield i, piece
+                elif kind == "error":
+                    raise APIError(500, f"generation failed: {value}", type="server_error")
+                else:
+                    c.finish = "stop" if value in ("stop", "cancelled") else "length"
+                    piece = c.stop.flush()
+                    c.text += piece
+                    open_ -= 1
+                    yield i, piece
+        finally:
+            for t in self.tickets:
+                t.cancel()
+
+
+def _sse(payload: dict | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+# -- the app -------------------------------------------------------------------------------
+
+def create_app(models: dict[str, ServedModel], api_key: str | None = None,
+               max_body: int = 1_000_000) -> FastAPI:
+    app = FastAPI(title="gptsmith", docs_url="/docs", redoc_url=None)
+    app.state.models = models
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return e.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        code = "not_found" if e.status_code == 404 else None
+        return APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
+                        code=code).response()
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception):
+        log.exception("error serving %s", request.url.path)
+        return APIError(500, "internal server error (see the server log)",
+                        type="server_error").response()
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """The API key and the body-size limit, checked before any work is done."""
+        try:
+            if request.url.path.startswith("/v1/"):
+                if api_key is not None:
+                    given = request.headers.get("authorization", "")
+                    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                        raise APIError(401, "Incorrect or missing API key: send the header "
+                                       "'Authorization: Bearer <key>'.", code="invalid_api_key")
+                size = request.headers.get("content-length")
+                if size is not None and size.isdigit() and int(size) > max_body:
+                    await drain(request, int(size))
+                    raise APIError(413, f"the request body of {int(size)} bytes exceeds the "
+                                   f"limit of {max_body} bytes", code="request_too_large")
+        except APIError as e:
+            return e.response()
+        return await call_next(request)
+
+    async def drain(request: Request, size: int) -> None:
+        """Read and drop an oversized body (up to 64 MiB), so that the client, still sending,
+        gets the 413 answer rather than a reset connection."""
+        if size <= 64 << 20:
+            async for _ in request.stream():
+                pass
+
+    async def body(request: Request) -> bytes:
+        data, size = bytearray(), 0
+        async for chunk in request.stream():  # a body without Content-Length (chunked)
+            size += len(chunk)
+            if size <= max_body:
+                data += chunk
+            elif size > 64 << 20:
+                break
+        if size > max_body:
+            raise APIError(413, f"the request body exceeds the limit of {max_body} bytes",
+                           code="request_too_large")
+        return bytes(data)
+
+    def lookup(name: str) -> ServedModel:
+        if name not in models:
+            raise APIError(404, f"The model {name!r} does not exist; served: "
+                           f"{', '.join(models)}.", "model", "model_not_found")
+        return models[name]
+
+    def model_card(m: ServedModel) -> dict:
+        return {"id": m.name, "object": "model", "created": m.created, "owned_by": "gptsmith",
+                "context_length": m.model.cfg.seq_len}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(PAGE.read_text(), headers={
+            "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                       "style-src 'self' 'unsafe-inline'"})
+
+    @app.get("/health", include_in_schema=False)
+    async def health():
+        return {"status": "ok", "models": list(models)}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [model_card(m) for m in models.values()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str):
+        return model_card(lookup(name))
+
+    async def respond(request: Request, served: ServedModel, req: _Common,
+                      prompts: list[list[int]], kind: Literal["chat", "text"]):
+        tok = served.tokenizer
+        stop_ids = (tok.end_id,) if kind == "chat" else (tok.bos_id, tok.end_id)
+        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+        created = int(time.time())
+        head = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
+                "created": created, "model": served.name, "system_fingerprint": None}
+        gen = Generation(served, request, prompts, req, stop_ids)
+        if not req.stream:
+            async for _ in gen.pieces():
+                pass
+            if kind == "chat":
+                out = [{"index": i, "message": {"role": "assistant", "content": c.text},
+                        "logprobs": None, "finish_reason": c.finish}
+                       for i, c in enumerate(gen.choices)]
+            else:
+                out = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish}
+                       for i, c in enumerate(gen.choices)]
+            return {**head, "choices": out, "usage": gen.usage()}
+
+        head["object"] += ".chunk" if kind == "chat" else ""
+
+        def chunk(i: int, piece: str | None, finish: str | None = None) -> dict:
+            if kind == "chat":
+                delta = {} if piece is None else {"content": piece}
+                return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {"index": i, "text": piece or "", "logprobs": None, "finish_reason": finish}
+
+        async def events():
+            pieces = gen.pieces()
+            try:
+                if kind == "chat":
+                    yield _sse({**head, "choices": [
+                        {"index": i, "delta": {"role": "assistant", "content": ""},
+                         "logprobs": None, "finish_reason": None}
+                        for i in range(len(gen.choices))]})
+                async for i, piece in pieces:
+                    if piece:
+                        yield _sse({**head, "choices": [chunk(i, piece)]})
+                for i, c in enumerate(gen.choices):
+                    yield _sse({**head, "choices": [chunk(i, None, c.finish)]})
+                if (req.stream_options or {}).get("include_usage"):
+                    yield _sse({**head, "choices": [], "usage": gen.usage()})
+                yield _sse("[DONE]")
+            except APIError as e:
+                yield _sse({"error": {"message": e.message, "type": e.type, "code": e.code}})
+            finally:
+                await pieces.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = _validated(ChatRequest, await body(request))
+        served = lookup(req.model)
+        if not req.messages:
+            raise APIError(400, "messages must not be empty", "messages")
+        messages = [_text_content(m, i) for i, m in enumerate(req.messages)]
+        problem = check_conversation(messages, for_generation=True)
+        if problem:
+            raise APIError(400, problem, "messages")
+        return await respond(request, served, req, [prompt_ids(served.tokenizer, messages)],
+                             "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = _validated(CompletionRequest, await body(request))
+        served = lookup(req.model)
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not texts or len(texts) * req.n > MAX_N:
+            raise APIError(400, f"give 1 to {MAX_N} prompts x n in all", "prompt")
+        tok = served.tokenizer
+        prompts = [[tok.bos_id, *tok.encode(t)] for t in texts]
+        return await respond(request, served, req, prompts, "text")
+
+    return app
+
+
+def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, max_batch: int = 16, device: str = "auto") -> None:
+    import uvicorn
+
+    from gptsmith.device import pick_device
+
+    models = load_served(specs, max_batch, str(pick_device(device)))
+    app = create_app(models, api_key)
+    where = f"http://{host}:{port}"
+    print(f"serving {', '.join(models)} at {where} (chat page: {where}/ , API: {where}/v1)"
+          + (" with an API key" if api_key else ""))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,173 @@
+"""The pipeline: --from redoes a phase and the ones after it, recipes, pipeline.json, the
+summary table and report.html."""
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from gptsmith.cli import main, make_parser
+from gptsmith.pipeline import FILLED, PHASES, RECIPES, PipelineConfig, config_from_args
+from gptsmith.plots import plot_eval
+from gptsmith.report import summary_rows, summary_table, write_report
+from tests.conftest import tiny_pipeline_args
+
+SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def config(*argv: str) -> PipelineConfig:
+    """The config exactly as `gptsmith pipeline ARGV` builds it."""
+    return config_from_args(make_parser().parse_args(["pipeline", *argv]))
+
+
+def flat_keys(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out |= flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+    return out
+
+
+def assert_self_contained(html: str) -> None:
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+
+
+def test_an_unknown_from_phase_is_refused_with_the_phases(tmp_path, capsys):
+    assert main(["pipeline", "--out", str(tmp_path / "p"), "--from", "sftt"]) == 2
+    err = capsys.readouterr().err
+    assert "'sftt'" in err and ", ".join(PHASES) in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_cpu_and_gpu_recipes_are_shipped():
+    assert {"cpu", "gpu"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_builds_a_valid_config(name):
+    cfg = config("--recipe", name)
+    cfg.pretrain.model.resolved()  # raises if the model's shape is inconsistent
+    for phase in (cfg.pretrain, cfg.sft, cfg.rm, cfg.ppo):
+        assert phase.train.precision in ("auto", "bf16", "fp32")
+    assert config("--recipe", str(RECIPES / f"{name}.yaml")) == cfg  # by path, the same
+
+
+def test_the_cpu_recipe_is_the_defaults_with_every_setting_written_out():
+    assert config("--recipe", "cpu") == config() == PipelineConfig()
+    listed = flat_keys(yaml.safe_load((RECIPES / "cpu.yaml").read_text()))
+    assert listed == flat_keys(dataclasses.asdict(PipelineConfig())) - set(FILLED)
+
+
+def test_the_gpu_recipe_is_larger_with_bf16_and_its_own_directory():
+    gpu, cpu = config("--recipe", "gpu"), PipelineConfig()
+    assert gpu.pretrain.model.depth >= 3 * cpu.pretrain.model.depth
+    assert gpu.pretrain.train.steps > cpu.pretrain.train.steps
+    assert gpu.pretrain.train.precision == "bf16" and gpu.pretrain.train.compile
+    assert gpu.out != cpu.out
+
+
+def test_flags_override_a_recipe():
+    assert config("--recipe", "gpu", "--pretrain.model.depth", "6").pretrain.model.depth == 6
+
+
+def test_an_unknown_recipe_name_lists_the_shipped_ones(capsys):
+    assert main(["pipeline", "--recipe", "tpu"]) == 2
+    assert f"shipped: {', '.join(SHIPPED)}" in capsys.readouterr().err
+
+
+def test_a_setting_the_pipeline_fills_in_is_refused(tmp_path, capsys):
+    assert main(["pipeline", "--out", str(tmp_path / "p"), "--sft.out", "elsewhere"]) == 2
+    assert "sft.out is set by the pipeline itself" in capsys.readouterr().err
+
+
+def test_report_escapes_model_output_and_embeds_its_plots(tmp_path):
+    answers = {"models": ["pretrain", "sft"],
+               "questions": [{"prompt": "What is <b>2</b> plus 2?", "answer": "4", "replies": [
+                   {"text": "<script>alert(1)</script>", "ended": False, "right": False},
+                   {"text": "It is 4.", "ended": True, "right": True}]}],
+               "open": [{"prompt": "Hi & bye", "replies": [
+                   {"text": '<img src="https://example.com/x.png">', "ended": True},
+                   {"text": "ok", "ended": True}]}]}
+    (tmp_path / "answers.json").write_text(json.dumps(answers))
+    plot_eval({"pretrain": {"accuracy": 0.1, "end_rate": 0.0},
+               "sft": {"accuracy": 0.3, "end_rate": 1.0}}, tmp_path / "eval.png")
+    records = {"sft": {"seconds": 1.5, "peak_rss_mb": 300, "peak_memory": "phase",
+                       "numbers": {"val_loss": 1.25, "train_examples": 10}}}
+    html = write_report(tmp_path, summary_rows(records, ["sft"], {"sft"})).read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "What is &lt;b&gt;2&lt;/b&gt; plus 2?" in html and "Hi &amp; bye" in html
+    assert_self_contained(html)
+    assert html.count('src="data:image/png;base64,') == 1
+    assert "val loss 1.250" in html
+
+
+def test_summary_table_marks_a_whole_process_peak_and_missing_numbers():
+    records = {"tokenizer": {"seconds": 2.0, "peak_rss_mb": 400, "peak_memory": "process",
+                             "numbers": {"vocab_size": 2048, "bytes_per_token": 2.5,
+                                         "corpus_bytes": 15_000_000}},
+               "rm": {"seconds": 8.0, "peak_rss_mb": 900, "peak_memory": "phase",
+                      "numbers": {}}}
+    table = summary_table(summary_rows(records, ["tokenizer", "data", "rm"], {"rm"}))
+    lines = table.splitlines()
+    assert lines[1].split() == ["phase", "status", "time", "peak", "memory", "data", "headline"]
+    assert lines[2].split()[:5] == ["tokenizer", "skipped", "2.0s", "400", "MB*"]
+    assert "15.0M bytes of text" in lines[2] and "2,048 ids" in lines[2]
+    assert lines[3].split() == ["data", "skipped", "-", "-"]
+    assert lines[4].split() == ["rm", "ran", "8.0s", "900", "MB"]
+    assert "total 10.0s" in table and "cannot reset the peak per phase" in table
+
+
+def _pipeline(args: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "gptsmith", *args], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _table(stdout: str) -> list[list[str]]:
+    """The summary table's rows: phase, status, time, the rest."""
+    lines = stdout[stdout.index("== summary"):].splitlines()[2:]
+    return [ln.split(maxsplit=3) for ln in lines if ln.split()[0] in PHASES]
+
+
+@pytest.mark.slow
+def test_pipeline_reports_skips_when_done_and_redoes_from_a_phase(tmp_path):
+    args = tiny_pipeline_args(tmp_path)
+    out = tmp_path / "pipe"
+    first = _pipeline(args)
+    phases = ["tokenizer", "data", "pretrain", "samples", "sft", "rm", "ppo", "eval"]
+    rows = _table(first.stdout)
+    assert [r[0] for r in rows] == phases and {r[1] for r in rows} == {"ran"}
+    book = json.loads((out / "pipeline.json").read_text())["phases"]
+    assert list(book) == phases
+    assert all(r["peak_rss_mb"] > 0 and r["seconds"] >= 0 for r in book.values())
+    assert "val_bpb" in book["pretrain"]["numbers"] and "kl" in book["ppo"]["numbers"]
+    html = (out / "report.html").read_text()
+    assert_self_contained(html)
+    assert html.count('src="data:image/png;base64,') == 6  # pretrain, SFT, RM, PPO x2, eval
+    assert "What is 0 plus 3?" in html and "Hello, how are you?" in html
+
+    again = _pipeline(args)  # everything done: skipped, trainers not even called
+    assert again.stdout.count("done already, skipped") == len(phases)
+    assert "already trained" not in again.stdout and "already fine-tuned" not in again.stdout
+    assert [r[1:] for r in _table(again.stdout)] == [["skipped", *r[2:]] for r in rows]
+
+    kept = (out / "pretrain" / "model.safetensors").stat().st_mtime_ns
+    redone = {n: (out / n / "model.safetensors").stat().st_mtime_ns for n in ("sft", "rm", "ppo")}
+    redo = _pipeline([*args, "--from", "sft"])
+    assert [r[:2] for r in _table(redo.stdout)] == [
+        [p, "skipped" if p in ("tokenizer", "data", "pretrain", "samples") else "ran"]
+        for p in phases]
+    assert (out / "pretrain" / "model.safetensors").stat().st_mtime_ns == kept
+    for name, mtime in redone.items():
+        assert (out / name / "model.safetensors").stat().st_mtime_ns != mtime, name
+
+    changed = subprocess.run([sys.executable, "-m", "gptsmith", *args, "--sft.train.lr", "0.01"],
+                             capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2  # a done phase is not silently kept under other settings
+    assert "phase sft was done with other settings (train.lr: 0.001 -> 0.01)" in changed.stderr
+    assert "--from sft" in changed.stderr

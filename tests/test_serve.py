@@ -1,0 +1,297 @@
+"""`gptsmith serve`: continuous batching, and the OpenAI API through the official client."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+import torch
+
+from gptsmith.batching import Batcher, Ticket
+from gptsmith.engine import Sampling, generate
+from gptsmith.serve import StopText, create_app, load_served
+from tests.live import running
+
+KEY = "test-key"
+
+
+def drain(ticket: Ticket) -> tuple[list[int], str]:
+    tokens = []
+    while True:
+        _, kind, value = ticket.events.get(timeout=30)
+        if kind == "token":
+            tokens.append(value)
+        else:
+            return tokens, value
+
+
+def test_batcher_rows_sample_what_they_would_alone(tiny_model):
+    """Requests that join and leave a running batch get exactly their solo tokens."""
+    specs = [([1, 2, 3], 10, 0.8), ([5, 6, 7, 8, 9, 10, 11], 20, 1.0), ([4], 5, 0.0),
+             ([9] * 12, 30, 0.8), ([7, 7], 3, 1.0)]
+    solo = [generate(tiny_model, [p], Sampling(max_tokens=m, temperature=t, seed=11))[0]
+            for p, m, t in specs]
+    batcher = Batcher(tiny_model, max_batch=3)
+    try:
+        tickets = []
+        for p, m, t in specs:
+            tickets.append(batcher.submit(Ticket(p, Sampling(max_tokens=m, temperature=t,
+                                                             seed=11))))
+            time.sleep(0.005)  # arrive while others are decoding
+        for ticket, want in zip(tickets, solo, strict=True):
+            assert drain(ticket) == (want, "length")
+        assert batcher.peak_batch > 1
+    finally:
+        batcher.close()
+
+
+def test_batcher_stop_ids_and_cancel(tiny_model):
+    batcher = Batcher(tiny_model, max_batch=4)
+    try:
+        free = generate(tiny_model, [[1, 2]], Sampling(max_tokens=12, seed=3))[0]
+        stop = Ticket([1, 2], Sampling(max_tokens=12, seed=3, stop_ids=(free[4],)))
+        assert drain(batcher.submit(stop)) == (free[:free.index(free[4]) + 1], "stop")
+        long = batcher.submit(Ticket([3], Sampling(max_tokens=50, seed=0)))
+        long.events.get(timeout=30)
+        long.cancel()
+        _, reason = drain(long)
+        assert reason == "cancelled"
+        with pytest.raises(ValueError, match="does not fit"):
+            batcher.submit(Ticket([1] * 60, Sampling(max_tokens=10)))
+    finally:
+        batcher.close()
+
+
+def test_stop_text_never_sends_a_stop_sequence_in_part():
+    s = StopText(["END", "\n\n"])
+    out = []
+    for piece in ["The ans", "wer E", "N", "D and more"]:
+        text, stopped = s.push(piece)
+        out.append(text)
+        if stopped:
+            break
+    assert "".join(out) == "The answer " and stopped
+    s = StopText(["xyz"])
+    assert s.push("abx") == ("ab", False) and s.push("q") == ("xq", False)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    models = load_served([f"sft={tiny_run}", f"base={tiny_run}"], max_batch=8)
+    with running(create_app(models, api_key=KEY)) as url:
+        yield url, models
+    for m in models.values():
+        m.batcher.close()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0)
+
+
+def test_models_chat_and_usage(client):
+    assert [m.id for m in client.models.list()] == ["sft", "base"]
+    msgs = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 2 plus 3?"}]
+    r = client.chat.completions.create(model="sft", messages=msgs, max_tokens=8, seed=5, n=2)
+    assert r.object == "chat.completion" and r.model == "sft" and len(r.choices) == 2
+    assert all(c.message.role == "assistant" for c in r.choices)
+    assert r.usage.completion_tokens >= 2 and r.usage.prompt_tokens > 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    again = client.chat.completions.create(model="sft", messages=msgs, max_tokens=8, seed=5, n=2)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
+    greedy = client.chat.completions.create(model="sft", messages=msgs, max_tokens=8,
+                                            temperature=0)
+    assert greedy.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streaming_chat_equals_the_whole_reply(client):
+    msgs = [{"role": "user", "content": "Say something."}]
+    whole = client.chat.completions.create(model="sft", messages=msgs, max_tokens=20, seed=9)
+    chunks = list(client.chat.completions.create(
+        model="sft", messages=msgs, max_tokens=20, seed=9, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completions_stop_and_max_tokens(client):
+    r = client.completions.create(model="base", prompt=["The king", "Now is"], max_tokens=6,
+                                  seed=1, n=2)
+    assert len(r.choices) == 4 and [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert all(c.finish_reason == "length" for c in r.choices)
+    assert r.usage.completion_tokens == 24
+    full = client.completions.create(model="base", prompt="The king", max_tokens=30, seed=2)
+    text = full.choices[0].text
+    assert len(text) > 8
+    stop = text[5:8]
+    cut = client.completions.create(model="base", prompt="The king", max_tokens=30, seed=2,
+                                    stop=["never there", stop])
+    assert cut.choices[0].text == text[:text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_wrong_or_missing_api_key_is_401(server):
+    bad = openai.OpenAI(base_url=server[0] + "/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.models.list()
+    assert e.value.status_code == 401 and "API key" in e.value.body["message"]
+    status, body = call(server[0], "GET", "/v1/models", auth=False)
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    assert call(server[0], "GET", "/health", auth=False)[0] == 200
+
+
+def call(url: str, method: str, path: str, body: bytes | None = None, auth: bool = True):
+    headers = {"Authorization": f"Bearer {KEY}"} if auth else {}
+    req = urllib.request.Request(url + path, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+CHAT = {"model": "sft", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (json.dumps({**CHAT, "model": "gpt-4"}).encode(), 404, "does not exist"),
+    (json.dumps({**CHAT, "max_tokens": 100000}).encode(), 400, "maximum context length"),
+    (json.dumps({**CHAT, "messages": []}).encode(), 400, "must not be empty"),
+    (json.dumps({"model": "sft"}).encode(), 400, "messages"),
+    (json.dumps({**CHAT, "messages": [{"role": "robot", "content": "x"}]}).encode(), 400,
+     "role"),
+    (json.dumps({**CHAT, "temperature": -1}).encode(), 400, "temperature"),
+    (json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}).encode(), 400,
+     "maximum context length"),
+    (b"{" + b" " * (10 << 20) + b"}", 413, "exceeds the limit"),
+])
+def test_bad_requests_get_openai_errors(server, body, status, words):
+    got, answer = call(server[0], "POST", "/v1/chat/completions", body)
+    assert got == status
+    assert words in answer["error"]["message"]
+    assert set(answer["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in json.dumps(answer)
+
+
+def test_unknown_route_and_method_are_json(server):
+    assert call(server[0], "GET", "/v1/nothing")[0] == 404
+    status, body = call(server[0], "POST", "/v1/models", b"{}")
+    assert status == 405 and "error" in body
+    status, body = call(server[0], "GET", "/v1/models/nope")
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+
+
+def test_concurrent_requests_are_decoded_together(server, client):
+    models = server[1]
+    batcher = models["base"].batcher
+    steps, batcher.peak_batch = batcher.steps, 0
+    n = 6
+
+    def one(i):
+        return client.completions.create(model="base", prompt=f"Request {i}", max_tokens=24,
+                                         seed=i).choices[0].text
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        texts = list(pool.map(one, range(n)))
+    assert batcher.peak_batch > 1
+    assert batcher.steps - steps < n * 24  # fewer steps than one request after another
+    alone = [one(i) for i in range(2)]
+    assert alone == texts[:2]  # a request's reply does not depend on its neighbours
+
+
+def test_client_disconnect_frees_its_place(server):
+    url, models = server
+    batcher = models["base"].batcher
+    body = json.dumps({"model": "base", "prompt": "Once", "max_tokens": 120, "stream": True,
+                       "seed": 0}).encode()
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    conn.request("POST", "/v1/completions", body, {"Authorization": f"Bearer {KEY}",
+                                                   "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
+    assert resp.readline().startswith(b"data: ")
+    steps = batcher.steps
+    conn.close()  # hang up mid-stream
+    deadline = time.time() + 10
+    while batcher._rows and time.time() < deadline:
+        time.sleep(0.01)
+    assert not batcher._rows
+    assert batcher.steps - steps < 100  # not decoded to the end
+
+
+def test_server_binds_loopback_by_default():
+    from gptsmith.cli import make_parser
+
+    args = make_parser().parse_args(["serve", "runs/x"])
+    assert args.host == "127.0.0.1" and args.max_batch == 16
+
+
+def test_generation_errors_are_json_not_tracebacks(server, monkeypatch, client):
+    batcher = server[1]["sft"].batcher
+
+    def broken(*a, **k):
+        raise RuntimeError("device on fire")
+
+    monkeypatch.setattr(batcher, "_choose", broken)
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model="sft", messages=CHAT["messages"], max_tokens=4)
+    assert "device on fire" in e.value.body["message"]
+    monkeypatch.undo()
+    ok = client.chat.completions.create(model="sft", messages=CHAT["messages"], max_tokens=4)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_kv_cache_keep_and_join_match_fresh_decoding(tiny_model):
+    """A batch rebuilt by keep/join continues exactly as the rows would alone."""
+    from gptsmith.model import KVCache
+
+    cfg = tiny_model.cfg
+    torch.manual_seed(0)
+    a, b = torch.randint(0, cfg.vocab_size, (1, 7)), torch.randint(0, cfg.vocab_size, (1, 3))
+    solo = []
+    for x in (a, b):
+        cache = KVCache(cfg, 1, cfg.seq_len, None)
+        tiny_model(x, cache=cache)
+        solo.append(tiny_model(torch.tensor([[5]]), cache=cache)[0, -1])
+    big = KVCache(cfg, 2, cfg.seq_len, torch.tensor([0, 4]))
+    tiny_model(torch.cat([a, torch.cat([torch.zeros(1, 4, dtype=torch.long), b], 1)]),
+               cache=big)
+    big.keep([1])  # row a leaves; b's leading padding goes with it
+    assert big.pos == 3 and big.pad.tolist() == [0]
+    other = KVCache(cfg, 1, cfg.seq_len, None)
+    tiny_model(a, cache=other)
+    big.join(other)  # a comes back, longer: b is shifted right
+    assert big.pos == 7 and big.pad.tolist() == [4, 0]
+    out = tiny_model(torch.tensor([[5], [5]]), cache=big)[:, -1]
+    torch.testing.assert_close(out[0], solo[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], solo[0], atol=1e-5, rtol=1e-5)
+
+
+def test_serve_many_threads_share_one_batcher(tiny_model):
+    batcher = Batcher(tiny_model, max_batch=16)
+    results = {}
+
+    def worker(i):
+        results[i] = drain(batcher.submit(Ticket([1 + i % 5], Sampling(max_tokens=15, seed=i))))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert all(len(tokens) == 15 and reason == "length" for tokens, reason in results.values())
