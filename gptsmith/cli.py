@@ -90,6 +90,90 @@ def cmd_serve(args) -> None:
     serve(args.run, args.host, args.port, key, args.max_batch, args.device)
 
 
+def cmd_studio(args) -> None:
+    """`gptsmith studio SUBCOMMAND`: the human feedback studio (gptsmith/studio/)."""
+    import os
+
+    from gptsmith.studio import store
+    from gptsmith.studio.db import Database
+
+    if args.studio_command == "serve":
+        from gptsmith.studio.app import serve_studio
+
+        models = {}
+        for spec in args.model:
+            name, sep, path = spec.partition("=")
+            models[name if sep else Path(spec).name] = path if sep else spec
+        serve_studio(args.db, args.host, args.port,
+                     args.admin_token or os.environ.get("GPTSMITH_STUDIO_ADMIN_TOKEN"), models)
+        return
+    db = Database(args.db)
+    try:
+        if args.studio_command == "init":
+            print(f"{args.db}: schema version {db.version()}, integrity {db.integrity_check()}")
+            if args.new_admin_token or not store.has_admin_token(db):
+                token = store.set_admin_token(db)
+                print(f"admin token (shown once): {token}\nadmin link: {args.url}/admin/{token}")
+        elif args.studio_command == "project":
+            cmd_studio_project(args, db)
+        elif args.studio_command == "annotator":
+            for name in args.name:
+                _, token = store.create_annotator(db, name)
+                print(f"{name}: {args.url}/a/{token}")
+        elif args.studio_command == "assign":
+            p = store.find_project(db, args.project)
+            names = [n.strip() for n in args.annotators.split(",") if n.strip()]
+            ids = [a["id"] for a in store.find_annotators(db, names)]
+            added = store.assign(db, p["id"], ids, args.per_item)
+            print(f"project {p['name']!r}: {added} new assignments")
+        elif args.studio_command == "report":
+            cmd_studio_report(db)
+        elif args.studio_command == "export":
+            from gptsmith.studio.export import export
+
+            print(export(db, args.project, args.out))
+    finally:
+        db.close()
+
+
+def cmd_studio_project(args, db) -> None:
+    from gptsmith.studio import store
+    from gptsmith.studio.prompts import read_prompts, sample_responses
+
+    items = read_prompts(args.prompts)
+    todo = [it["prompt"] for it in items if not it["responses"]]
+    if args.kind == "rank" and todo:
+        if not args.model:
+            raise GptsmithError("a rank project needs --model RUN to sample the responses "
+                                "(or prompts that carry their own 'responses')")
+        sampled = iter(sample_responses(args.model, todo, args.k, args.max_tokens,
+                                        args.temperature, args.seed))
+        for it in items:
+            it["responses"] = it["responses"] or next(sampled)
+        short = [it for it in items if len(it["responses"]) < 2]
+        if short:
+            print(f"{len(short)} prompts left out: fewer than 2 different replies sampled")
+        items = [it for it in items if len(it["responses"]) >= 2]
+    pid = store.create_project(db, args.name, args.kind, items, args.model, args.instructions)
+    print(f"project {args.name!r} (id {pid}, {args.kind}): {len(items)} items")
+
+
+def cmd_studio_report(db) -> None:
+    from gptsmith.studio import store
+
+    for p in store.progress(db):
+        print(f"{p['name']} ({p['kind']}, {p['items']} items): {p['done']} of {p['assigned']} "
+              f"assignments done, {p['items_answered_twice']} items answered by 2 or more")
+        for a in p["annotators"]:
+            print(f"  {a['name']}: {a['done']} of {a['assigned']}"
+                  + (f", {a['unacceptable']} all unacceptable" if p["kind"] == "rank" else ""))
+        agree = p.get("agreement")
+        if agree and agree["annotator_pairs"]:
+            print(f"  agreement over {agree['shared_items']} shared items "
+                  f"({agree['annotator_pairs']} annotator pairs): pairwise "
+                  f"{agree['agreement']:.3f}, Kendall's tau {agree['kendall_tau']:.3f}")
+
+
 def cmd_generate(args) -> None:
     from gptsmith.generate import generate_file
 
@@ -248,6 +332,50 @@ def make_parser() -> argparse.ArgumentParser:
                    help="requests decoded together per model (1 = one at a time)")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda")
     c.set_defaults(func=cmd_serve)
+
+    studio = sub.add_parser("studio", help="human feedback studio: people write demonstrations "
+                            "and rank responses", description="A web application backed by a "
+                            "database (SQLite, or PostgreSQL with --db postgresql://...) where "
+                            "annotators write demonstrations and rank sampled responses; "
+                            "export feeds gptsmith sft and gptsmith rm.")
+    ssub = studio.add_subparsers(dest="studio_command", required=True, metavar="SUBCOMMAND")
+    db_help = "sqlite:///FILE, a path, or postgresql://user:pw@host/db (default: studio.db)"
+    url_help = "the studio's address, for the printed links (default: http://127.0.0.1:8100)"
+    c = ssub.add_parser("init", help="create or upgrade the database; print an admin token")
+    c.add_argument("--new-admin-token", action="store_true", help="replace the admin token")
+    c.add_argument("--url", default="http://127.0.0.1:8100", help=url_help)
+    c = ssub.add_parser("serve", help="run the studio's web application")
+    c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    c.add_argument("--port", type=int, default=8100)
+    c.add_argument("--admin-token", help="the admin's secret (default: "
+                   "$GPTSMITH_STUDIO_ADMIN_TOKEN, else the stored one, else a new one printed)")
+    c.add_argument("--model", action="append", default=[], help="RUN_DIR or NAME=RUN_DIR to "
+                   "sample rank projects' responses from on the admin page; repeatable")
+    c = ssub.add_parser("project", help="create a project from a .jsonl of prompts")
+    c.add_argument("--name", required=True)
+    c.add_argument("--kind", required=True, choices=["demonstrate", "rank"])
+    c.add_argument("--prompts", required=True, help='.jsonl, one {"prompt": ...} a line '
+                   '(rank: optionally with its own "responses")')
+    c.add_argument("--model", help="rank: run directory to sample the K responses from")
+    c.add_argument("-k", type=int, default=4, help="rank: responses per prompt (default: 4)")
+    c.add_argument("--max-tokens", type=int, default=64)
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--instructions", default="", help="shown to annotators above each item")
+    c = ssub.add_parser("annotator", help="add annotators; prints each one's personal link")
+    c.add_argument("--name", action="append", required=True, help="repeatable")
+    c.add_argument("--url", default="http://127.0.0.1:8100", help=url_help)
+    c = ssub.add_parser("assign", help="give each item of a project to R annotators")
+    c.add_argument("--project", required=True, help="name or id")
+    c.add_argument("--annotators", required=True, help="names, comma-separated")
+    c.add_argument("--per-item", type=int, default=1, help="annotators per item (default: 1)")
+    c = ssub.add_parser("report", help="progress, per-annotator counts and agreement")
+    c = ssub.add_parser("export", help="answers as SFT demonstrations or K-wise rankings")
+    c.add_argument("--project", required=True, help="name or id")
+    c.add_argument("--out", required=True, help=".jsonl to write")
+    for c in ssub.choices.values():
+        c.add_argument("--db", default="studio.db", help=db_help)
+    studio.set_defaults(func=cmd_studio)
 
     c = sub.add_parser("generate", help="answer a .jsonl of prompts (batch inference)",
                        description="Input lines hold 'prompt' or 'messages'; output lines are "

@@ -1,0 +1,353 @@
+"""The studio's web application: admin and annotator pages over a JSON API.
+
+Who is asking is known from a secret token, sent as ``Authorization: Bearer TOKEN`` (scripts)
+or kept in an HttpOnly cookie set when a personal link ``/a/TOKEN`` (``/admin/TOKEN`` for the
+admin) is opened; the link then redirects to a page whose URL holds no token, and no page
+sends a Referer. A cookie is sent by the browser on its own, so a request that changes
+anything and is authenticated by cookie must also come from our origin (``Origin`` and
+``Sec-Fetch-Site``) and carry the session's CSRF token in ``X-CSRF-Token``. Pages put every
+prompt and response on screen as text (``textContent``), and the CSP allows no inline script.
+
+    GET  /a/TOKEN, /admin/TOKEN          sign in from a personal link
+    GET  /queue, /item/ID, /admin        pages
+    GET  /api/me, /api/queue             the annotator and their queue
+    GET  /api/assignments/ID             one assignment (403 if not yours)
+    PUT  /api/assignments/ID/draft       {"body": str}
+    POST /api/assignments/ID/answer      {"submission_id", "response" | "ranking", "unacceptable",
+                                          "comment"}
+    GET  /api/admin/state                projects, progress, agreement, annotators, models
+    POST /api/admin/projects|annotators|assign
+    GET  /api/admin/export/ID            the project's answers as .jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import logging
+import secrets
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gptsmith.errors import GptsmithError
+from gptsmith.studio import store
+from gptsmith.studio.db import Database
+from gptsmith.studio.export import export_records
+from gptsmith.studio.prompts import parse_prompts, sample_responses
+from gptsmith.studio.store import Refused
+
+log = logging.getLogger("gptsmith.studio")
+STATIC = Path(__file__).parent / "static"
+ASSETS = {"annotate.js": "text/javascript", "admin.js": "text/javascript",
+          "studio.css": "text/css"}
+ANNOTATOR_COOKIE, ADMIN_COOKIE = "studio_annotator", "studio_admin"
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; connect-src 'self'; form-action 'self'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+def csrf_secret(db: Database) -> bytes:
+    """The key CSRF tokens are made with, kept in the database so they outlive a restart."""
+    with db.transaction(write=True) as tx:
+        tx.run("INSERT INTO settings (key, value) VALUES ('csrf_secret', ?) "
+               "ON CONFLICT (key) DO NOTHING", (secrets.token_hex(32),))
+        return bytes.fromhex(tx.value("SELECT value FROM settings WHERE key = 'csrf_secret'"))
+
+
+def create_app(db: Database, models: dict[str, str] | None = None,
+               max_body: int = 2_000_000) -> FastAPI:
+    """The studio over ``db``; ``models`` (name -> run directory) are offered for sampling
+    the responses of new rank projects."""
+    app = FastAPI(title="gptsmith studio", docs_url=None, redoc_url=None, openapi_url=None)
+    models = dict(models or {})
+    secret = csrf_secret(db)
+
+    def csrf_for(token: str) -> str:
+        return hmac.new(secret, b"csrf:" + token.encode(), hashlib.sha256).hexdigest()
+
+    def fail(request: Request, status: int, message: str):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": {"message": message, "status": status}}, status,
+                                headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{status}</title>"
+                            f"<p>{html.escape(message)}</p>", status)
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, e: Refused):
+        return fail(request, e.status, str(e))
+
+    @app.exception_handler(GptsmithError)
+    async def user_error(request: Request, e: GptsmithError):
+        return fail(request, 400, str(e))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return fail(request, e.status_code, f"{request.method} {request.url.path}: {e.detail}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception):
+        log.exception("error serving %s", request.url.path)
+        return fail(request, 500, "internal server error (see the server log)")
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        for k, v in HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    # -- who is asking -------------------------------------------------------------------
+
+    def credential(request: Request, cookie: str) -> tuple[str | None, bool]:
+        """(token, sent by cookie?)"""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip(), False
+        return request.cookies.get(cookie), True
+
+    def check_csrf(request: Request, token: str) -> None:
+        """A cookie-authenticated write must come from our own pages."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            raise Refused(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            raise Refused(403, "cross-origin request refused")
+        given = request.headers.get("x-csrf-token", "")
+        if not hmac.compare_digest(given.encode(), csrf_for(token).encode()):
+            raise Refused(403, "missing or wrong CSRF token: reload the page")
+
+    async def annotator(request: Request) -> dict:
+        token, by_cookie = credential(request, ANNOTATOR_COOKIE)
+        who = await run_in_threadpool(store.annotator_by_token, db, token)
+        if who is None:
+            raise Refused(401, "sign in with your personal link")
+        if by_cookie and request.method not in ("GET", "HEAD"):
+            check_csrf(request, token)
+        return {**who, "token": token}
+
+    async def admin(request: Request) -> str:
+        token, by_cookie = credential(request, ADMIN_COOKIE)
+        if not await run_in_threadpool(store.is_admin, db, token):
+            raise Refused(401, "sign in with the admin link")
+        if by_cookie and request.method not in ("GET", "HEAD"):
+            check_csrf(request, token)
+        return token
+
+    async def json_body(request: Request) -> dict:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > max_body:
+            raise Refused(413, f"the request body exceeds {max_body} bytes")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_body:
+                raise Refused(413, f"the request body exceeds {max_body} bytes")
+        try:
+            body = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Refused(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise Refused(400, "the request body must be a JSON object")
+        return body
+
+    def sign_in(request: Request, token: str, cookie: str, to: str):
+        response = RedirectResponse(to, status_code=303)
+        response.set_cookie(cookie, token, httponly=True, samesite="lax", path="/",
+                            secure=request.url.scheme == "https")
+        return response
+
+    def page(name: str) -> HTMLResponse:
+        return HTMLResponse((STATIC / name).read_text(encoding="utf-8"))
+
+    # -- pages ---------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/a/{token}")
+    async def annotator_link(request: Request, token: str):
+        if await run_in_threadpool(store.annotator_by_token, db, token) is None:
+            raise Refused(401, "this link is not valid; ask your admin for yours")
+        return sign_in(request, token, ANNOTATOR_COOKIE, "/queue")
+
+    @app.get("/admin/{token}")
+    async def admin_link(request: Request, token: str):
+        if not await run_in_threadpool(store.is_admin, db, token):
+            raise Refused(401, "this admin link is not valid")
+        return sign_in(request, token, ADMIN_COOKIE, "/admin")
+
+    @app.get("/queue")
+    async def queue_page(request: Request):
+        await annotator(request)
+        return page("annotate.html")
+
+    @app.get("/item/{aid}")
+    async def item_page(request: Request, aid: int):
+        who = await annotator(request)
+        await run_in_threadpool(store.assignment, db, who["id"], aid)  # 403 if not theirs
+        return page("annotate.html")
+
+    @app.get("/admin")
+    async def admin_page(request: Request):
+        await admin(request)
+        return page("admin.html")
+
+    @app.get("/static/{name}")
+    async def asset(name: str):
+        if name not in ASSETS:
+            raise Refused(404, "no such file")
+        return PlainTextResponse((STATIC / name).read_text(encoding="utf-8"),
+                                 media_type=ASSETS[name])
+
+    # -- the annotator's API -------------------------------------------------------------
+
+    @app.get("/api/me")
+    async def me(request: Request):
+        who = await annotator(request)
+        return {"name": who["name"], "csrf": csrf_for(who["token"])}
+
+    @app.get("/api/queue")
+    async def queue(request: Request):
+        who = await annotator(request)
+        rows = await run_in_threadpool(store.queue, db, who["id"])
+        for r in rows:
+            r["done"], r["prompt"] = bool(r["done"]), r["prompt"][:120]
+        return {"name": who["name"], "done": sum(r["done"] for r in rows), "total": len(rows),
+                "assignments": rows}
+
+    @app.get("/api/assignments/{aid}")
+    async def get_assignment(request: Request, aid: int):
+        who = await annotator(request)
+        return await run_in_threadpool(store.assignment, db, who["id"], aid)
+
+    @app.put("/api/assignments/{aid}/draft")
+    async def put_draft(request: Request, aid: int):
+        who = await annotator(request)
+        body = await json_body(request)
+        saved = await run_in_threadpool(store.save_draft, db, who["id"], aid, body.get("body"))
+        return {"saved": saved}
+
+    @app.post("/api/assignments/{aid}/answer")
+    async def post_answer(request: Request, aid: int):
+        who = await annotator(request)
+        body = await json_body(request)
+        try:
+            status = await run_in_threadpool(store.submit, db, who["id"], aid,
+                                             body.get("submission_id"), body)
+        except db.integrity_error:  # PostgreSQL: a race on a submission id
+            raise Refused(409, "this submission id was used for another item") from None
+        return {"status": status}
+
+    # -- the admin's API -----------------------------------------------------------------
+
+    @app.get("/api/admin/state")
+    async def state(request: Request):
+        token = await admin(request)
+        return {"csrf": csrf_for(token), "models": list(models),
+                "projects": await run_in_threadpool(store.progress, db),
+                "annotators": await run_in_threadpool(store.find_annotators, db)}
+
+    @app.post("/api/admin/projects")
+    async def new_project(request: Request):
+        await admin(request)
+        body = await json_body(request)
+        kind, model = body.get("kind"), body.get("model") or None
+        items = parse_prompts(str(body.get("prompts") or ""), "prompts")
+        if kind == "rank":
+            todo = [it["prompt"] for it in items if not it["responses"]]
+            if todo and model not in models:
+                raise Refused(400, f"choose a model to sample the responses from "
+                              f"({', '.join(models) or 'start the studio with --model'})")
+            if todo:
+                try:
+                    k, max_tokens = int(body.get("k") or 4), int(body.get("max_tokens") or 64)
+                    temperature, seed = float(body.get("temperature", 1.0)), \
+                        int(body.get("seed") or 0)
+                except (TypeError, ValueError):
+                    raise Refused(400, "k, max_tokens, temperature and seed are numbers") \
+                        from None
+                if not 2 <= k <= 9:  # the number keys 1..9 rank them
+                    raise Refused(400, "k: 2 to 9 responses per prompt")
+                if not 1 <= max_tokens <= 4096 or not 0 <= temperature <= 2:
+                    raise Refused(400, "max_tokens: 1 to 4096; temperature: 0 to 2")
+                sampled = iter(await run_in_threadpool(
+                    sample_responses, models[model], todo, k, max_tokens, temperature, seed))
+                for it in items:
+                    it["responses"] = it["responses"] or next(sampled)
+            dropped = sum(len(it["responses"]) < 2 for it in items)
+            items = [it for it in items if len(it["responses"]) >= 2]
+        else:
+            dropped = 0
+        pid = await run_in_threadpool(store.create_project, db, str(body.get("name") or ""),
+                                      kind, items, model, str(body.get("instructions") or ""))
+        return {"id": pid, "items": len(items), "dropped": dropped}
+
+    @app.post("/api/admin/annotators")
+    async def new_annotator(request: Request):
+        await admin(request)
+        body = await json_body(request)
+        name = str(body.get("name") or "").strip()
+        aid, token = await run_in_threadpool(store.create_annotator, db, name)
+        return {"id": aid, "name": name, "link": f"{request.base_url}a/{token}"}
+
+    @app.post("/api/admin/assign")
+    async def assign(request: Request):
+        await admin(request)
+        body = await json_body(request)
+        ids, per_item = body.get("annotators"), body.get("per_item", 1)
+        if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids) \
+                or type(per_item) is not int:
+            raise Refused(400, "annotators: a list of annotator ids; per_item: a number")
+        p = await run_in_threadpool(store.find_project, db, str(body.get("project")))
+        added = await run_in_threadpool(store.assign, db, p["id"], ids, per_item)
+        return {"added": added}
+
+    @app.get("/api/admin/export/{pid}")
+    async def export(request: Request, pid: int):
+        await admin(request)
+        p, records, _ = await run_in_threadpool(export_records, db, pid)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return PlainTextResponse(text, media_type="application/jsonl", headers={
+            "Content-Disposition": f'attachment; filename="project-{p["id"]}.jsonl"'})
+
+    return app
+
+
+def serve_studio(db_url: str, host: str = "127.0.0.1", port: int = 8100,
+                 admin_token: str | None = None, models: dict[str, str] | None = None) -> None:
+    import sys
+
+    import uvicorn
+
+    db = Database(db_url)
+    where = f"http://{host}:{port}"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host} over plain HTTP: put it behind HTTPS (a reverse "
+              "proxy), or the annotators' tokens travel in clear text", file=sys.stderr)
+    if admin_token:
+        store.set_admin_token(db, admin_token)
+    elif not store.has_admin_token(db):
+        admin_token = store.set_admin_token(db)
+        print(f"admin link (shown once; `gptsmith studio init --new-admin-token` makes "
+              f"another): {where}/admin/{admin_token}")
+    app = create_app(db, models)
+    print(f"studio on {db.kind} at {where} ({db_url}); models: {', '.join(models or {}) or 'none'}",
+          flush=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        db.close()

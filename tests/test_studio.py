@@ -1,0 +1,513 @@
+"""`gptsmith studio`: the database, the JSON API over real HTTP, security and reliability.
+
+Database tests run on SQLite, and also on PostgreSQL when GPTSMITH_TEST_POSTGRES holds a URL
+of a database they may wipe (e.g. postgresql://studio:studio@127.0.0.1/studio_test).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gptsmith.cli import main
+from gptsmith.data.comparisons import read_comparisons
+from gptsmith.data.demos import read_demos
+from gptsmith.studio import store
+from gptsmith.studio.agreement import agreement, kendall_tau, pairwise_agreement
+from gptsmith.studio.app import create_app
+from gptsmith.studio.db import Database
+from tests.live import free_port, running
+
+POSTGRES = os.environ.get("GPTSMITH_TEST_POSTGRES")
+EVIL = '<script>window.__pwned=1</script><b>bold</b> & "quotes"'
+
+
+def wipe_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "postgres":
+        if not POSTGRES:
+            pytest.skip("set GPTSMITH_TEST_POSTGRES=postgresql://... to run on PostgreSQL")
+        wipe_postgres(POSTGRES)
+        return POSTGRES
+    return f"sqlite:///{tmp_path / 'studio.db'}"
+
+
+@pytest.fixture
+def db(db_url):
+    db = Database(db_url)
+    yield db
+    db.close()
+
+
+def call(base: str, method: str, path: str, body=None, token: str | None = None,
+         headers: dict | None = None) -> tuple[int, str, dict]:
+    """(status, body text, headers) of one real HTTP request."""
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=60)
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        h["Content-Type"] = "application/json"
+    try:
+        conn.request(method, path, data, h)
+        r = conn.getresponse()
+        return r.status, r.read().decode(), {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        conn.close()
+
+
+def ok(status_body_headers) -> dict:
+    status, body, _ = status_body_headers
+    assert status == 200, body
+    return json.loads(body)
+
+
+def setup_two_annotators(db: Database) -> dict:
+    """A demonstrate and a rank project shared by alice and bob; returns tokens and ids."""
+    d = store.create_project(db, "demos", "demonstrate",
+                             [{"prompt": f"Say hello {i}", "responses": None} for i in range(3)]
+                             + [{"prompt": EVIL, "responses": None}])
+    r = store.create_project(db, "ranks", "rank",
+                             [{"prompt": f"What is {i} plus 1?",
+                               "responses": [str(i + 1), str(i + 2), EVIL]} for i in range(3)])
+    (alice, ta), (bob, tb) = (store.create_annotator(db, n) for n in ("alice", "bob"))
+    for p in (d, r):
+        store.assign(db, p, [alice, bob], per_item=2)
+    return {"admin": store.set_admin_token(db), "alice": ta, "bob": tb,
+            "alice_id": alice, "bob_id": bob, "demos": d, "ranks": r}
+
+
+@pytest.fixture
+def studio(db):
+    s = setup_two_annotators(db)
+    with running(create_app(db)) as url:
+        yield {**s, "url": url, "db": db}
+
+
+def queue_of(studio, who: str) -> list[dict]:
+    return ok(call(studio["url"], "GET", "/api/queue", token=studio[who]))["assignments"]
+
+
+# -- agreement, migrations -----------------------------------------------------------------
+
+def test_agreement_against_hand_computed_examples():
+    assert pairwise_agreement([0, 1, 2], [0, 1, 2]) == 1.0
+    assert kendall_tau([2, 0, 1], [2, 0, 1]) == 1.0
+    assert pairwise_agreement([0, 1, 2, 3], [3, 2, 1, 0]) == 0.0
+    assert kendall_tau([0, 1, 2, 3], [3, 2, 1, 0]) == -1.0
+    # (0,1) swapped; (0,2) and (1,2) the same: 2 of 3 pairs, tau (2 - 1) / 3
+    assert pairwise_agreement([0, 1, 2], [1, 0, 2]) == pytest.approx(2 / 3)
+    assert kendall_tau([0, 1, 2], [1, 0, 2]) == pytest.approx(1 / 3)
+    # 4 responses, one adjacent swap: 5 of 6 pairs agree, tau 4/6
+    assert kendall_tau([2, 0, 3, 1], [2, 3, 0, 1]) == pytest.approx(4 / 6)
+    with pytest.raises(ValueError):
+        pairwise_agreement([0, 1], [0, 2])
+    # items: identical (tau 1), reversed (tau -1), three annotators on one item, one alone
+    got = agreement([[[0, 1, 2], [0, 1, 2]], [[0, 1], [1, 0]],
+                     [[0, 1, 2], [1, 0, 2], [0, 1, 2]], [[1, 0]]])
+    taus = [1, -1, 1 / 3, 1, 1 / 3]
+    assert got["shared_items"] == 3 and got["annotator_pairs"] == 5
+    assert got["kendall_tau"] == pytest.approx(sum(taus) / 5)
+    assert got["agreement"] == pytest.approx(sum((t + 1) / 2 for t in taus) / 5)
+    assert agreement([[[0, 1]]])["kendall_tau"] is None
+
+
+def test_a_version_1_database_is_upgraded_with_its_data(db_url):
+    old = Database(db_url, upto=1)
+    assert old.version() == 1
+    with old.transaction(write=True) as tx:
+        pid = tx.insert("INSERT INTO projects (name, kind, created) VALUES ('old', "
+                        "'demonstrate', 1.0)")
+        item = tx.insert("INSERT INTO items (project_id, position, prompt) VALUES (?, 0, ?)",
+                         (pid, "Hi?"))
+        ann = tx.insert("INSERT INTO annotators (name, token_hash, created) VALUES (?, ?, 1.0)",
+                        ("ann", store.hash_token("secret-token")))
+        aid = tx.insert("INSERT INTO assignments (item_id, annotator_id) VALUES (?, ?)",
+                        (item, ann))
+    old.close()
+
+    db = Database(db_url)
+    assert db.version() == 2 and db.migrate() == 2  # a second start changes nothing
+    assert store.find_project(db, "old")["instructions"] == ""
+    assert store.annotator_by_token(db, "secret-token")["id"] == ann
+    assert store.save_draft(db, ann, aid, "half a rep")
+    assert store.assignment(db, ann, aid)["draft"]["body"] == "half a rep"
+    assert store.submit(db, ann, aid, "sub-00000001", {"response": "Hello!"}) == "created"
+    assert store.assignment(db, ann, aid)["draft"] is None
+    assert db.integrity_check() == "ok"
+    db.close()
+
+
+def test_sqlite_settings_and_bad_urls(tmp_path):
+    from gptsmith.errors import GptsmithError
+
+    db = Database(tmp_path / "s.db")
+    conn = db.conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    db.close()
+    for url in (":memory:", "sqlite://relative.db"):
+        with pytest.raises(GptsmithError, match="give a file"):
+            Database(url)
+
+
+# -- the whole loop over the API -----------------------------------------------------------
+
+def test_annotators_answer_over_http_and_the_export_feeds_sft_and_rm_readers(
+        studio, tmp_path, capsys):
+    url = studio["url"]
+    for who in ("alice", "bob"):
+        q = ok(call(url, "GET", "/api/queue", token=studio[who]))
+        assert (q["name"], q["done"], q["total"]) == (who, 0, 7)
+        for a in q["assignments"]:
+            item = ok(call(url, "GET", f"/api/assignments/{a['id']}", token=studio[who]))
+            sub = uuid.uuid4().hex
+            if item["kind"] == "demonstrate":
+                answer = {"response": f"{who} says: {item['prompt']}"}
+            elif item["position"] == 2 and who == "bob":
+                answer = {"unacceptable": True, "comment": "all wrong"}
+            else:  # alice: best first; bob: the first two swapped
+                answer = {"ranking": [0, 1, 2] if who == "alice" else [1, 0, 2]}
+            body = {"submission_id": sub, **answer}
+            path = f"/api/assignments/{a['id']}/answer"
+            assert ok(call(url, "POST", path, body, studio[who])) == {"status": "created"}
+            assert ok(call(url, "POST", path, body, studio[who])) == {"status": "duplicate"}
+            status, text, _ = call(url, "POST", path, {**body, "submission_id": "another-1"},
+                                   studio[who])
+            assert status == 409 and "answered already" in text
+        q = ok(call(url, "GET", "/api/queue", token=studio[who]))
+        assert q["done"] == q["total"] == 7
+        mine = ok(call(url, "GET", f"/api/assignments/{q['assignments'][0]['id']}",
+                       token=studio[who]))
+        assert mine["answer"]["response"].startswith(f"{who} says")
+
+    state = ok(call(url, "GET", "/api/admin/state", token=studio["admin"]))
+    demos, ranks = state["projects"]
+    assert (demos["done"], demos["assigned"], demos["items_answered_twice"]) == (8, 8, 4)
+    assert [(a["name"], a["done"], a["unacceptable"]) for a in ranks["annotators"]] == \
+        [("alice", 3, 0), ("bob", 3, 1)]
+    # two shared items ranked by both: one pair of three swapped in each
+    assert ranks["agreement"] == {"shared_items": 2, "annotator_pairs": 2,
+                                  "agreement": pytest.approx(2 / 3),
+                                  "kendall_tau": pytest.approx(1 / 3)}
+
+    db_url = f"sqlite:///{studio['db'].target}" if studio["db"].kind == "sqlite" \
+        else studio["db"].target
+    for project, out in (("demos", tmp_path / "demos.jsonl"), ("ranks", tmp_path / "r.jsonl")):
+        assert main(["studio", "export", "--db", db_url, "--project", project,
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "8 demonstrations" in printed and "5 rankings" in printed
+    assert "1 marked all unacceptable left out" in printed
+    convs, _ = read_demos(tmp_path / "demos.jsonl")
+    assert len(convs) == 8 and convs[-1].messages[0]["content"] == EVIL
+    groups, _ = read_comparisons(tmp_path / "r.jsonl")
+    assert len(groups) == 5 and all(len(g.pairs) == 3 for g in groups)
+    assert main(["studio", "report", "--db", db_url]) == 0
+    assert "Kendall's tau 0.333" in capsys.readouterr().out
+
+
+def test_admin_creates_a_rank_project_sampled_from_a_model(db, tiny_run):
+    admin = store.set_admin_token(db)
+    prompts = "".join(json.dumps({"prompt": f"What is {i} plus 2?"}) + "\n" for i in range(2))
+    prompts += json.dumps({"prompt": "Given", "responses": ["x", "y"]}) + "\n"
+    with running(create_app(db, {"tiny": str(tiny_run)})) as url:
+        state = ok(call(url, "GET", "/api/admin/state", token=admin))
+        assert state["models"] == ["tiny"]
+        status, text, _ = call(url, "POST", "/api/admin/projects",
+                               {"name": "r", "kind": "rank", "prompts": prompts}, admin)
+        assert status == 400 and "choose a model" in text
+        made = ok(call(url, "POST", "/api/admin/projects",
+                       {"name": "r", "kind": "rank", "prompts": prompts, "model": "tiny",
+                        "k": 3, "max_tokens": 8}, admin))
+        assert made["items"] + made["dropped"] == 3
+        status, text, _ = call(url, "POST", "/api/admin/projects",
+                               {"name": "bad", "kind": "demonstrate", "prompts": "{}\n"}, admin)
+        assert status == 400 and "prompts:1:" in text and "prompt" in text
+    with db.transaction() as tx:
+        rows = tx.all("SELECT prompt, responses FROM items ORDER BY position")
+    sampled = [json.loads(r["responses"]) for r in rows]
+    assert all(len(set(s)) == len(s) >= 2 for s in sampled)
+    assert sampled[-1] == ["x", "y"] and all(len(s) == 3 for s in sampled[:-1])
+
+
+# -- security ------------------------------------------------------------------------------
+
+def test_a_wrong_or_missing_token_gets_401_and_sees_nothing(studio):
+    url = studio["url"]
+    aid = queue_of(studio, "alice")[0]["id"]
+    for token in (None, "wrong-token", studio["alice"][:-1], "x" * 500):
+        for path in ("/api/queue", f"/api/assignments/{aid}", "/api/me", "/queue",
+                     f"/item/{aid}", "/api/admin/state", "/admin"):
+            status, body, headers = call(url, "GET", path, token=token)
+            assert status == 401, (path, token, body)
+            assert "hello" not in body.lower() and "plus" not in body and "alice" not in body
+        status, body, _ = call(url, "POST", f"/api/assignments/{aid}/answer",
+                               {"submission_id": "abcdefgh", "response": "x"}, token)
+        assert status == 401
+    for path in ("/a/wrong-token", f"/a/{studio['alice']}x", "/admin/wrong"):
+        status, body, headers = call(url, "GET", path)
+        assert status in (401, 404) and "set-cookie" not in headers
+    # an annotator is not the admin, nor the admin an annotator
+    assert call(url, "GET", "/api/admin/state", token=studio["alice"])[0] == 401
+    assert call(url, "GET", "/api/queue", token=studio["admin"])[0] == 401
+    with studio["db"].transaction() as tx:
+        stored = [r["token_hash"] for r in tx.all("SELECT token_hash FROM annotators")]
+        settings = tx.all("SELECT value FROM settings")
+    assert studio["alice"] not in stored and store.hash_token(studio["alice"]) in stored
+    assert all(studio["admin"] not in s["value"] for s in settings)
+
+
+def test_an_annotator_cannot_read_or_change_anothers_items(studio):
+    url, db = studio["url"], studio["db"]
+    alice = {a["position"]: a["id"] for a in queue_of(studio, "alice") if a["kind"] == "rank"}
+    bobs = {a["id"] for a in queue_of(studio, "bob")}
+    theirs = alice[0]
+    assert theirs not in bobs
+    with db.transaction() as tx:
+        missing = tx.value("SELECT max(id) FROM assignments") + 1
+    for aid in (theirs, missing):
+        for method, path, body in (
+                ("GET", f"/api/assignments/{aid}", None),
+                ("GET", f"/item/{aid}", None),
+                ("PUT", f"/api/assignments/{aid}/draft", {"body": "mine now"}),
+                ("POST", f"/api/assignments/{aid}/answer",
+                 {"submission_id": uuid.uuid4().hex, "ranking": [2, 1, 0]})):
+            status, text, _ = call(url, method, path, body, studio["bob"])
+            assert status == 403, (method, path, text)
+            assert "What is" not in text and "not yours" in text
+    assert store.answers(db, studio["ranks"]) == []
+    with db.transaction() as tx:
+        assert tx.value("SELECT count(*) FROM drafts") == 0
+    # and alice can
+    ok(call(url, "PUT", f"/api/assignments/{theirs}/draft", {"body": "[1]"}, studio["alice"]))
+    assert ok(call(url, "GET", f"/api/assignments/{theirs}", token=studio["alice"]))[
+        "draft"]["body"] == "[1]"
+
+
+def signed_in(url: str, token: str) -> str:
+    """The cookie a personal link sets."""
+    status, _, headers = call(url, "GET", f"/a/{token}")
+    assert status == 303 and headers["location"] == "/queue"
+    cookie = headers["set-cookie"]
+    assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
+    return cookie.split(";")[0]
+
+
+def test_cookie_posts_need_the_csrf_token_and_our_origin(studio):
+    url = studio["url"]
+    cookie = signed_in(url, studio["alice"])
+    status, body, headers = call(url, "GET", "/queue", headers={"Cookie": cookie})
+    assert status == 200 and headers["referrer-policy"] == "no-referrer"
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert "unsafe-inline" not in headers["content-security-policy"]
+    csrf = ok(call(url, "GET", "/api/me", headers={"Cookie": cookie}))["csrf"]
+    aid = queue_of(studio, "alice")[0]["id"]
+    path = f"/api/assignments/{aid}/answer"
+
+    def post(**headers):
+        return call(url, "POST", path, {"submission_id": uuid.uuid4().hex, "response": "hi"},
+                    headers={"Cookie": cookie, **headers})
+
+    assert post()[0] == 403  # a form from anywhere: no token
+    assert post(**{"X-CSRF-Token": "0" * 64})[0] == 403
+    assert post(**{"X-CSRF-Token": csrf, "Origin": "https://evil.example"})[0] == 403
+    assert post(**{"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert post(Origin="https://evil.example", **{"Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert call(url, "PUT", f"/api/assignments/{aid}/draft", {"body": "x"},
+                headers={"Cookie": cookie})[0] == 403
+    assert store.answers(studio["db"], studio["demos"]) == []
+    status, body, _ = post(**{"X-CSRF-Token": csrf, "Origin": url,
+                              "Sec-Fetch-Site": "same-origin"})
+    assert status == 200, body
+    # the admin's cookie is held to the same rule
+    status, _, headers = call(url, "GET", f"/admin/{studio['admin']}")
+    admin_cookie = headers["set-cookie"].split(";")[0]
+    assert call(url, "POST", "/api/admin/annotators", {"name": "mallory"},
+                headers={"Cookie": admin_cookie})[0] == 403
+    assert [a["name"] for a in store.find_annotators(studio["db"])] == ["alice", "bob"]
+
+
+def test_bad_answers_are_refused_with_the_reason(studio):
+    url = studio["url"]
+    q = queue_of(studio, "alice")
+    demo = next(a["id"] for a in q if a["kind"] == "demonstrate")
+    rank = next(a["id"] for a in q if a["kind"] == "rank")
+    for aid, body, words in (
+            (demo, {"response": "   "}, "ideal reply"),
+            (rank, {"ranking": [0, 1]}, "permutation"),
+            (rank, {"ranking": [0, 1, 1]}, "permutation"),
+            (rank, {"ranking": [0, 1, 2], "unacceptable": "yes"}, "true or false"),
+            (rank, {"ranking": [0, 1, 2], "comment": 5}, "comment")):
+        status, text, _ = call(url, "POST", f"/api/assignments/{aid}/answer",
+                               {"submission_id": uuid.uuid4().hex, **body}, studio["alice"])
+        assert status == 400 and words in text, text
+    status, text, _ = call(url, "POST", f"/api/assignments/{demo}/answer",
+                           {"submission_id": "short", "response": "x"}, studio["alice"])
+    assert status == 400 and "submission_id" in text
+    status, _, _ = call(url, "POST", f"/api/assignments/{demo}/answer",
+                        {"submission_id": "abcdefghij", "response": "x" * 3_000_000},
+                        studio["alice"])
+    assert status == 413
+    status, text, _ = call(url, "POST", f"/api/assignments/{demo}/answer", None, studio["alice"],
+                           {"Content-Type": "application/json"})
+    assert status == 400 and "not valid JSON" in text
+
+
+# -- reliability ---------------------------------------------------------------------------
+
+def test_20_concurrent_annotators_lose_nothing_and_duplicate_nothing(db, capsys):
+    """20 annotators submit as fast as they can for 3 s, a quarter of them sent twice (a
+    retry after a lost answer); every acknowledged submission is in the database, once."""
+    n, per, seconds = 20, 150, 3.0
+    people = [store.create_annotator(db, f"ann{i}") for i in range(n)]
+    pid = store.create_project(db, "load", "demonstrate",
+                               [{"prompt": f"p{i}", "responses": None} for i in range(n * per)])
+    store.assign(db, pid, [a for a, _ in people], per_item=1)
+    acked, stats, lock = set(), {"sent": 0, "retries": 0, "errors": 0}, threading.Lock()
+
+    def annotate(token: str, url: str, deadline: float, rng: random.Random):
+        ids = [a["id"] for a in ok(call(url, "GET", "/api/queue", token=token))["assignments"]]
+        for aid in ids:
+            if time.monotonic() > deadline:
+                return
+            sub = uuid.uuid4().hex
+            body = {"submission_id": sub, "response": f"answer {aid}"}
+            tries = 2 if rng.random() < 0.25 else 1
+            for t in range(tries):
+                status, text, _ = call(url, "POST", f"/api/assignments/{aid}/answer", body, token)
+                with lock:
+                    stats["sent"] += 1
+                    stats["retries"] += t
+                    if status != 200 or json.loads(text)["status"] != ("duplicate" if t else
+                                                                       "created"):
+                        stats["errors"] += 1
+                    else:
+                        acked.add((aid, sub))
+
+    with running(create_app(db)) as url:
+        deadline = time.monotonic() + seconds
+        threads = [threading.Thread(target=annotate, args=(t, url, deadline, random.Random(i)))
+                   for i, (_, t) in enumerate(people)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    with db.transaction() as tx:
+        rows = {(r["assignment_id"], r["submission_id"])
+                for r in tx.all("SELECT assignment_id, submission_id FROM answers")}
+        count = tx.value("SELECT count(*) FROM answers")
+        dupes = tx.value("SELECT count(*) FROM (SELECT assignment_id FROM answers "
+                         "GROUP BY assignment_id HAVING count(*) > 1) d")
+    with capsys.disabled():
+        print(f"\n[{db.kind}] {n} annotators, {seconds:.0f} s: {stats['sent']} posts "
+              f"({stats['retries']} retries), {len(acked)} acknowledged, {count} in the "
+              f"database, {dupes} duplicates, {stats['errors']} errors")
+    assert stats["errors"] == 0 and dupes == 0
+    assert count == len(acked) == len(rows) and rows == acked
+    assert len(acked) >= n  # everybody got something in
+    assert db.integrity_check() == "ok"
+
+
+def start_server(db_path: Path, port: int, admin: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptsmith", "studio", "serve", "--db", f"sqlite:///{db_path}",
+         "--port", str(port), "--admin-token", admin],
+        cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if call(f"http://127.0.0.1:{port}", "GET", "/health")[0] == 200:
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the studio did not start: {proc.stdout.read().decode()}")
+
+
+def test_killing_the_server_mid_write_loses_at_most_the_requests_in_flight(tmp_path, capsys):
+    path, n = tmp_path / "kill.db", 4
+    db = Database(path)
+    people = [store.create_annotator(db, f"ann{i}") for i in range(n)]
+    pid = store.create_project(db, "load", "demonstrate",
+                               [{"prompt": f"p{i}", "responses": None} for i in range(2000)])
+    store.assign(db, pid, [a for a, _ in people], per_item=1)
+    queues = {t: [a["id"] for a in store.queue(db, a)] for a, t in people}
+    db.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(path, port, "admin-secret")
+    acked, in_flight, lock = set(), [0], threading.Lock()
+    first = threading.Event()
+
+    def annotate(token: str):
+        for aid in queues[token]:
+            sub = uuid.uuid4().hex
+            try:
+                status, _, _ = call(url, "POST", f"/api/assignments/{aid}/answer",
+                                    {"submission_id": sub, "response": f"answer {aid}"}, token)
+            except OSError:  # the server died with this request in flight
+                with lock:
+                    in_flight[0] += 1
+                return
+            assert status == 200
+            with lock:
+                acked.add((aid, sub))
+            first.set()
+
+    threads = [threading.Thread(target=annotate, args=(t,)) for _, t in people]
+    try:
+        for t in threads:
+            t.start()
+        assert first.wait(30)
+        time.sleep(1.0)
+        proc.kill()  # SIGKILL: no cleanup, mid-write
+        proc.wait()
+        for t in threads:
+            t.join()
+    finally:
+        proc.kill()
+    db = Database(path)
+    assert db.integrity_check() == "ok"
+    with db.transaction() as tx:
+        rows = {(r["assignment_id"], r["submission_id"])
+                for r in tx.all("SELECT assignment_id, submission_id FROM answers")}
+    with capsys.disabled():
+        print(f"\n[kill] {len(acked)} acknowledged before SIGKILL, {len(rows)} in the "
+              f"database after, {in_flight[0]} requests in flight, integrity "
+              f"{db.integrity_check()}")
+    assert acked <= rows  # nothing acknowledged is lost
+    assert len(rows - acked) <= in_flight[0] <= n  # at most the in-flight ones differ
+    db.close()
+    proc = start_server(path, port, "admin-secret")  # and it comes back
+    try:
+        token = people[0][1]
+        q = ok(call(url, "GET", "/api/queue", token=token))
+        assert q["done"] == sum(1 for aid, _ in rows if aid in queues[token])
+        todo = next(a["id"] for a in q["assignments"] if not a["done"])
+        ok(call(url, "POST", f"/api/assignments/{todo}/answer",
+                {"submission_id": uuid.uuid4().hex, "response": "after"}, token))
+    finally:
+        proc.kill()
+        proc.wait()
