@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import re
 import resource
 import shutil
@@ -35,7 +36,7 @@ from gptsmith.label import label
 from gptsmith.plots import plot_eval
 from gptsmith.report import NAMES, summary_rows, summary_table, write_report
 from gptsmith.runs import atomic_write_text, load_model, write_config
-from gptsmith.train.loop import config_differences
+from gptsmith.train.loop import config_differences, fault
 from gptsmith.train.ppo import PPOConfig, ppo
 from gptsmith.train.pretrain import PretrainConfig, pretrain
 from gptsmith.train.reward import RMConfig, train_reward_model
@@ -227,16 +228,24 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
                     f"{root}: phase {name} was done with other settings ({'; '.join(changed)}); "
                     f"rerun with the same settings, or add --from {name} to redo it and every "
                     "phase after it")
+        if done and old is None:  # made, then interrupted before it was recorded
+            print(f"== {name}: output found but not recorded: redoing it (same settings, "
+                  "same result)")
+            done = False
         if done:
             print(f"== {name}: done already, skipped")
             return
         print(f"== {name}")
         whole_phase = reset_peak_memory()
         start = time.perf_counter()
+        os.environ["GPTSMITH_PHASE"] = name  # for the crash tests' fault hook
         try:
             numbers = fn() or {}
         except GptsmithError as e:  # a phase's "start over with --overwrite" is --from here
             raise GptsmithError(str(e).replace("--overwrite", f"--from {name}")) from None
+        finally:
+            os.environ.pop("GPTSMITH_PHASE", None)
+        fault("phase-end", name)  # done, not yet recorded
         record = {"seconds": round(time.perf_counter() - start, 1),
                   "peak_rss_mb": round(peak_memory_mb()),
                   "peak_memory": "phase" if whole_phase else "process",
@@ -253,7 +262,8 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
           {"corpus": cfg.corpus, "vocab_size": cfg.vocab_size})
     data = root / "data"
     phase("data", (data / "meta.json").exists(),
-          lambda: _data_numbers(prepare_data(cfg.corpus, tok, data, cfg.val_fraction)),
+          lambda: _data_numbers(prepare_data(cfg.corpus, tok, data, cfg.val_fraction,
+                                                    overwrite=True)),
           {"corpus": cfg.corpus, "val_fraction": cfg.val_fraction})
     cfg.pretrain.data, cfg.pretrain.out = str(data), str(root / "pretrain")
     _trainer_phase(phase, book, "pretrain", cfg.pretrain, pretrain)

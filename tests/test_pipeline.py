@@ -3,7 +3,9 @@ summary table and report.html."""
 
 import dataclasses
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -171,3 +173,26 @@ def test_pipeline_reports_skips_when_done_and_redoes_from_a_phase(tmp_path):
     assert changed.returncode == 2  # a done phase is not silently kept under other settings
     assert "phase sft was done with other settings (train.lr: 0.001 -> 0.01)" in changed.stderr
     assert "--from sft" in changed.stderr
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_in_any_phase_completes_when_rerun(tmp_path):
+    """SIGKILL in turn at the end of a phase not yet recorded, and mid-training in every
+    trainer; each rerun goes further, and the last one finishes the whole pipeline."""
+    args = tiny_pipeline_args(tmp_path)
+    kills = ["phase-end:tokenizer", "phase-end:data", "pretrain/after-step:5",
+             "phase-end:samples", "sft/after-step:3", "rm/after-step:2", "ppo/after-step:2",
+             "phase-end:eval"]
+    for point in kills:
+        run = subprocess.run([sys.executable, "-m", "gptsmith", *args], capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "GPTSMITH_FAULT": point})
+        assert run.returncode == -signal.SIGKILL, (point, run.stderr[-2000:])
+    done = _pipeline(args)
+    rows = _table(done.stdout)
+    assert [r[0] for r in rows] == ["tokenizer", "data", "pretrain", "samples", "sft", "rm",
+                                    "ppo", "eval"]
+    # each rerun redid the phase killed before its record, or resumed the one killed
+    # mid-training; this last one redoes the evaluation killed before its record
+    assert [r[1] for r in rows] == ["skipped"] * 7 + ["ran"]
+    assert all(r[2] != "-" for r in rows)  # every phase has its numbers
+    assert (tmp_path / "pipe" / "report.html").exists()

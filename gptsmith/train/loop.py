@@ -85,9 +85,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
-def _fault(point: str, step: int) -> None:
-    """Test hook: GPTSMITH_FAULT=point:step kills this process there, as a crash would."""
-    if os.environ.get("GPTSMITH_FAULT") == f"{point}:{step}":
+def fault(point: str, step: int | str) -> None:
+    """Test hook: GPTSMITH_FAULT=point:step kills this process there, as a crash would;
+    ``PHASE/point:step`` only while the pipeline runs phase PHASE ($GPTSMITH_PHASE)."""
+    wanted = os.environ.get("GPTSMITH_FAULT")
+    if wanted and wanted in (f"{point}:{step}",
+                             f"{os.environ.get('GPTSMITH_PHASE')}/{point}:{step}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -162,7 +165,7 @@ class Trainer:
         }
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(state, tmp)
-            _fault("checkpoint-write", self.step)
+            fault("checkpoint-write", self.step)
 
     # -- the loop ---------------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -235,7 +238,7 @@ class Trainer:
             train_time += time.perf_counter() - t0
             self.step += 1
             tokens_seen += metrics.pop("tokens")
-            _fault("after-step", self.step)
+            fault("after-step", self.step)
             loss = metrics["loss"]
             if not math.isfinite(loss):
                 raise GptsmithError(f"loss became {loss} at step {self.step}; lower --train.lr")
