@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/generate_throughput.py
 	$(BIN)/python bench/ppo_iteration.py
 	$(BIN)/python bench/reward_step.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs

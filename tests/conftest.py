@@ -94,3 +94,21 @@ def tiny_pipeline_args(tmp_path: Path) -> list[str]:
             "--rm.train.steps", "4", "--rm.train.batch-size", "4", "--no-rm.train.progress",
             "--ppo.train.steps", "3", "--ppo.train.batch-size", "4", "--ppo.max-tokens", "4",
             "--ppo.eval-limit", "4", "--no-ppo.train.progress"]
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: .ci/run installs it
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A real headless Chromium driven by Playwright (never a downloaded browser)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

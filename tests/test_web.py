@@ -10,7 +10,6 @@ import asyncio
 import json
 import re
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -20,9 +19,6 @@ from tests.live import running
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 expect = playwright.expect
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 10_000
 
 
@@ -40,16 +36,6 @@ def throttled(app, delay: float = 0.01, hold: threading.Event | None = None):
             await send(message)
         await app(scope, receive, slow_send)
     return wrapped
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
