@@ -97,17 +97,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, show_progress: bool =
 
 
 class IncrementalDecoder:
-    """Turns a stream of ids into text pieces, holding back incomplete UTF-8 characters."""
+    """Turns a stream of ids into text pieces, holding back incomplete UTF-8 characters.
+
+    Only the ids not yet sent are decoded (byte-level tokens decode piecewise), so each
+    push costs the same however long the reply already is.
+    """
 
     def __init__(self, tokenizer: Tokenizer, skip_special: bool = False):
         self.tokenizer, self.skip_special = tokenizer, skip_special
-        self.ids: list[int] = []
-        self.sent = 0
+        self.pending: list[int] = []
 
     def push(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special=self.skip_special)
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending, skip_special=self.skip_special)
         if text.endswith("\ufffd"):
-            return ""
-        new, self.sent = text[self.sent:], len(text)
-        return new
+            return ""  # wait for the rest of the character
+        self.pending = []
+        return text
