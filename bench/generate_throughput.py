@@ -18,7 +18,7 @@ import statistics
 import time
 
 import torch
-from train_throughput import check_same_logits, hf_twin  # bench/ is on sys.path when run
+from train_throughput import add_run_flags, check_same_logits, hf_twin  # bench/ on sys.path
 
 from gptsmith.device import autocast, set_threads
 from gptsmith.engine import Sampling, generate
@@ -31,11 +31,7 @@ def main():
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
-    p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
+    add_run_flags(p, rounds=7)
     args = p.parse_args()
     if args.quick:
         args.depth, args.prompt_len, args.new_tokens = 2, 8, 8

@@ -52,7 +52,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from train_throughput import check_same_logits, hf_twin  # bench/ is on sys.path when run
+from train_throughput import add_run_flags, check_same_logits, hf_twin  # bench/ on sys.path
 from transformers import (
     LlamaForCausalLM,
     LlamaForSequenceClassification,
@@ -306,11 +306,7 @@ def main():
     p.add_argument("--ppo-epochs", type=int, default=defaults.ppo_epochs)
     p.add_argument("--minibatches", type=int, default=defaults.minibatches)
     p.add_argument("--steps", type=int, default=2, help="timed iterations per side per round")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
+    add_run_flags(p, rounds=5)
     args = p.parse_args()
     if args.quick:
         args.depth, args.seq_len, args.vocab_size, args.prompt_len = 1, 64, 512, 12

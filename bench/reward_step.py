@@ -48,6 +48,7 @@ from ppo_iteration import (  # bench/ is on sys.path when run
     scalar_twin,
     silence_libraries,
 )
+from train_throughput import add_run_flags
 
 from gptsmith.device import set_threads
 from gptsmith.model import GPT, GPTConfig
@@ -72,11 +73,7 @@ def main():
                    help="(chosen, rejected) pairs per step")
     p.add_argument("--length", type=int, default=128, help="tokens in every sequence")
     p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
+    add_run_flags(p, rounds=6)
     args = p.parse_args()
     if args.quick:
         args.depth, args.seq_len, args.vocab_size, args.length = 1, 64, 512, 32

@@ -63,18 +63,23 @@ def check_same_logits(model: GPT, hf: LlamaForCausalLM, batch: int = 2, atol: fl
     assert err < atol, f"logits differ by {err:.2e} > {atol}: the architectures do not match"
 
 
+def add_run_flags(p: argparse.ArgumentParser, rounds: int, precision: str = "fp32") -> None:
+    """The flags every benchmark here has: rounds, precision, threads, seed, --quick."""
+    p.add_argument("--rounds", type=int, default=rounds, help="alternating rounds per side")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=precision)
+    p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
-    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
+    add_run_flags(p, rounds=8, precision="bf16")
     args = p.parse_args()
     if args.quick:
         args.depth, args.seq_len, args.batch_size = 2, 64, 4

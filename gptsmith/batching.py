@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gptsmith.engine import Sampling, draw, filter_logits
+from gptsmith.engine import Sampling, draw, filter_logits, left_padded
 from gptsmith.model import GPT, KVCache
 
 
@@ -50,8 +50,11 @@ class Ticket:
 class _Row:
     ticket: Ticket
     generator: torch.Generator
-    budget: int
-    made: int = 0
+    made: int = 0  # tokens sampled so far
+
+    @property
+    def left(self) -> int:
+        return self.ticket.sampling.max_tokens - self.made
 
 
 class Batcher:
@@ -112,9 +115,6 @@ class Batcher:
                     self._rows, self._waiting, self._logits = [], deque(), None
                     self._cache = KVCache(self.model.cfg, 0, self.ctx, None)
 
-    def _fits(self, length: int, rows: list[_Row]) -> bool:
-        return all(length + r.budget - r.made <= self.ctx for r in rows)
-
     def _admit(self) -> None:
         """Move waiting requests (oldest first) into the batch while there is room."""
         new: list[Ticket] = []
@@ -124,25 +124,22 @@ class Batcher:
                 self._waiting.popleft()
                 t._send(("done", "cancelled"))
                 continue
-            length = max([self._cache.pos, *(len(x.prompt) for x in new), len(t.prompt)])
-            pending = [_Row(x, None, x.sampling.max_tokens) for x in [*new, t]]
-            if not self._fits(length, self._rows + pending):
+            joining = [*new, t]
+            length = max(self._cache.pos, *(len(x.prompt) for x in joining))
+            left = [r.left for r in self._rows] + [x.sampling.max_tokens for x in joining]
+            if length + max(left) > self.ctx:
                 break  # it joins once running rows have finished
             new.append(self._waiting.popleft())
         if not new:
             return
-        longest = max(len(t.prompt) for t in new)
-        pad = torch.tensor([longest - len(t.prompt) for t in new], device=self.device)
-        idx = torch.zeros(len(new), longest, dtype=torch.long, device=self.device)
-        for i, t in enumerate(new):
-            idx[i, longest - len(t.prompt):] = torch.tensor(t.prompt, dtype=torch.long)
+        idx, pad = left_padded([t.prompt for t in new], self.device)
         cache = KVCache(self.model.cfg, len(new), self.ctx, pad)
         logits = self.model(idx, cache=cache)[:, -1].float()
         self._cache.join(cache)
         self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
         for t in new:
             g = torch.Generator(device=self.device).manual_seed(t.sampling.seed)
-            self._rows.append(_Row(t, g, t.sampling.max_tokens))
+            self._rows.append(_Row(t, g))
 
     def _choose(self) -> list[int]:
         """Each row's next token: greedy rows by argmax, the rest drawn in groups that share
@@ -174,7 +171,7 @@ class Batcher:
             sends.append((t, ("token", token)))
             if token in t.sampling.stop_ids:
                 sends.append((t, ("done", "stop")))
-            elif row.made >= row.budget:
+            elif row.left == 0:
                 sends.append((t, ("done", "length")))
             else:
                 keep.append(i)

@@ -64,6 +64,18 @@ def _next_tokens(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator])
     return draw(filter_logits(logits / s.temperature, s.top_k, s.top_p).softmax(-1), gens)
 
 
+def left_padded(prompts: Sequence[Sequence[int]],
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts right-aligned in one (B, longest) batch, and each row's padding count (what
+    :class:`KVCache` takes), so that every row decodes its next token at the same slot."""
+    longest = max(len(p) for p in prompts)
+    pad = torch.tensor([longest - len(p) for p in prompts], device=device)
+    idx = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        idx[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+    return idx, pad
+
+
 @torch.no_grad()
 def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> Iterator[list[int | None]]:
     """Yield, per decoding step, each row's new token (None once the row has stopped).
@@ -82,10 +94,7 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> Iterato
     if budget == 0:
         return
     B = len(prompts)
-    pad = torch.tensor([longest - len(p) for p in prompts], device=device)
-    idx = torch.zeros(B, longest, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        idx[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+    idx, pad = left_padded(prompts, device)
     gens = [torch.Generator(device=device).manual_seed(s.seed + i) for i in range(B)]
     cache = KVCache(model.cfg, B, longest + budget, pad)
     stops = torch.tensor(list(s.stop_ids), device=device, dtype=torch.long)

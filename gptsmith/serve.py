@@ -340,9 +340,11 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None,
         return {"id": m.name, "object": "model", "created": m.created, "owned_by": "gptsmith",
                 "context_length": m.model.cfg.seq_len}
 
+    page_html = PAGE.read_text()
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return HTMLResponse(PAGE.read_text(), headers={
+        return HTMLResponse(page_html, headers={
             "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
                                        "style-src 'self' 'unsafe-inline'"})
 

@@ -44,8 +44,8 @@ from gptsmith.studio.store import Refused
 
 log = logging.getLogger("gptsmith.studio")
 STATIC = Path(__file__).parent / "static"
-ASSETS = {"annotate.js": "text/javascript", "admin.js": "text/javascript",
-          "studio.css": "text/css"}
+ASSETS = {"common.js": "text/javascript", "annotate.js": "text/javascript",
+          "admin.js": "text/javascript", "studio.css": "text/css"}
 ANNOTATOR_COOKIE, ADMIN_COOKIE = "studio_annotator", "studio_admin"
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -169,8 +169,11 @@ def create_app(db: Database, models: dict[str, str] | None = None,
                             secure=request.url.scheme == "https")
         return response
 
+    pages = {name: (STATIC / name).read_text(encoding="utf-8")
+             for name in ("admin.html", "annotate.html")}
+
     def page(name: str) -> HTMLResponse:
-        return HTMLResponse((STATIC / name).read_text(encoding="utf-8"))
+        return HTMLResponse(pages[name])
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -206,12 +209,13 @@ def create_app(db: Database, models: dict[str, str] | None = None,
         await admin(request)
         return page("admin.html")
 
+    assets = {name: (STATIC / name).read_text(encoding="utf-8") for name in ASSETS}
+
     @app.get("/static/{name}")
     async def asset(name: str):
-        if name not in ASSETS:
+        if name not in assets:
             raise Refused(404, "no such file")
-        return PlainTextResponse((STATIC / name).read_text(encoding="utf-8"),
-                                 media_type=ASSETS[name])
+        return PlainTextResponse(assets[name], media_type=ASSETS[name])
 
     # -- the annotator's API -------------------------------------------------------------
 

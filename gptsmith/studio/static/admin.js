@@ -2,22 +2,6 @@
 // Every name, prompt and number from the server is shown with textContent.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-let csrf = "";
-
-async function api(method, path, body) {
-  const options = {method, headers: {}, credentials: "same-origin"};
-  if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
-    options.headers["X-CSRF-Token"] = csrf;
-    options.body = JSON.stringify(body);
-  }
-  const r = await fetch(path, options);
-  const data = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error((data.error && data.error.message) || `HTTP ${r.status}`);
-  return data;
-}
-
 function cell(row, text) {
   const td = document.createElement("td");
   td.textContent = text;
