@@ -61,13 +61,12 @@ from transformers import (
 )
 
 from gptsmith.chat import prompt_ids
-from gptsmith.config import to_dict
 from gptsmith.device import set_threads
+from gptsmith.interop.hf import to_hf
 from gptsmith.model import GPT, GPTConfig
-from gptsmith.runs import load_model, save_model
-from gptsmith.tokenizer import Tokenizer, train_tokenizer
-from gptsmith.train.batches import EpochBatches
-from gptsmith.train.ppo import ActorCritic, PPOConfig, PPOTrainer
+from gptsmith.runs import save_model
+from gptsmith.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
+from gptsmith.train.ppo import PPOConfig, PPOTrainer, build_trainer
 from gptsmith.train.reward import reward_model_from
 
 # --- shared with bench/reward_step.py -------------------------------------------------------
@@ -100,6 +99,13 @@ def make_tokenizer(vocab_size: int, out_dir: Path) -> tuple[Tokenizer, PreTraine
     return tok, hf_tok
 
 
+def ordinary_ids(shape: tuple[int, ...], vocab_size: int,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+    """Random ids of ordinary tokens: never a special one such as <|pad|>, which the HF twins
+    would take for padding (the special tokens hold the first ids)."""
+    return torch.randint(len(SPECIAL_TOKENS), vocab_size, shape, generator=gen)
+
+
 def lm_twin(model: GPT, pad_id: int) -> LlamaForCausalLM:
     """``hf_twin`` (same weights) with our pad id; no eos, so generation never stops early."""
     hf = hf_twin(model)
@@ -116,7 +122,7 @@ def scalar_twin(model: GPT, pad_id: int) -> LlamaForSequenceClassification:
         cfg = copy.deepcopy(hf_twin(GPT(dataclasses.replace(model.cfg, head="lm"))).config)
     cfg.num_labels, cfg.pad_token_id = 1, pad_id
     hf = LlamaForSequenceClassification(cfg)
-    state = {("model." + k): v for k, v in model.state_dict().items() if not k.startswith("score.")}
+    state = to_hf({k: v for k, v in model.state_dict().items() if not k.startswith("score.")})
     state["score.weight"] = model.score.weight.detach().clone()
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
@@ -211,18 +217,7 @@ def build_ours(args, tmp: Path, tok: Tokenizer, prompts: list[dict]) -> PPOTrain
     cfg.train = dataclasses.replace(cfg.train, batch_size=args.batch_size, steps=10**6,
                                     precision=args.precision, threads=args.threads,
                                     seed=args.seed, progress=False)
-    policy, tokenizer = load_model(cfg.policy)
-    ref, _ = load_model(cfg.policy)
-    reward, _ = load_model(cfg.reward)
-    value, _ = load_model(cfg.reward)
-    for frozen in (ref, reward):
-        frozen.requires_grad_(False)
-    t = cfg.train
-    trainer = PPOTrainer(ActorCritic(policy, value), t, Path(cfg.out),
-                         EpochBatches(prompts, t.batch_size, t.seed), None, None,
-                         phase_config=to_dict(cfg), tokenizer=tokenizer)
-    trainer.setup(cfg, ref, reward, tokenizer)
-    return trainer
+    return build_trainer(cfg, prompts)
 
 
 def build_trl(args, tmp: Path, ours: PPOTrainer, hf_tok, prompts: list[list[int]]):
@@ -240,7 +235,7 @@ def build_trl(args, tmp: Path, ours: PPOTrainer, hf_tok, prompts: list[list[int]
     reward = scalar_twin(ours.reward_model, pad)
     check_same_logits(ours.model.policy, policy)
     with torch.no_grad():  # the path TRL scores with: backbone hidden states, then the head
-        idx = torch.randint(hf_tok.pad_token_id, (2, 64))  # below the special ids: no pad
+        idx = ordinary_ids((2, 64), ours.tok.vocab_size)
         err = (get_reward(reward, idx, pad, 0)[0].squeeze(-1) - ours.reward_model(idx)).abs()
     print(f"fp32 reward scores, ours vs HF: max abs difference {err.max():.2e}")
     assert err.max() < 1e-4, "reward twins differ"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import statistics
 import tempfile
@@ -43,6 +44,7 @@ from ppo_iteration import (  # bench/ is on sys.path when run
     Clock,
     drop_console_callbacks,
     make_tokenizer,
+    ordinary_ids,
     quiet,
     random_scalar_head,
     scalar_twin,
@@ -54,13 +56,7 @@ from gptsmith.device import set_threads
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.train.batches import EpochBatches
 from gptsmith.train.loop import Trainer
-from gptsmith.train.reward import (
-    RMConfig,
-    flatten,
-    pairwise_loss,
-    reward_model_from,
-    score_sequences,
-)
+from gptsmith.train.reward import RMConfig, reward_model_from, rm_loss
 
 
 def main():
@@ -94,7 +90,7 @@ def main():
         model = random_scalar_head(reward_model_from(policy), args.seed)
         hf = scalar_twin(model, tok.pad_id)
         with torch.no_grad():
-            probe = torch.randint(tok.pad_id, (2, args.length))  # no special ids, so no pad
+            probe = ordinary_ids((2, args.length), tok.vocab_size)
             err = (hf(input_ids=probe).logits.squeeze(-1) - model(probe)[:, -1]).abs().max()
         print(f"fp32 scores, ours vs HF: max abs difference {err:.2e}")
         assert err < 1e-4, "the reward twins differ"
@@ -102,7 +98,7 @@ def main():
         # the pairs: random ordinary tokens ending in <|end|>, as encode_group renders them
         n_pairs = args.batch_size * (args.steps + 1)
         gen = torch.Generator().manual_seed(args.seed)
-        ids = torch.randint(tok.pad_id, (n_pairs, 2, args.length), generator=gen)
+        ids = ordinary_ids((n_pairs, 2, args.length), tok.vocab_size, gen)
         ids[..., -1] = tok.end_id
         ids = [[row.tolist() for row in pair] for pair in ids]
 
@@ -111,12 +107,8 @@ def main():
                                 threads=args.threads, seed=args.seed, progress=False)
         items = [(pair, [(0, 1)]) for pair in ids]
 
-        def loss_fn(m, batch):
-            seqs, pair_groups = flatten(batch)
-            loss, _ = pairwise_loss(score_sequences(m, seqs, tok.pad_id), pair_groups)
-            return loss, sum(len(s) for s in seqs)
-
-        ours = Trainer(model, t, tmp / "ours", EpochBatches(items, t.batch_size, t.seed), loss_fn)
+        ours = Trainer(model, t, tmp / "ours", EpochBatches(items, t.batch_size, t.seed),
+                       functools.partial(rm_loss, pad_id=tok.pad_id))
         ours.model.train()
 
         # TRL: RewardTrainer on the twin, with the same pairs already tokenized

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gptsmith.device import autocast, set_threads
+from gptsmith.interop.hf import llama_config, to_hf
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.train.loop import TrainConfig, make_optimizer
 
@@ -29,19 +30,10 @@ from gptsmith.train.loop import TrainConfig, make_optimizer
 def hf_twin(model: GPT) -> LlamaForCausalLM:
     """A ``LlamaForCausalLM`` of the same shape as ``model``, holding a copy of its weights."""
     c = model.cfg
-    assert c.head == "lm", "only the language-model head has a Llama twin"
-    hf_cfg = LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_hidden,
-        num_hidden_layers=c.depth, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
-        head_dim=c.head_dim, max_position_embeddings=c.seq_len, rms_norm_eps=c.norm_eps,
-        rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings, hidden_act="silu",
-        attention_bias=False, mlp_bias=False, attention_dropout=0.0,
-        bos_token_id=None, eos_token_id=None, pad_token_id=0, attn_implementation="sdpa",
-    )
+    hf_cfg = LlamaConfig(**llama_config(c), attention_dropout=0.0, bos_token_id=None,
+                         eos_token_id=None, pad_token_id=0, attn_implementation="sdpa")
     hf = LlamaForCausalLM(hf_cfg)
-    # our names are HF's without the "model." prefix; an untied lm_head keeps its name
-    ours = {k if k == "lm_head.weight" else "model." + k: v
-            for k, v in model.state_dict().items()}
+    ours = to_hf(model.state_dict())
     missing, unexpected = hf.load_state_dict(ours, strict=False)
     assert not unexpected, f"weights HF has no place for: {unexpected}"
     assert set(missing) <= {"lm_head.weight"} and c.tie_embeddings == bool(missing), missing

@@ -79,6 +79,7 @@ class Reply:
     text: str
     ended: bool   # the model closed its turn with <|end|>
     tokens: int   # tokens generated, <|end|> included
+    ids: list[int] = dataclasses.field(default_factory=list)  # generated, without <|end|>
 
 
 def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], s: Sampling,
@@ -95,7 +96,8 @@ def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], 
         for ids in outs:
             ended = bool(ids) and ids[-1] == tokenizer.end_id
             body = ids[:-1] if ended else ids
-            replies.append(Reply(tokenizer.decode(body, skip_special=True), ended, len(ids)))
+            replies.append(Reply(tokenizer.decode(body, skip_special=True), ended, len(ids),
+                                 body))
     return replies
 
 

@@ -28,11 +28,11 @@ def truth_score(reply: Reply, answer: str) -> int:
     return 2 * is_correct(reply.text, answer) + int(reply.ended and reply.tokens <= BRIEF_TOKENS)
 
 
-def rank(replies: list[Reply], answer: str) -> tuple[list[str], list[int]] | None:
+def rank(replies: list[Reply], answer: str) -> tuple[list[Reply], list[int]] | None:
     """Distinct-score representatives and their best-first ranking; None if all tie."""
-    best: dict[int, str] = {}
+    best: dict[int, Reply] = {}
     for r in replies:
-        best.setdefault(truth_score(r, answer), r.text)
+        best.setdefault(truth_score(r, answer), r)
     if len(best) < 2:
         return None
     responses = list(best.values())
@@ -60,8 +60,10 @@ def label(model_dir: str, prompts_path: str, out: str, k: int = 4, s: Sampling |
             responses, ranking = ranked
             pairs += len(ranking) * (len(ranking) - 1) // 2
             rows.append({"prompt": q["messages"][-1]["content"] if len(q["messages"]) == 1
-                         else q["messages"], "responses": responses, "ranking": ranking,
-                         "answer": q["answer"]})
+                         else q["messages"], "responses": [r.text for r in responses],
+                         "ranking": ranking, "answer": q["answer"],
+                         "ended": [r.ended for r in responses],
+                         "response_ids": [r.ids for r in responses]})
     atomic_write_text(Path(out), "".join(json.dumps(r) + "\n" for r in rows))
     stats = {"prompts": len(questions), "ranked": len(rows), "all_tied": ties, "pairs": pairs}
     print(f"labeled {stats['prompts']} prompts x {k} samples: {stats['ranked']} rankings, "

@@ -118,7 +118,8 @@ def test_truth_labeler_prefers_correct_then_brief_and_drops_ties():
     replies = [Reply("It is 9.", True, 4), Reply("It is 7.", False, 32), Reply("7", True, 2),
                Reply("It is 8.", True, 4), Reply("Seven is it", False, 32)]
     responses, ranking = rank(replies, "7")
-    assert [responses[i] for i in ranking] == ["7", "It is 7.", "It is 9.", "Seven is it"]
+    assert [responses[i].text for i in ranking] == ["7", "It is 7.", "It is 9.", "Seven is it"]
+    assert [responses[i].ended for i in ranking] == [True, False, True, False]
     assert rank([Reply("8", True, 2), Reply("9", True, 2)], "7") is None
 
 
@@ -139,7 +140,9 @@ def digit_runs(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
     demos = write(root / "demos.jsonl", [{"prompt": DIGIT_PROMPT, "response": str(i % 10)}
                                          for i in range(300)])
-    sft(SFTConfig(base=str(tiny_run), data=str(demos), out=str(root / "sft"), val_fraction=0.1,
+    val = write(root / "val.jsonl", [{"prompt": DIGIT_PROMPT, "response": str(i)}
+                                     for i in range(10)])  # one prompt: no split by content
+    sft(SFTConfig(base=str(tiny_run), data=str(demos), out=str(root / "sft"), val_data=str(val),
                   train=TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5,
                                     eval_every=60, precision="fp32", progress=False)))
     policy, tok = load_model(root / "sft")
@@ -218,12 +221,225 @@ def test_reward_model_learns_comparisons(digit_runs, tmp_path):
     from gptsmith.train.loop import TrainConfig
     from gptsmith.train.reward import RMConfig, train_reward_model
 
-    records = [{"prompt": DIGIT_PROMPT, "responses": ["7", str(d)], "ranking": [0, 1]}
-               for d in (0, 1, 2, 3, 4, 5, 6, 8, 9) for _ in range(12)]
-    data = write(tmp_path / "cmp.jsonl", records)
+    def pairs(digits, repeat):
+        return [{"prompt": DIGIT_PROMPT, "responses": ["7", str(d)], "ranking": [0, 1]}
+                for d in digits for _ in range(repeat)]
+
+    # one prompt throughout, so the held-out pairs come in their own file: digits never
+    # seen in training
+    data = write(tmp_path / "cmp.jsonl", pairs((0, 1, 2, 3, 4, 5, 6), 14))
+    val = write(tmp_path / "val.jsonl", pairs((8, 9), 3))
     summary = train_reward_model(RMConfig(
         base=str(digit_runs / "sft"), data=str(data), out=str(tmp_path / "rm"),
-        val_fraction=0.2, train=TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2,
+        val_data=str(val), train=TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2,
                                             eval_every=20, precision="fp32", progress=False)))
     assert summary["val_accuracy"] > 0.9
     assert "raw_reward_std" in summary
+
+
+# -- PPO's pieces on a tiny untrained policy (fast) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_ppo(tiny_run, tmp_path_factory):
+    """A tiny policy run (untrained) and a reward model made from it, as ppo() loads them."""
+    from gptsmith.runs import load_model, save_model
+    from gptsmith.train.reward import reward_model_from
+
+    root = tmp_path_factory.mktemp("tinyppo")
+    policy, tok = load_model(tiny_run)
+    (root / "rm").mkdir()
+    torch.manual_seed(1)
+    save_model(root / "rm", reward_model_from(policy))
+    tok.save(root / "rm" / "tokenizer.json")
+    return root
+
+
+def tiny_trainer(tiny_run, root, prompts, **overrides):
+    from gptsmith.train.loop import TrainConfig
+    from gptsmith.train.ppo import PPOConfig, build_trainer
+
+    train = {"steps": 2, "batch_size": len(prompts), "precision": "fp32", "device": "cpu",
+             "progress": False, **overrides.pop("train", {})}
+    cfg = PPOConfig(policy=str(tiny_run), reward=str(root / "rm"), prompts="unused",
+                    out=str(root / "out"), max_tokens=6, **overrides,
+                    train=TrainConfig(**train))
+    return build_trainer(cfg, prompts)
+
+
+PROMPTS = [{"messages": [{"role": "user", "content": text}]} for text in
+           ("hi", "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar.",
+            "What is 4 plus 5?", "the winter of our discontent")]
+
+
+def test_rollout_rows_equal_each_row_alone(tiny_run, tiny_ppo):
+    """Prompts of different lengths in one rollout: each row's log-probs, values and reward
+    equal a forward pass over that row alone; its tokens are what the engine samples for it."""
+    import torch.nn.functional as F
+
+    from gptsmith.chat import prompt_ids
+    from gptsmith.engine import Sampling, generate
+    from gptsmith.train.reward import score_sequences
+
+    tr = tiny_trainer(tiny_run, tiny_ppo, PROMPTS, temperature=0.7)
+    ro = tr.rollout()
+    tok, policy = tr.tok, tr.model.policy
+    rows = ro["seq"].tolist()
+    assert len({len(prompt_ids(tok, q["messages"])) for q in PROMPTS}) == len(PROMPTS)
+    for i, row in enumerate(rows):  # the batch is shuffled: find each row's prompt
+        (p,) = [ids for q in PROMPTS if row[:len(ids := prompt_ids(tok, q["messages"]))] == ids]
+        n = int(ro["mask"][i].sum())
+        reply = ro["seq"][i, len(p):len(p) + n].tolist()
+        alone = generate(policy, [p], Sampling(max_tokens=6, temperature=0.7,
+                                               seed=tr.cfg.seed + i, stop_ids=(tok.end_id,)))[0]
+        assert reply == alone
+        x = torch.tensor([p + reply])
+        with torch.no_grad():
+            logp = F.log_softmax(policy(x)[0, len(p) - 1:-1] / 0.7, -1)
+            want = logp.gather(1, torch.tensor(reply)[:, None]).squeeze(1)
+            torch.testing.assert_close(ro["logp"][i, :n], want, rtol=1e-4, atol=1e-5)
+            values = tr.model.value(x)[0, len(p) - 1:-1]
+            torch.testing.assert_close(ro["values"][i, :n], values, rtol=1e-4, atol=1e-5)
+            score = score_sequences(tr.reward_model, [p + reply], tok.pad_id)
+        assert float(ro["score"][i]) == pytest.approx(float(score), abs=1e-5)
+
+
+def test_rollout_samples_in_the_precision_of_its_log_probs(tiny_run, tiny_ppo, monkeypatch):
+    """π_old must be the distribution sampled from: under bf16 the engine runs under the
+    same autocast as the log-prob pass."""
+    import gptsmith.train.ppo as ppo_module
+
+    seen = []
+    real = ppo_module.generate
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo_module, "generate", spy)
+    tiny_trainer(tiny_run, tiny_ppo, PROMPTS, train={"precision": "bf16"}).rollout()
+    tiny_trainer(tiny_run, tiny_ppo, PROMPTS, train={"precision": "fp32"}).rollout()
+    assert seen == [True, False]
+
+
+def test_first_minibatch_has_ratio_one(tiny_run, tiny_ppo):
+    """The update starts from the policy that made the rollout: ratio exactly 1, nothing
+    clipped, until the first optimizer step; both models' gradient norms are logged."""
+    tr = tiny_trainer(tiny_run, tiny_ppo, PROMPTS, ppo_epochs=1, minibatches=1)
+    out = tr.update(tr.rollout())
+    assert out["approx_kl"] == 0.0 and out["clipfrac"] == 0.0
+    assert out["grad_norm_policy"] > 0 and out["grad_norm_value"] > 0
+
+
+def test_policy_loss_clips_in_the_advantage_direction():
+    from gptsmith.train.ppo import clipped_policy_loss
+
+    mask = torch.ones(1, 4)
+    # ratio: past 1+ε, past 1-ε, past 1+ε, past 1-ε; advantage: +, +, -, -
+    ratio = torch.tensor([[1.5, 0.5, 1.5, 0.5]], requires_grad=True)
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    clipped_policy_loss(ratio, adv, mask, clip=0.2).backward()
+    # moved past the clip in the advantage's favour (1 and 4): no gradient; against it
+    # (2 and 3): the unclipped, pessimistic term keeps pulling back
+    assert ratio.grad.tolist() == [[0.0, -0.25, 0.25, 0.0]]
+
+
+def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
+    from gptsmith.train.ppo import clipped_value_loss
+
+    mask = torch.ones(1, 2)
+    old_v, ret = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    v = torch.tensor([[2.0, 0.5]], requires_grad=True)
+    loss = clipped_value_loss(v, old_v, ret, mask, clip=0.2)
+    # token 1: unclipped (2-1)^2 = 1 vs clipped (0.2-1)^2 = .64 -> 1, gradient flows
+    # token 2: unclipped (.5-1)^2 = .25 vs clipped (.2-1)^2 = .64 -> .64, clipped: no gradient
+    assert loss.item() == pytest.approx(0.5 * (1.0 + 0.64) / 2)
+    loss.backward()
+    assert v.grad[0].tolist() == pytest.approx([0.5, 0.0])
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"temperature": 0.0}, "must be > 0"),
+    ({"train": {"grad_accum": 2}}, "--train.grad-accum does not apply to PPO"),
+    ({"train": {"compile": True}}, "--train.compile is not supported by PPO"),
+])
+def test_ppo_refuses_settings_it_would_ignore(bad, message):
+    from gptsmith.train.loop import TrainConfig
+    from gptsmith.train.ppo import PPOConfig, check_config
+
+    cfg = PPOConfig(policy="p", reward="r", prompts="q", temperature=bad.get("temperature", 1.0),
+                    train=TrainConfig(**bad.get("train", {})))
+    with pytest.raises(GptsmithError, match=message):
+        check_config(cfg)
+
+
+def test_reward_model_from_an_untied_model(tokenizer):
+    from gptsmith.model import GPT, GPTConfig
+    from gptsmith.train.reward import reward_model_from
+
+    policy = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, depth=1, seq_len=32,
+                           tie_embeddings=False))
+    rm = reward_model_from(policy)
+    assert rm.cfg.head == "scalar" and not hasattr(rm, "lm_head")
+    assert torch.equal(rm.embed_tokens.weight, policy.embed_tokens.weight)
+    assert rm(torch.tensor([[1, 2, 3]])).shape == (1, 3)
+
+
+def test_rankings_keep_what_the_policy_generated(tiny_run, tmp_path):
+    """The labeler writes each reply's sampled ids and whether it ended; the reward model
+    trains on exactly those ids (no <|end|> added to a reply that never ended), which is
+    what PPO scores."""
+    from gptsmith.chat import prompt_ids
+    from gptsmith.engine import Sampling
+    from gptsmith.label import label
+    from gptsmith.runs import load_model
+    from gptsmith.train.reward import encode_group
+
+    questions = write(tmp_path / "q.jsonl", [{"prompt": f"What is {i} plus 3?",
+                                              "answer": str(i + 3)} for i in range(6)])
+    model, tok = load_model(tiny_run)
+    label(str(tiny_run), str(questions), str(tmp_path / "r.jsonl"), k=4,
+          s=Sampling(max_tokens=5, temperature=1.0, seed=0))
+    groups, _ = read_comparisons(tmp_path / "r.jsonl")
+    assert groups, "the tiny model's replies should not all tie"
+    ended_seen = set()
+    for g in groups:
+        prompt = prompt_ids(tok, g.prompt)
+        for i, seq in enumerate(encode_group(g, tok, model.cfg.seq_len)):
+            body = seq[len(prompt):]
+            assert seq[:len(prompt)] == prompt
+            assert (body[-1] == tok.end_id) == g.ended[i]
+            assert body[:len(body) - g.ended[i]] == g.reply_ids[i]
+            ended_seen.add(g.ended[i])
+    assert False in ended_seen
+
+
+def test_reply_ids_that_do_not_match_the_text_fall_back_to_it(tokenizer):
+    from gptsmith.data.comparisons import PromptGroup
+    from gptsmith.train.reward import encode_group
+
+    g = PromptGroup([{"role": "user", "content": "q"}], ["ab", "cd"], [(0, 1)], "f:1",
+                    ended=[False, True],
+                    reply_ids=[[ord("a") + 10**6], tokenizer.encode("c") + tokenizer.encode("d")])
+    seqs = encode_group(g, tokenizer, 64)
+    assert seqs[0][-len(tokenizer.encode("ab")):] == tokenizer.encode("ab")  # out of vocab
+    assert seqs[1][-3:] == tokenizer.encode("c") + tokenizer.encode("d") + [tokenizer.end_id]
+
+
+def test_repeated_prompts_fall_on_one_side_of_the_split(tmp_path):
+    from gptsmith.data.demos import Conversation
+    from gptsmith.data.shards import split_held_out
+    from gptsmith.train.reward import group_key
+    from gptsmith.train.sft import conversation_key
+
+    convs = [Conversation([{"role": "user", "content": f"q{i % 10}"},
+                           {"role": "assistant", "content": f"a{i}"}], f"d.jsonl:{i + 1}")
+             for i in range(200)]
+    kept, out = split_held_out(convs, conversation_key, 0.3)
+    assert out and kept
+    assert not {c.messages[0]["content"] for c in kept} & {c.messages[0]["content"] for c in out}
+    groups, _ = read_comparisons(write(tmp_path / "c.jsonl", [
+        {"prompt": f"q{i % 10}", "chosen": "a", "rejected": f"b{i}"} for i in range(200)]))
+    kept, out = split_held_out(groups, group_key, 0.3)
+    assert out and kept
+    assert not {group_key(g) for g in kept} & {group_key(g) for g in out}
+

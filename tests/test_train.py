@@ -93,3 +93,79 @@ def test_resume_with_other_settings_is_refused(data_dir, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "different settings" in out.stderr and "lr: 0.003 -> 0.01" in out.stderr
+
+
+def _captured_gradients(trainer) -> list[list[torch.Tensor]]:
+    """Make ``trainer`` record the gradients its optimizer steps with."""
+    seen = []
+    trainer.optimizer.step = lambda: seen.append([p.grad.clone() for p in
+                                                  trainer.model.parameters()])
+    return seen
+
+
+def test_grad_accumulation_weights_tokens_not_micro_batches(tokenizer, tiny_model, tmp_path):
+    """SFT with padding: 2 micro-batches of 4 make exactly the gradient of one batch of 8,
+    the mean over all the step's target tokens (not the mean of the two means)."""
+    import copy
+    import functools
+
+    from gptsmith.train.batches import EpochBatches
+    from gptsmith.train.loop import LossSum, Trainer
+    from gptsmith.train.sft import pad_batch
+
+    # very different lengths, so the two micro-batches hold very different token counts
+    examples = [([3] * n + [7] * m, [0] * n + [1] * m) for n, m in
+                [(2, 30), (3, 25), (2, 40), (4, 28), (2, 2), (3, 1), (2, 3), (5, 2)]]
+    collate = functools.partial(pad_batch, pad_id=tokenizer.pad_id)
+
+    def loss_fn(m, batch):
+        x, y = batch
+        n = int((y >= 0).sum())
+        return LossSum(m(x, y, reduction="sum"), n, n)
+
+    grads = {}
+    for batch_size, accum in ((8, 1), (4, 2)):
+        cfg = TrainConfig(steps=1, batch_size=batch_size, grad_accum=accum, grad_clip=0,
+                          precision="fp32", device="cpu", seed=3, progress=False)
+        trainer = Trainer(copy.deepcopy(tiny_model), cfg, tmp_path / str(accum),
+                          EpochBatches(examples, batch_size, seed=3, collate=collate), loss_fn)
+        seen = _captured_gradients(trainer)
+        trainer.train_step()
+        grads[accum] = seen[0]
+    # the reference: the plain mean over every target token of the 8 examples
+    model = copy.deepcopy(tiny_model)
+    x, y = collate(examples)
+    model(x, y).backward()
+    for ref, one, two in zip(model.parameters(), grads[1], grads[2], strict=True):
+        torch.testing.assert_close(one, ref.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(two, ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_each_part_is_clipped_on_its_own(tiny_model, tmp_path):
+    """A huge gradient in one part (PPO's value model) does not shrink the other's."""
+    import copy
+
+    from gptsmith.train.loop import Trainer
+
+    parts = torch.nn.ModuleDict({"policy": copy.deepcopy(tiny_model),
+                                 "value": copy.deepcopy(tiny_model)})
+    cfg = TrainConfig(steps=1, grad_clip=1.0, device="cpu", precision="fp32", progress=False)
+    trainer = Trainer(parts, cfg, tmp_path, None, None,
+                      parts={"policy": (parts["policy"], 1.0), "value": (parts["value"], 0.5)})
+    trainer.set_lr()
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx(
+        [lr_at(0, cfg)] * 2 + [0.5 * lr_at(0, cfg)] * 2)
+    for p in parts["policy"].parameters():
+        p.grad = torch.full_like(p, 1e-4)
+    for p in parts["value"].parameters():
+        p.grad = torch.full_like(p, 100.0)
+    seen = _captured_gradients(trainer)
+    norms = trainer.apply_gradients()
+    n_policy = sum(p.numel() for p in parts["policy"].parameters())
+    assert norms["grad_norm_policy"] == pytest.approx(1e-4 * n_policy ** 0.5, rel=1e-4)
+    assert norms["grad_norm_value"] > 1000
+    policy_grads = seen[0][:len(list(parts["policy"].parameters()))]
+    assert all(torch.allclose(g, torch.full_like(g, 1e-4)) for g in policy_grads)  # untouched
+    value_grads = seen[0][len(policy_grads):]
+    value_norm = float(torch.cat([g.flatten() for g in value_grads]).norm())
+    assert value_norm == pytest.approx(1.0, rel=1e-3)

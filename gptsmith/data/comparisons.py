@@ -8,7 +8,10 @@ Formats, detected per record:
 - hh          {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}: the two
               transcripts share the dialogue up to the last "\\n\\nAssistant:"
 - ranking     {"prompt": str or [messages], "responses": [str, ...], "ranking": [i0, i1, ...]}
-              best first: K ranked replies give K·(K−1)/2 comparisons
+              best first: K ranked replies give K·(K−1)/2 comparisons. Optional, as the
+              labeler writes them: "ended" [bool, ...] (whether each reply closed its turn;
+              default all true) and "response_ids" [[int, ...], ...] (the sampled ids of
+              each reply, without <|end|>), so the reward model sees what the policy made
 
 Every record becomes one ``PromptGroup``: a prompt conversation, its distinct replies and
 the (better, worse) index pairs among them. The reward model trains on whole groups, so a
@@ -18,7 +21,7 @@ prompt with many pairs is not over-weighted (InstructGPT).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -33,6 +36,22 @@ class PromptGroup:
     replies: list[str]            # distinct replies
     pairs: list[tuple[int, int]]  # (better, worse) indices into replies
     source: str
+    ended: list[bool] = field(default_factory=list)  # per reply; empty: all ended
+    reply_ids: list[list[int]] | None = None  # per reply, as sampled (None: text only)
+
+    def __post_init__(self):
+        self.ended = self.ended or [True] * len(self.replies)
+
+
+def _per_reply(rec: dict, name: str, n: int, valid) -> list | None:
+    """Optional field ``name``: a list of ``n`` values each passing ``valid``."""
+    value = rec.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != n or not all(valid(v) for v in value):
+        raise ValueError(f"field {name!r} must be a list of {n} values, one per response "
+                         f"({'true/false' if name == 'ended' else 'lists of token ids'})")
+    return value
 
 
 def ranking_pairs(ranking: list[int]) -> list[tuple[int, int]]:
@@ -90,7 +109,11 @@ def to_group(rec: dict, source: str) -> PromptGroup:
         if len(set(responses)) < len(responses):
             raise ValueError("field 'responses' holds the same reply twice; a reply cannot "
                              "be ranked against itself")
-        return PromptGroup(prompt, list(responses), ranking_pairs(ranking), source)
+        ended = _per_reply(rec, "ended", len(responses), lambda v: isinstance(v, bool))
+        ids = _per_reply(rec, "response_ids", len(responses), lambda v: isinstance(v, list) and
+                         all(isinstance(t, int) and not isinstance(t, bool) for t in v))
+        return PromptGroup(prompt, list(responses), ranking_pairs(ranking), source,
+                           ended or [], ids)
     if "chosen" not in rec or "rejected" not in rec:
         raise ValueError("record in no known comparison format (fields: "
                          f"{', '.join(sorted(rec)) or 'none'}); expected chosen/rejected or "

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +50,19 @@ def _pieces(text: str) -> list[str]:
 
 def held_out(key: str, fraction: float) -> bool:
     """Whether ``key`` falls in the held-out share, decided by a hash: stable across runs.
-    Shards key pieces by document and piece; SFT and RM data by file name and line."""
+    Shards key pieces by document and piece; SFT and RM data by their prompt's content."""
     h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
     return h / 2**64 < fraction
+
+
+def split_held_out(items: list, key: Callable[[Any], str],
+                   fraction: float) -> tuple[list, list]:
+    """(kept, held out): an item is held out when ``held_out(key(item))``. Keyed by content
+    (a demonstration's prompt), so copies of one prompt always fall on the same side."""
+    kept, out = [], []
+    for item in items:
+        (out if held_out(key(item), fraction) else kept).append(item)
+    return kept, out
 
 
 class _ShardWriter:

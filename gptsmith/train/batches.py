@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -35,3 +35,13 @@ class EpochBatches:
         self.gen.set_state(state["gen"])
         self.order, self.pos = state["order"], state["pos"]
 
+
+
+def right_padded(seqs: Sequence[Sequence[int]], fill: int, width: int = 0) -> torch.Tensor:
+    """Sequences left-aligned in one (B, width) tensor, ``fill`` after each (width 0: the
+    longest). The one place training pads; the engine left-pads (``engine.left_padded``)."""
+    width = width or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), fill, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out

@@ -6,12 +6,15 @@ accumulation, clipping, bf16 autocast, optional torch.compile, periodic evaluati
 model, optimizer, step, RNG states and the data position all travel in one file.
 
 A phase supplies a model, a batch source (``next()``, ``state_dict()``,
-``load_state_dict()``), a ``loss_fn(model, batch) -> (loss, tokens)`` and optionally an
-``evaluate(model) -> dict`` of metrics.
+``load_state_dict()``), a ``loss_fn(model, batch) -> LossSum`` and optionally an
+``evaluate(model) -> dict`` of metrics. Losses are summed, not averaged, per micro-batch, and
+the step divides by what they were summed over in all its micro-batches: with padding,
+``grad_accum`` k micro-batches of n are exactly one batch of k·n.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -61,6 +64,15 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
+class LossSum(NamedTuple):
+    """A micro-batch's loss summed over its units, how many units (target tokens; prompts
+    for the reward model) and how many tokens it processed (for the throughput)."""
+
+    total: torch.Tensor
+    count: int
+    tokens: int
+
+
 class Batches(Protocol):
     def next(self) -> Any: ...
     def state_dict(self) -> dict: ...
@@ -76,12 +88,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def steps_for_epochs(cfg: TrainConfig, items: int, epochs: float) -> TrainConfig:
+    """``cfg`` with ``steps`` = ``epochs`` passes over ``items`` when it is 0 (by epochs)."""
+    if cfg.steps:
+        return cfg
+    per_step = cfg.batch_size * cfg.grad_accum
+    return dataclasses.replace(cfg, steps=max(1, math.ceil(epochs * items / per_step)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                   parts: dict[str, tuple[torch.nn.Module, float]] | None = None,
+                   ) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only. ``parts`` (name -> (module, lr scale)) gives parts
+    of the model their own learning rate and gradient clipping (PPO's policy and value)."""
+    groups = []
+    for name, (module, scale) in (parts or {"": (model, 1.0)}).items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        for decay, chosen in ((cfg.weight_decay, [p for p in params if p.dim() >= 2]),
+                              (0.0, [p for p in params if p.dim() < 2])):
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": decay, "part": name,
+                               "lr_scale": scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
@@ -110,7 +137,8 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, run_dir: Path,
                  batches: Batches, loss_fn: Callable, evaluate: Callable | None = None,
-                 phase_config: dict | None = None, tokenizer: Tokenizer | None = None):
+                 phase_config: dict | None = None, tokenizer: Tokenizer | None = None,
+                 parts: dict[str, tuple[torch.nn.Module, float]] | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -118,7 +146,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.forward_model = torch.compile(model) if cfg.compile else model
-        self.optimizer = make_optimizer(self.model, cfg)
+        self.optimizer = make_optimizer(self.model, cfg, parts)
         self.batches, self.loss_fn, self.evaluate_fn = batches, loss_fn, evaluate
         self.phase_config = phase_config or {}
         self.tokenizer = tokenizer
@@ -184,31 +212,42 @@ class Trainer:
     def set_lr(self) -> float:
         lr = lr_at(self.step, self.cfg)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
         return lr
 
-    def apply_gradients(self) -> float:
-        """Clip the accumulated gradients, take an optimizer step, clear them; the norm."""
-        norm = 0.0
-        if self.cfg.grad_clip > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                        self.cfg.grad_clip))
+    def apply_gradients(self, scale: float = 1.0) -> dict[str, float]:
+        """Scale the accumulated gradients, clip each part's on its own, take an optimizer
+        step, clear them. Returns each part's norm before clipping (``grad_norm`` or
+        ``grad_norm_<part>``)."""
+        parts: dict[str, list[torch.Tensor]] = {}
+        for g in self.optimizer.param_groups:
+            parts.setdefault(g["part"], []).extend(p for p in g["params"] if p.grad is not None)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norms = {}
+        for name, params in parts.items():
+            if scale != 1.0 and params:
+                torch._foreach_mul_([p.grad for p in params], scale)
+            norm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.zeros(())
+            norms[f"grad_norm_{name}" if name else "grad_norm"] = float(norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return norms
 
     def train_step(self) -> dict:
-        """One optimizer step over ``grad_accum`` batches: metrics with loss and tokens."""
+        """One optimizer step over ``grad_accum`` micro-batches, each loss weighted by its
+        share of the step's units (target tokens): metrics with loss and tokens."""
         self.set_lr()
-        total_loss, tokens = 0.0, 0
+        total, count, tokens = 0.0, 0, 0
         for _ in range(self.cfg.grad_accum):
             batch = self.batches.next()
             with autocast(self.device, self.precision):
-                loss, n = self.loss_fn(self.forward_model, batch)
-            (loss / self.cfg.grad_accum).backward()
-            total_loss += loss.item() / self.cfg.grad_accum
-            tokens += n
-        return {"loss": total_loss, "tokens": tokens, "grad_norm": self.apply_gradients()}
+                part = self.loss_fn(self.forward_model, batch)
+            part.total.backward()
+            total += part.total.item()
+            count, tokens = count + part.count, tokens + part.tokens
+        if count == 0:
+            raise GptsmithError(f"step {self.step + 1}: its batches hold nothing to learn from")
+        return {"loss": total / count, "tokens": tokens, **self.apply_gradients(1.0 / count)}
 
     def extra_state(self) -> dict:
         """More state for the checkpoint (a phase's own, e.g. PPO's KL coefficient)."""

@@ -31,7 +31,7 @@ from gptsmith.label import truth_score
 from gptsmith.model import GPT
 from gptsmith.plots import plot_ppo, read_metrics
 from gptsmith.runs import load_model
-from gptsmith.train.batches import EpochBatches
+from gptsmith.train.batches import EpochBatches, right_padded
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 from gptsmith.train.reward import score_sequences
 
@@ -57,6 +57,8 @@ class PPOConfig:
     clip: float = field(default=0.2, metadata={"help": "policy ratio clip"})
     value_clip: float = 0.2
     vf_coef: float = 0.5
+    value_lr: float = field(default=0.0, metadata={
+        "help": "the value model's peak learning rate; 0: the policy's (--train.lr)"})
     gamma: float = 1.0
     lam: float = 0.95
     kl_coef: float = field(default=0.05, metadata={"help": "β, the KL penalty per token"})
@@ -101,6 +103,18 @@ def gae(rewards, values, mask, gamma: float, lam: float):
         advantages[:, t] = next_adv
         next_value = torch.where(m > 0, values[:, t], next_value * 0)
     return advantages, advantages + values
+
+
+def clipped_policy_loss(ratio, adv, mask, clip: float) -> torch.Tensor:
+    """PPO's pessimistic surrogate: −min(r·A, clip(r, 1±ε)·A), averaged over reply tokens.
+    A token whose ratio already moved past 1±ε in its advantage's favour passes no gradient."""
+    return masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)), mask)
+
+
+def clipped_value_loss(v, old_v, returns, mask, clip: float) -> torch.Tensor:
+    """½·max((V − R)², (V_clipped − R)²), V kept within ±clip of the rollout's values."""
+    v_clipped = old_v + (v - old_v).clamp(-clip, clip)
+    return masked_mean(0.5 * torch.max((v - returns) ** 2, (v_clipped - returns) ** 2), mask)
 
 
 def token_rewards(score, logp, ref_logp, mask, beta: float, ended, no_end_penalty: float):
@@ -154,14 +168,14 @@ class PPOTrainer(Trainer):
         policy.eval()
         s = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                      seed=self.cfg.seed + self.step * len(prompts), stop_ids=(tok.end_id,))
-        replies = generate(policy, prompts, s)
+        with autocast(dev, self.precision):  # π_old below is the distribution sampled from
+            replies = generate(policy, prompts, s)
         policy.train()
         B, R = len(prompts), max(len(r) for r in replies)
-        seq = torch.full((B, max(len(p) for p in prompts) + R), tok.pad_id, dtype=torch.long)
+        seq = right_padded([p + r for p, r in zip(prompts, replies, strict=True)], tok.pad_id)
         pos = torch.zeros(B, R, dtype=torch.long)
         mask = torch.zeros(B, R)
         for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
-            seq[i, :len(p) + len(r)] = torch.tensor(p + r)
             pos[i] = len(p) - 1 + torch.arange(R).clamp(max=len(r) - 1)
             mask[i, :len(r)] = 1
         seq, pos, mask = seq.to(dev), pos.to(dev), mask.to(dev)
@@ -189,12 +203,13 @@ class PPOTrainer(Trainer):
         if graded:
             stats["train_accuracy"] = sum(graded) / len(graded)
         return {"seq": seq, "pos": pos, "mask": mask, "logp": logp, "values": values * mask,
+                "score": score,
                 "advantages": whiten(advantages, mask), "returns": returns, "stats": stats}
 
     def update(self, ro: dict) -> dict:
         cfg, B = self.ppo, ro["seq"].size(0)
         sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
-        norms, n = [], 0
+        n = 0
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(B).chunk(cfg.minibatches):
                 seq, pos, mask = ro["seq"][idx], ro["pos"][idx], ro["mask"][idx]
@@ -204,12 +219,11 @@ class PPOTrainer(Trainer):
                     logp = reply_logprobs(self.model.policy, seq, pos, cfg.temperature)
                     v = self.model.value(seq).float().gather(1, pos)
                 ratio = (logp - old_logp).exp()
-                pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip))
-                v_clipped = old_v + (v - old_v).clamp(-cfg.value_clip, cfg.value_clip)
-                vf = 0.5 * torch.max((v - ret) ** 2, (v_clipped - ret) ** 2)
-                policy_loss, value_loss = masked_mean(pg, mask), masked_mean(vf, mask)
+                policy_loss = clipped_policy_loss(ratio, adv, mask, cfg.clip)
+                value_loss = clipped_value_loss(v, old_v, ret, mask, cfg.value_clip)
                 (policy_loss + cfg.vf_coef * value_loss).backward()
-                norms.append(self.apply_gradients())
+                for k, v in self.apply_gradients().items():  # policy and value clipped apart
+                    sums[k] = sums.get(k, 0.0) + v
                 with torch.no_grad():
                     sums["policy_loss"] += float(policy_loss)
                     sums["value_loss"] += float(value_loss)
@@ -222,7 +236,6 @@ class PPOTrainer(Trainer):
         var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
         var_e = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
         out["explained_var"] = float(1 - var_e / var_r.clamp(min=1e-8))
-        out["grad_norm"] = sum(norms) / len(norms)
         return out
 
     def train_step(self) -> dict:
@@ -247,8 +260,8 @@ def held_out_truth(policy: GPT, reward: GPT, tokenizer, questions: list[dict]) -
     """Greedy replies to held-out questions: exact accuracy, true and RM reward, end rate."""
     replies = complete(policy, tokenizer, [q["messages"] for q in questions],
                        Sampling(max_tokens=32, temperature=0))
-    seqs = [prompt_ids(tokenizer, q["messages"]) + tokenizer.encode(r.text) + [tokenizer.end_id]
-            for q, r in zip(questions, replies, strict=True)]
+    seqs = [prompt_ids(tokenizer, q["messages"]) + r.ids + [tokenizer.end_id] * r.ended
+            for q, r in zip(questions, replies, strict=True)]  # scored as generated
     rm = torch.cat([score_sequences(reward, seqs[i:i + 64], tokenizer.pad_id).float()
                     for i in range(0, len(seqs), 64)])
     n = len(questions)
@@ -262,15 +275,28 @@ def held_out_truth(policy: GPT, reward: GPT, tokenizer, questions: list[dict]) -
     }
 
 
-def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = None) -> dict:
-    """Run PPO; ``reward_fn`` replaces the reward model's score (for toy rewards in tests)."""
+def check_config(cfg: PPOConfig) -> None:
+    """Refuse settings PPO would otherwise ignore or divide by."""
     if not (cfg.policy and cfg.reward and cfg.prompts):
         raise GptsmithError("ppo needs --policy SFT_RUN, --reward RM_RUN and --prompts FILE")
-    out = Path(cfg.out)
-    done = finished_summary(out, to_dict(cfg))
-    if done:
-        print(f"{out}: already trained with these settings")
-        return done
+    if cfg.temperature <= 0:
+        raise GptsmithError(f"--temperature {cfg.temperature}: PPO samples its rollouts and "
+                            "takes log-probs at that temperature; it must be > 0")
+    if cfg.train.grad_accum != 1:
+        raise GptsmithError("--train.grad-accum does not apply to PPO: one iteration is "
+                            "--train.batch-size rollouts in --minibatches updates per epoch")
+    if cfg.train.compile:
+        raise GptsmithError("--train.compile is not supported by PPO (rollouts decode with a "
+                            "KV cache of changing shape); leave it off")
+    if cfg.max_tokens < 1 or cfg.minibatches < 1 or cfg.minibatches > cfg.train.batch_size:
+        raise GptsmithError("--max-tokens must be >= 1 and --minibatches between 1 and "
+                            "--train.batch-size")
+
+
+def build_trainer(cfg: PPOConfig, prompts: list[dict], questions: list[dict] = (),
+                  reward_fn: Callable[[list[str]], list[float]] | None = None) -> PPOTrainer:
+    """The four models loaded (policy and value trained; reference and reward frozen) and
+    the trainer that ``ppo`` runs (the benchmark builds the same one)."""
     policy, tokenizer = load_model(cfg.policy)
     ref, _ = load_model(cfg.policy)
     reward, _ = load_model(cfg.reward)
@@ -279,19 +305,35 @@ def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = N
         raise GptsmithError(f"{cfg.reward}: not a reward model (its head is {reward.cfg.head!r})")
     for frozen in (ref, reward):
         frozen.requires_grad_(False)
-    prompts = load_questions(cfg.prompts, require_answer=False)
-    questions = load_questions(cfg.eval_questions, cfg.eval_limit) if cfg.eval_questions else []
     t = cfg.train
     torch.manual_seed(t.seed)
-    model = ActorCritic(policy, value)
-    trainer = PPOTrainer(model, t, out, EpochBatches(prompts, t.batch_size, t.seed), None,
+    value_scale = cfg.value_lr / t.lr if cfg.value_lr else 1.0
+    trainer = PPOTrainer(ActorCritic(policy, value), t, Path(cfg.out),
+                         EpochBatches(prompts, t.batch_size, t.seed), None,
                          (lambda m: held_out_truth(m.policy, trainer.reward_model, tokenizer,
                                                    questions)) if questions else None,
-                         phase_config=to_dict(cfg), tokenizer=tokenizer)
+                         phase_config=to_dict(cfg), tokenizer=tokenizer,
+                         parts={"policy": (policy, 1.0), "value": (value, value_scale)})
     trainer.setup(cfg, ref, reward, tokenizer, reward_fn)
     trainer.export, trainer.eval_at_start = policy, bool(questions)
+    return trainer
+
+
+def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = None) -> dict:
+    """Run PPO; ``reward_fn`` replaces the reward model's score (for toy rewards in tests)."""
+    check_config(cfg)
+    out = Path(cfg.out)
+    done = finished_summary(out, to_dict(cfg))
+    if done:
+        print(f"{out}: already trained with these settings")
+        return done
+    prompts = load_questions(cfg.prompts, require_answer=False)
+    questions = load_questions(cfg.eval_questions, cfg.eval_limit) if cfg.eval_questions else []
+    trainer = build_trainer(cfg, prompts, questions, reward_fn)
+    t = cfg.train
     print(f"PPO: policy {cfg.policy}, reward {cfg.reward}, {len(prompts)} prompts; "
           f"{t.steps} iterations of {t.batch_size} rollouts on {trainer.device}")
+
     def last_iterations(_model) -> dict:
         """Per-iteration metrics averaged over the last 10 iterations, for the summary."""
         rows = [r for r in read_metrics(out / "metrics.jsonl") if "rm_score" in r][-10:]
@@ -303,4 +345,3 @@ def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = N
     plot_ppo(out / "metrics.jsonl", out)
     print(f"done in {summary['train_seconds']:.0f}s")
     return summary
-

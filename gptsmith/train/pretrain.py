@@ -14,7 +14,7 @@ from gptsmith.data.shards import TokenWindows, read_meta
 from gptsmith.errors import GptsmithError
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.tokenizer import Tokenizer
-from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
+from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary
 
 
 @dataclass
@@ -68,7 +68,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     def loss_fn(m, batch):
         x, y = batch
-        return m(x.to(trainer.device), y.to(trainer.device)), x.numel()
+        return LossSum(m(x.to(trainer.device), y.to(trainer.device), reduction="sum"),
+                       y.numel(), x.numel())
 
     def evaluate(m):
         return bits_per_byte(m, val, token_bytes.to(trainer.device))

@@ -9,7 +9,7 @@ the SFT model) score mean 0 and standard deviation 1: PPO's reward has a known s
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from gptsmith.chat import prompt_ids
 from gptsmith.config import to_dict
 from gptsmith.data.comparisons import PromptGroup, read_comparisons
-from gptsmith.data.shards import held_out
+from gptsmith.data.shards import split_held_out
 from gptsmith.errors import GptsmithError
 from gptsmith.model import GPT
 from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
-from gptsmith.train.batches import EpochBatches
-from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
+from gptsmith.train.batches import EpochBatches, right_padded
+from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary, steps_for_epochs
 
 
 def _rm_train() -> TrainConfig:
@@ -54,26 +54,37 @@ def reward_model_from(policy: GPT) -> GPT:
     the transformer learns to carry what matters there.
     """
     rm = GPT(dataclasses.replace(policy.cfg, head="scalar"))  # head: normal(0, 0.02), bias 0
-    missing, unexpected = rm.load_state_dict(policy.state_dict(), strict=False)
-    assert set(missing) == {"score.weight", "score.bias"} and not unexpected
+    body = {k: v for k, v in policy.state_dict().items() if k != "lm_head.weight"}
+    missing, unexpected = rm.load_state_dict(body, strict=False)
+    if set(missing) != {"score.weight", "score.bias"} or unexpected:
+        raise GptsmithError(f"cannot make a reward model of this model: weights missing "
+                            f"{sorted(missing)}, unexpected {sorted(unexpected)}")
     return rm
 
 
 def score_sequences(model: GPT, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     """The scalar at each sequence's last token (right-padded batch)."""
     device = next(model.parameters()).device
-    width = max(len(s) for s in seqs)
-    x = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        x[i, :len(s)] = torch.tensor(s)
     last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-    return model(x.to(device))[torch.arange(len(seqs), device=device), last]
+    return model(right_padded(seqs, pad_id).to(device))[torch.arange(len(seqs), device=device),
+                                                        last]
+
+
+def reply_tokens(g: PromptGroup, i: int, tokenizer: Tokenizer) -> list[int]:
+    """Reply ``i`` as the policy produced it, so the reward model learns on what PPO scores:
+    the sampled ids when the ranking kept them (and they decode to its text with this
+    tokenizer), else the text encoded; <|end|> only if the reply ended its turn."""
+    text, ids = g.replies[i], g.reply_ids[i] if g.reply_ids else None
+    if not (ids is not None and all(0 <= t < tokenizer.vocab_size for t in ids)
+            and tokenizer.decode(ids, skip_special=True) == text):
+        ids = tokenizer.encode(text)
+    return ids + ([tokenizer.end_id] if g.ended[i] else [])
 
 
 def encode_group(g: PromptGroup, tokenizer: Tokenizer, seq_len: int) -> list[list[int]]:
-    """Prompt + reply + <|end|> for each reply of the group."""
+    """Prompt + reply (+ <|end|> where it ended) for each reply of the group."""
     prompt = prompt_ids(tokenizer, g.prompt)
-    seqs = [prompt + tokenizer.encode(r) + [tokenizer.end_id] for r in g.replies]
+    seqs = [prompt + reply_tokens(g, i, tokenizer) for i in range(len(g.replies))]
     longest = max(len(s) for s in seqs)
     if longest > seq_len:
         raise GptsmithError(f"{g.source}: a reply renders to {longest} tokens with its prompt, "
@@ -92,6 +103,19 @@ def pairwise_loss(rewards: torch.Tensor, groups: list[list[tuple[int, int]]]):
         right += int((better > worse).sum())
         total += len(pairs)
     return torch.stack(losses).mean(), right / total
+
+
+def rm_loss(m: GPT, batch: list, pad_id: int) -> LossSum:
+    """The pairwise loss of a batch of prompt groups, summed over its prompts."""
+    seqs, pair_groups = flatten(batch)
+    loss, _ = pairwise_loss(score_sequences(m, seqs, pad_id), pair_groups)
+    return LossSum(loss * len(pair_groups), len(pair_groups), sum(len(s) for s in seqs))
+
+
+def group_key(g: PromptGroup) -> str:
+    """What decides a prompt group's split: its prompt, so a prompt repeated on other lines
+    never lands on both sides."""
+    return json.dumps(g.prompt, sort_keys=True)
 
 
 def flatten(batch: list[tuple[list[list[int]], list[tuple[int, int]]]]):
@@ -118,8 +142,7 @@ def train_reward_model(cfg: RMConfig) -> dict:
         val_groups, more = read_comparisons(cfg.val_data, cfg.skip_bad)
         skipped += more
     else:
-        val_groups = [g for g in groups if held_out(Path(g.source).name, cfg.val_fraction)]
-        groups = [g for g in groups if not held_out(Path(g.source).name, cfg.val_fraction)]
+        groups, val_groups = split_held_out(groups, group_key, cfg.val_fraction)
 
     def encode_all(gs):
         nonlocal skipped
@@ -136,19 +159,15 @@ def train_reward_model(cfg: RMConfig) -> dict:
     train_items, val_items = encode_all(groups), encode_all(val_groups)
     if not train_items or not val_items:
         raise GptsmithError(f"{cfg.data}: need comparisons both to train on and to hold out "
-                            f"(got {len(train_items)} and {len(val_items)} prompts)")
-    t = cfg.train
-    if t.steps == 0:
-        t = dataclasses.replace(t, steps=max(1, math.ceil(
-            cfg.epochs * len(train_items) / (t.batch_size * t.grad_accum))))
+                            f"(got {len(train_items)} and {len(val_items)} prompts; the split "
+                            "keeps each prompt on one side): give held-out ones with --val-data")
+    t = steps_for_epochs(cfg.train, len(train_items), cfg.epochs)
     torch.manual_seed(t.seed)
     model = reward_model_from(policy)
     pad = tokenizer.pad_id
 
     def loss_fn(m, batch):
-        seqs, pair_groups = flatten(batch)
-        loss, _ = pairwise_loss(score_sequences(m, seqs, pad), pair_groups)
-        return loss, sum(len(s) for s in seqs)
+        return rm_loss(m, batch, pad)
 
     def evaluate(m):
         losses, right, total = [], 0, 0

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,12 +12,12 @@ import torch
 from gptsmith.chat import render
 from gptsmith.config import to_dict
 from gptsmith.data.demos import Conversation, read_demos
-from gptsmith.data.shards import held_out
+from gptsmith.data.shards import split_held_out
 from gptsmith.errors import GptsmithError
 from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
-from gptsmith.train.batches import EpochBatches
-from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
+from gptsmith.train.batches import EpochBatches, right_padded
+from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary, steps_for_epochs
 
 
 def _sft_train() -> TrainConfig:
@@ -61,14 +60,16 @@ def encode_conversations(convs: list[Conversation], tokenizer: Tokenizer, seq_le
 
 def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
     """Inputs and targets padded to the longest example; targets are -1 where not learned."""
-    width = max(len(ids) for ids, _ in examples) - 1
-    x = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    y = torch.full((len(examples), width), -1, dtype=torch.long)
-    for i, (ids, mask) in enumerate(examples):
-        t = torch.tensor(ids)
-        x[i, :len(ids) - 1] = t[:-1]
-        y[i, :len(ids) - 1] = torch.where(torch.tensor(mask[1:]) == 1, t[1:], -1)
+    x = right_padded([ids[:-1] for ids, _ in examples], pad_id)
+    y = right_padded([[t if m else -1 for t, m in zip(ids[1:], mask[1:], strict=True)]
+                      for ids, mask in examples], -1)
     return x, y
+
+
+def conversation_key(c: Conversation) -> str:
+    """What decides a demonstration's split: its conversation up to the reply, so that a
+    prompt repeated with other replies never lands on both sides."""
+    return json.dumps(c.messages[:-1], sort_keys=True)
 
 
 def sft(cfg: SFTConfig) -> dict:
@@ -87,20 +88,18 @@ def sft(cfg: SFTConfig) -> dict:
         val_convs, val_skipped = read_demos(cfg.val_data, cfg.format, cfg.skip_bad)
         skipped += val_skipped
     else:
-        val_convs = [c for c in convs if held_out(Path(c.source).name, cfg.val_fraction)]
-        convs = [c for c in convs if not held_out(Path(c.source).name, cfg.val_fraction)]
+        convs, val_convs = split_held_out(convs, conversation_key, cfg.val_fraction)
     train_ex, s1 = encode_conversations(convs, tokenizer, seq_len, cfg.skip_bad)
     val_ex, s2 = encode_conversations(val_convs, tokenizer, seq_len, cfg.skip_bad)
     skipped += s1 + s2
     if not train_ex or not val_ex:
         raise GptsmithError(f"{cfg.data}: need demonstrations both to train on and to hold out "
-                            f"(got {len(train_ex)} and {len(val_ex)})")
+                            f"(got {len(train_ex)} and {len(val_ex)}; the split keeps each "
+                            "prompt on one side): give held-out ones with --val-data")
     if skipped:
         print(f"skipped {skipped} unusable records (--skip-bad)")
-    t = cfg.train
-    if t.steps == 0:  # resolved here, not in cfg: the saved config keeps "0 = by epochs"
-        t = dataclasses.replace(t, steps=max(1, math.ceil(
-            cfg.epochs * len(train_ex) / (t.batch_size * t.grad_accum))))
+    # resolved here, not in cfg: the saved config keeps "0 = by epochs"
+    t = steps_for_epochs(cfg.train, len(train_ex), cfg.epochs)
     batches = EpochBatches(train_ex, t.batch_size, t.seed,
                            collate=functools.partial(pad_batch, pad_id=tokenizer.pad_id))
     val_batches = [pad_batch(val_ex[i:i + t.batch_size], tokenizer.pad_id)
@@ -108,7 +107,8 @@ def sft(cfg: SFTConfig) -> dict:
 
     def loss_fn(m, batch):
         x, y = batch
-        return m(x.to(trainer.device), y.to(trainer.device)), int((y >= 0).sum())
+        n = int((y >= 0).sum())
+        return LossSum(m(x.to(trainer.device), y.to(trainer.device), reduction="sum"), n, n)
 
     def evaluate(m):
         total, count = 0.0, 0
