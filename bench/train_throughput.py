@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gptsmith.device import autocast, set_threads
-from gptsmith.interop.hf import llama_config, to_hf
+from gptsmith.interop.hf import hf_config, to_hf
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.train.loop import TrainConfig, make_optimizer
 
@@ -30,7 +30,7 @@ from gptsmith.train.loop import TrainConfig, make_optimizer
 def hf_twin(model: GPT) -> LlamaForCausalLM:
     """A ``LlamaForCausalLM`` of the same shape as ``model``, holding a copy of its weights."""
     c = model.cfg
-    hf_cfg = LlamaConfig(**llama_config(c), attention_dropout=0.0, bos_token_id=None,
+    hf_cfg = LlamaConfig(**hf_config(c), attention_dropout=0.0, bos_token_id=None,
                          eos_token_id=None, pad_token_id=0, attn_implementation="sdpa")
     hf = LlamaForCausalLM(hf_cfg)
     ours = to_hf(model.state_dict())

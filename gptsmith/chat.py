@@ -51,22 +51,49 @@ def check_conversation(messages: list[dict], for_generation: bool = False) -> st
 
 def render(tokenizer: Tokenizer, messages: list[dict],
            for_generation: bool = False) -> tuple[list[int], list[int]]:
-    """Token ids and loss mask (1 on assistant tokens, closing <|end|> included)."""
+    """Token ids and loss mask (1 on assistant tokens, closing end-of-turn included), in the
+    tokenizer's chat template.
+
+    The template writes the conversation as text, which is tokenized in one piece (special
+    token strings parsed), so the ids equal ``transformers``' ``apply_chat_template``. Each
+    assistant turn's span comes from rendering the conversation up to it: from the end of
+    the prompt for that turn to the end of its end-of-turn token. Special-token strings
+    inside message contents are defused first (a word joiner after their first character),
+    so no one can inject a turn by typing one.
+    """
+    from gptsmith.templates import TemplateError, render_text
+
     problem = check_conversation(messages, for_generation)
     if problem:
         raise ValueError(problem)
-    role_ids = {"system": tokenizer.system_id, "user": tokenizer.user_id,
-                "assistant": tokenizer.assistant_id}
-    ids, mask = [tokenizer.bos_id], [0]
-    for m in messages:
-        body = tokenizer.encode(m["content"])
-        learn = int(m["role"] == "assistant")
-        ids += [role_ids[m["role"]], *body, tokenizer.end_id]
-        mask += [0, *[learn] * len(body), learn]
-    if for_generation:
-        ids.append(tokenizer.assistant_id)
-        mask.append(0)
-    return ids, mask
+    msgs = [{"role": m["role"], "content": _defuse(m["content"], tokenizer.added_special)}
+            for m in messages]
+    special = tokenizer.special_tokens()
+    template = tokenizer.chat_template
+    text = render_text(template, msgs, for_generation, special)
+    spans = []
+    end = tokenizer.hf.id_to_token(tokenizer.end_id)
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        prompt = render_text(template, msgs[:i], True, special)
+        turn = render_text(template, msgs[:i + 1], False, special)
+        if not (text.startswith(prompt) and text.startswith(turn)):
+            raise TemplateError("the chat template renders a conversation's prefix "
+                                "differently from the conversation: no loss mask can be made")
+        start, turn_end = len(prompt), len(turn)
+        closing = text.find(end, start, turn_end)
+        spans.append((start, closing + len(end) if closing >= 0 else turn_end))
+    encoding = tokenizer.hf_special.encode(text, add_special_tokens=False)
+    mask = [int(any(a <= s < b for a, b in spans)) for s, _ in encoding.offsets]
+    return encoding.ids, mask
+
+
+def _defuse(text: str, specials: list[str]) -> str:
+    for token in specials:
+        if token in text:
+            text = text.replace(token, token[0] + "\u2060" + token[1:])
+    return text
 
 
 def prompt_ids(tokenizer: Tokenizer, messages: list[dict]) -> list[int]:

@@ -28,8 +28,15 @@ class GPTConfig:
     n_head: int = 0
     n_kv_head: int = 0
     mlp_hidden: int = 0
+    head_dim: int = 0          # 0: n_embd / n_head (imported models may differ)
     rope_theta: float = 10000.0
+    rope_scaling: str = ""     # "" | "linear" | "llama3" (Llama 3.1+ long-context RoPE)
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 0
     norm_eps: float = 1e-5
+    qkv_bias: bool = False     # biases on the query/key/value projections (Qwen2)
     tie_embeddings: bool = True
     head: str = "lm"  # "lm": next-token logits; "scalar": one value per position (RM, value)
 
@@ -42,9 +49,15 @@ class GPTConfig:
         c.n_head = c.n_head or (c.depth if c.n_embd == 48 * c.depth else max(1, c.n_embd // 64))
         c.n_kv_head = c.n_kv_head or (c.n_head // 2 if c.n_head % 2 == 0 else c.n_head)
         c.mlp_hidden = c.mlp_hidden or 32 * math.ceil(8 * c.n_embd / 3 / 32)
-        if c.n_embd % c.n_head:
+        if not c.head_dim and c.n_embd % c.n_head:
             raise ValueError(f"model.n_embd={c.n_embd} is not divisible by model.n_head="
                              f"{c.n_head}; set model.n_head to a divisor of n_embd")
+        c.head_dim = c.head_dim or c.n_embd // c.n_head
+        if c.head_dim % 2:
+            raise ValueError(f"model.head_dim={c.head_dim} must be even (RoPE rotates pairs)")
+        if c.rope_scaling not in ("", "linear", "llama3"):
+            raise ValueError(f"model.rope_scaling must be '', 'linear' or 'llama3', got "
+                             f"{c.rope_scaling!r}")
         if c.n_head % c.n_kv_head:
             raise ValueError(f"model.n_head={c.n_head} is not a multiple of "
                              f"model.n_kv_head={c.n_kv_head}")
@@ -52,18 +65,31 @@ class GPTConfig:
             raise ValueError(f"model.head must be 'lm' or 'scalar', got {c.head!r}")
         return c
 
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def rope_frequencies(cfg: GPTConfig) -> torch.Tensor:
+    """The rotation frequency of each pair of dimensions, with the config's scaling: linear
+    divides them all by the factor; llama3 divides only the long wavelengths (beyond the
+    original context / low_freq_factor), keeps the short ones (below original context /
+    high_freq_factor) and blends in between."""
+    half = cfg.head_dim // 2
+    freq = 1.0 / (cfg.rope_theta ** (torch.arange(half, dtype=torch.float64) / half))
+    if cfg.rope_scaling == "linear":
+        return freq / cfg.rope_factor
+    if cfg.rope_scaling == "llama3":
+        context, lo, hi = cfg.rope_original_context, cfg.rope_low_freq_factor, \
+            cfg.rope_high_freq_factor
+        wavelength = 2 * math.pi / freq
+        smooth = ((context / wavelength - lo) / (hi - lo)).clamp(0, 1)
+        return (1 - smooth) * freq / cfg.rope_factor + smooth * freq
+    return freq
+
+
 def rope_tables(cfg: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin for every position, (seq_len, head_dim), halves duplicated (rotate-half)."""
-    half = cfg.head_dim // 2
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(half, dtype=torch.float64) / half))
+    inv_freq = rope_frequencies(cfg)
     angles = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float64), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().float(), angles.sin().float()
@@ -159,9 +185,9 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg, self.layer = cfg, layer
         hd = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * hd, bias=False)
-        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=False)
-        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=False)
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_head * hd, cfg.n_embd, bias=False)
 
     def forward(self, x, cos, sin, cache: KVCache | None, mask, causal: bool):
@@ -176,7 +202,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=cfg.n_kv_head != cfg.n_head
         )
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_embd))
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * hd))
 
 
 class MLP(nn.Module):
@@ -218,6 +244,19 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
+
+    @classmethod
+    def from_state_dict(cls, cfg: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
+        """A model holding ``state`` as its parameters (in their dtype), built without first
+        initialising random weights: on the meta device, then assigned. Raises on a missing,
+        unexpected or wrongly shaped weight (``load_state_dict``'s messages)."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(state, assign=True)
+        cos, sin = rope_tables(model.cfg)
+        model.register_buffer("rope_cos", cos, persistent=False)
+        model.register_buffer("rope_sin", sin, persistent=False)
+        return model
 
     def reset_parameters(self) -> None:
         """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2·depth)."""

@@ -90,6 +90,6 @@ def load_model(run_dir: str | Path, device: str | torch.device = "auto") -> tupl
             "(e.g. runs/default/pretrain)"
         )
     cfg = GPTConfig(**json.loads((run_dir / "model.json").read_text()))
-    model = GPT(cfg)
-    model.load_state_dict(load_file(str(weights)))
+    # no random initialisation first; weights stored in bf16 (an import) train in fp32
+    model = GPT.from_state_dict(cfg, {k: v.float() for k, v in load_file(str(weights)).items()})
     return model.to(device).eval(), Tokenizer.load(run_dir / "tokenizer.json")

@@ -14,38 +14,105 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from gptsmith.templates import OURS
+
 BOS, USER, ASSISTANT, SYSTEM, END, PAD = (
     "<|bos|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|pad|>",
 )
 SPECIAL_TOKENS = [BOS, USER, ASSISTANT, SYSTEM, END, PAD]
+CONFIG_FILE = "tokenizer_config.json"
 
 
 class Tokenizer:
-    """A thin wrapper that fixes how we encode (no special-token parsing) and decode."""
+    """A thin wrapper that fixes how we encode (no special-token parsing) and decode, and
+    knows the model's chat format.
 
-    def __init__(self, hf: HFTokenizer):
+    ``config`` is what a Hugging Face ``tokenizer_config.json`` holds (``chat_template``,
+    ``bos_token``, ``eos_token``, ``pad_token``, ``add_bos_token``, plus the generation
+    config's ``eos_token_ids``); without one the tokenizer is gptsmith's own (the six special
+    tokens above, the ``ours`` template).
+    """
+
+    def __init__(self, hf: HFTokenizer, config: dict | None = None):
         self.hf = hf
         self.hf.encode_special_tokens = True
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
-        if missing:
-            raise ValueError(f"tokenizer lacks the special tokens {missing}")
-        self.bos_id, self.user_id, self.assistant_id, self.system_id, self.end_id, self.pad_id = (
-            hf.token_to_id(t) for t in SPECIAL_TOKENS
-        )
+        # a second copy that does parse special tokens: what rendered chat templates need
+        self.hf_special = HFTokenizer.from_str(hf.to_str())
+        self.hf_special.encode_special_tokens = False
+        if config is None:
+            missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+            if missing:
+                raise ValueError(f"tokenizer lacks the special tokens {missing}")
+            config = {"chat_template": OURS, "bos_token": BOS, "eos_token": END,
+                      "pad_token": PAD, "add_bos_token": True}
+        self.config = config
+        self.chat_template: str = config.get("chat_template") or ""
+        self.bos_id = self._id(config.get("bos_token"))
+        eos_id = self._id(config.get("eos_token"))
+        self.end_id = self._end_of_turn() if self.chat_template else eos_id
+        if self.end_id is None:
+            raise ValueError("the tokenizer has no end-of-turn or end-of-text token")
+        extra = [i for i in config.get("eos_token_ids", []) if isinstance(i, int)]
+        self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys(
+            [self.end_id, *([eos_id] if eos_id is not None else []), *extra]))
+        pad = self._id(config.get("pad_token"))
+        self.pad_id: int = pad if pad is not None else (eos_id if eos_id is not None else 0)
+        self.bos_ids = [self.bos_id] if self.bos_id is not None and config.get(
+            "add_bos_token", False) else []
+
+    def _id(self, token: str | None) -> int | None:
+        return self.hf.token_to_id(token) if token else None
+
+    def _end_of_turn(self) -> int | None:
+        """The token that closes an assistant turn in the chat template: the first special
+        token after a probe reply (``<|end|>``, ``<|im_end|>``, ``<|eot_id|>``, ``</s>``)."""
+        from gptsmith.templates import render_text
+
+        probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+        special = self.special_tokens()
+        before = render_text(self.chat_template, probe[:1], True, special)
+        tail = render_text(self.chat_template, probe, False, special)[len(before):]
+        tail = tail[tail.find("yo") + 2:]
+        found = [(tail.find(t), t) for t in self.added_special if t in tail]
+        if not found:
+            return self._id(self.config.get("eos_token"))
+        return self.hf.token_to_id(min(found)[1])
+
+    @cached_property
+    def added_special(self) -> list[str]:
+        """The strings of every special added token (what the template parser recognises)."""
+        return [t.content for t in self.hf.get_added_tokens_decoder().values() if t.special]
+
+    def special_tokens(self) -> dict[str, str]:
+        """The template variables for special tokens (bos_token, eos_token ...)."""
+        return {k: self.config.get(k) or "" for k in ("bos_token", "eos_token", "pad_token",
+                                                        "unk_token")}
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
+        """``tokenizer.json`` (a directory: the one in it) with the ``tokenizer_config.json``
+        beside it, if there is one."""
+        import json
+
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no tokenizer here (run `gptsmith tokenizer train`)")
-        return cls(HFTokenizer.from_file(str(path)))
+        config_path = path.parent / CONFIG_FILE
+        config = json.loads(config_path.read_text()) if config_path.exists() else None
+        return cls(HFTokenizer.from_file(str(path)), config)
 
     def save(self, path: str | Path) -> None:
+        """``tokenizer.json`` and, beside it, ``tokenizer_config.json`` (chat template and
+        special tokens, the Hugging Face file of that name)."""
+        import json
+
         from gptsmith.runs import atomic_write_text
 
-        atomic_write_text(Path(path), self.hf.to_str(pretty=True))
+        path = Path(path)
+        atomic_write_text(path, self.hf.to_str(pretty=True))
+        atomic_write_text(path.parent / CONFIG_FILE, json.dumps(self.config, indent=2) + "\n")
 
     @property
     def vocab_size(self) -> int:
@@ -53,7 +120,12 @@ class Tokenizer:
 
     @property
     def special_ids(self) -> set[int]:
-        return {self.hf.token_to_id(t) for t in SPECIAL_TOKENS}
+        return {self.hf.token_to_id(t) for t in self.added_special}
+
+    def encode_document(self, text: str) -> list[int]:
+        """A plain-text prompt as the model saw documents in pre-training (bos first when the
+        tokenizer adds one)."""
+        return self.bos_ids + self.encode(text)
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids

@@ -19,16 +19,16 @@ def test_mask_is_one_exactly_on_assistant_tokens_and_their_end(tokenizer):
     expected = [*tokenizer.encode("4."), tokenizer.end_id,
                 *tokenizer.encode("It is 6."), tokenizer.end_id]
     assert learned == expected
-    t = tokenizer
-    assert ids[:2] == [t.bos_id, t.system_id]
-    assert ids.count(t.end_id) == 5 and ids.count(t.user_id) == 2
-    assert ids.count(t.assistant_id) == 2
+    t = tokenizer.hf.token_to_id
+    assert ids[:2] == [t("<|bos|>"), t("<|system|>")]
+    assert ids.count(t("<|end|>")) == 5 and ids.count(t("<|user|>")) == 2
+    assert ids.count(t("<|assistant|>")) == 2
 
 
 def test_prompt_rendering_is_the_training_prefix(tokenizer):
     full, _ = render(tokenizer, conv("Hello there", "Hi!"))
     prompt = prompt_ids(tokenizer, conv("Hello there"))
-    assert prompt[-1] == tokenizer.assistant_id
+    assert prompt[-1] == tokenizer.hf.token_to_id("<|assistant|>")
     assert full[:len(prompt)] == prompt
 
 

