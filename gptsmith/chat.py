@@ -115,13 +115,13 @@ def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], 
 
     Row i of the whole list samples with seed ``s.seed + i``, whatever the batch size.
     """
-    s = dataclasses.replace(s, stop_ids=(tokenizer.end_id,))
+    s = dataclasses.replace(s, stop_ids=tokenizer.stop_ids)
     replies = []
     for start in range(0, len(conversations), batch_size):
         prompts = [prompt_ids(tokenizer, c) for c in conversations[start:start + batch_size]]
         outs = generate(model, prompts, dataclasses.replace(s, seed=s.seed + start))
         for ids in outs:
-            ended = bool(ids) and ids[-1] == tokenizer.end_id
+            ended = bool(ids) and ids[-1] in tokenizer.stop_ids
             body = ids[:-1] if ended else ids
             replies.append(Reply(tokenizer.decode(body, skip_special=True), ended, len(ids),
                                  body))

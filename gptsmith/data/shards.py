@@ -108,7 +108,7 @@ def prepare_shards(docs: Iterable[Document], tokenizer: Tokenizer, out: Path,
             train_ids = []
             for (split, text), ids in zip(batch, tokenizer.encode_batch([t for _, t in batch]),
                                           strict=True):
-                ids = [tokenizer.bos_id, *ids]
+                ids = [*tokenizer.bos_ids, *ids]
                 writers[split].add(ids)
                 nbytes[split] += len(text.encode("utf-8"))
                 (train_ids if split == "train" else val_ids).append(np.asarray(ids))

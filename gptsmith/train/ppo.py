@@ -167,7 +167,7 @@ class PPOTrainer(Trainer):
         prompts = [prompt_ids(tok, q["messages"]) for q in batch]
         policy.eval()
         s = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                     seed=self.cfg.seed + self.step * len(prompts), stop_ids=(tok.end_id,))
+                     seed=self.cfg.seed + self.step * len(prompts), stop_ids=tok.stop_ids)
         with autocast(dev, self.precision):  # π_old below is the distribution sampled from
             replies = generate(policy, prompts, s)
         policy.train()
@@ -179,7 +179,7 @@ class PPOTrainer(Trainer):
             pos[i] = len(p) - 1 + torch.arange(R).clamp(max=len(r) - 1)
             mask[i, :len(r)] = 1
         seq, pos, mask = seq.to(dev), pos.to(dev), mask.to(dev)
-        ended = torch.tensor([r[-1] == tok.end_id for r in replies], device=dev)
+        ended = torch.tensor([r[-1] in tok.stop_ids for r in replies], device=dev)
         with autocast(dev, self.precision):
             logp, entropy = reply_logprobs(policy, seq, pos, cfg.temperature, with_entropy=True)
             ref_logp = reply_logprobs(self.ref, seq, pos, cfg.temperature)
@@ -187,7 +187,7 @@ class PPOTrainer(Trainer):
             last = pos[torch.arange(B), mask.sum(1).long() - 1] + 1  # each reply's last token
             if self.reward_fn is None:
                 score = self.reward_model(seq).float()[torch.arange(B, device=dev), last]
-        texts = [tok.decode(r[:-1] if r[-1] == tok.end_id else r) for r in replies]
+        texts = [tok.decode(r[:-1] if r[-1] in tok.stop_ids else r) for r in replies]
         if self.reward_fn is not None:
             score = torch.tensor(self.reward_fn(texts), dtype=torch.float, device=dev)
         rewards = token_rewards(score, logp, ref_logp, mask, self.kl.coef, ended,
