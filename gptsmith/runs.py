@@ -68,9 +68,11 @@ def write_config(run_dir: Path, config: dict) -> None:
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
-def save_model(run_dir: Path, model: GPT) -> None:
-    """Weights as safetensors (the tied output matrix stored once) plus model.json."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_model(run_dir: Path, model: GPT, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights as safetensors (the tied output matrix stored once) plus model.json;
+    ``state`` replaces the model's own (LoRA adapters merged, say)."""
+    state = model.state_dict() if state is None else state
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_path(run_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     atomic_write_text(run_dir / "model.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")

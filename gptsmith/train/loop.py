@@ -35,6 +35,7 @@ from gptsmith.errors import GptsmithError
 from gptsmith.plots import plot_metrics
 from gptsmith.runs import atomic_path, atomic_write_text, save_model, write_config
 from gptsmith.tokenizer import Tokenizer
+from gptsmith.train.lora import LoRAConfig, lora_layers, merged_state_dict, save_adapter
 
 # Fields that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = {"log_every", "eval_every", "checkpoint_every", "threads", "compile",
@@ -152,6 +153,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.export = model  # what train_and_save writes as model.safetensors
         self.eval_at_start = False  # also evaluate before the first step (a baseline)
+        self.lora, self.lora_base = LoRAConfig(), ""  # with adapters: how and on what
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = 0
@@ -172,7 +174,11 @@ class Trainer:
                 f"({'; '.join(changed)}); rerun with the same settings to resume, or start over "
                 "with --overwrite"
             )
-        self.model.load_state_dict(ckpt["model"])
+        missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
+        trained = set(self._trained_state())
+        if unexpected or trained & set(missing):
+            raise GptsmithError(f"{self.ckpt_path}: the checkpoint does not hold this model's "
+                                "trained weights; start over with --overwrite")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.batches.load_state_dict(ckpt["data"])
         self.load_extra_state(ckpt["extra"])
@@ -185,9 +191,15 @@ class Trainer:
             self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
         print(f"resuming {self.run_dir} from step {self.step}", flush=True)
 
+    def _trained_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the model: the weights that train (all of them, or
+        only the LoRA adapters and a new head), not a frozen base."""
+        trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.model.state_dict().items() if k in trained}
+
     def save_checkpoint(self) -> None:
         state = {
-            "step": self.step, "model": self.model.state_dict(),
+            "step": self.step, "model": self._trained_state(),
             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
             "rng": _rng_state(), "phase_config": self.phase_config, "extra": self.extra_state(),
         }
@@ -315,7 +327,12 @@ class Trainer:
             with torch.no_grad():
                 result.update(finalize(self.model))
         seconds = time.perf_counter() - start
-        save_model(self.run_dir, self.export.cpu())
+        model = self.export.cpu()
+        if lora_layers(model):  # the merged model for every command, the adapter for PEFT
+            save_model(self.run_dir, model, merged_state_dict(model))
+            save_adapter(model, self.lora, self.run_dir, self.lora_base)
+        else:
+            save_model(self.run_dir, model)
         plot_metrics(self.metrics_path, self.run_dir / "loss.png", title=title)
         summary = {"steps": self.cfg.steps, "train_seconds": round(seconds, 1), **result,
                    **(extra or {}), "config": self.phase_config}

@@ -33,6 +33,7 @@ from gptsmith.plots import plot_ppo, read_metrics
 from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches, right_padded
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
+from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora
 from gptsmith.train.reward import score_sequences
 
 
@@ -68,6 +69,7 @@ class PPOConfig:
     no_end_penalty: float = field(default=1.0, metadata={
         "help": "subtracted from the reward of a reply that never ends its turn"})
     train: TrainConfig = field(default_factory=_ppo_train)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 class KLController:
@@ -146,10 +148,12 @@ def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, temperature
 class PPOTrainer(Trainer):
     """The shared loop with a PPO iteration as its step."""
 
-    def setup(self, cfg: PPOConfig, ref: GPT, reward: GPT, tokenizer,
+    def setup(self, cfg: PPOConfig, ref: GPT | None, reward: GPT, tokenizer,
               reward_fn: Callable[[list[str]], list[float]] | None = None):
-        """``reward_fn(texts)``, if given, scores replies instead of the reward model."""
-        self.ppo, self.ref, self.reward_model = cfg, ref.to(self.device), reward.to(self.device)
+        """``reward_fn(texts)``, if given, scores replies instead of the reward model; ``ref``
+        None: the reference is the policy with its LoRA adapters off."""
+        self.ppo, self.reward_model = cfg, reward.to(self.device)
+        self.ref = ref.to(self.device) if ref is not None else None
         self.tok, self.reward_fn = tokenizer, reward_fn
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
 
@@ -182,7 +186,11 @@ class PPOTrainer(Trainer):
         ended = torch.tensor([r[-1] in tok.stop_ids for r in replies], device=dev)
         with autocast(dev, self.precision):
             logp, entropy = reply_logprobs(policy, seq, pos, cfg.temperature, with_entropy=True)
-            ref_logp = reply_logprobs(self.ref, seq, pos, cfg.temperature)
+            if self.ref is None:
+                with adapters_off(policy):
+                    ref_logp = reply_logprobs(policy, seq, pos, cfg.temperature)
+            else:
+                ref_logp = reply_logprobs(self.ref, seq, pos, cfg.temperature)
             values = value(seq).float().gather(1, pos)
             last = pos[torch.arange(B), mask.sum(1).long() - 1] + 1  # each reply's last token
             if self.reward_fn is None:
@@ -298,13 +306,18 @@ def build_trainer(cfg: PPOConfig, prompts: list[dict], questions: list[dict] = (
     """The four models loaded (policy and value trained; reference and reward frozen) and
     the trainer that ``ppo`` runs (the benchmark builds the same one)."""
     policy, tokenizer = load_model(cfg.policy)
-    ref, _ = load_model(cfg.policy)
     reward, _ = load_model(cfg.reward)
     value, _ = load_model(cfg.reward)
     if reward.cfg.head != "scalar":
         raise GptsmithError(f"{cfg.reward}: not a reward model (its head is {reward.cfg.head!r})")
-    for frozen in (ref, reward):
-        frozen.requires_grad_(False)
+    reward.requires_grad_(False)
+    ref = None  # under LoRA: the policy with its adapters off, no second copy
+    if cfg.lora.rank:
+        apply_lora(policy, cfg.lora)
+        apply_lora(value, cfg.lora)
+    else:
+        ref, _ = load_model(cfg.policy)
+        ref.requires_grad_(False)
     t = cfg.train
     torch.manual_seed(t.seed)
     value_scale = cfg.value_lr / t.lr if cfg.value_lr else 1.0
@@ -316,6 +329,7 @@ def build_trainer(cfg: PPOConfig, prompts: list[dict], questions: list[dict] = (
                          parts={"policy": (policy, 1.0), "value": (value, value_scale)})
     trainer.setup(cfg, ref, reward, tokenizer, reward_fn)
     trainer.export, trainer.eval_at_start = policy, bool(questions)
+    trainer.lora, trainer.lora_base = cfg.lora, cfg.policy
     return trainer
 
 

@@ -26,6 +26,7 @@ from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
 from gptsmith.train.batches import EpochBatches, right_padded
 from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary, steps_for_epochs
+from gptsmith.train.lora import LoRAConfig, apply_lora, trainable_summary
 
 
 def _rm_train() -> TrainConfig:
@@ -44,6 +45,7 @@ class RMConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the data if steps is 0"})
     out: str = field(default="runs/rm", metadata={"help": "run directory to write"})
     train: TrainConfig = field(default_factory=_rm_train)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 def reward_model_from(policy: GPT) -> GPT:
@@ -189,11 +191,15 @@ def train_reward_model(cfg: RMConfig) -> dict:
         m.score.bias.sub_(mean).div_(std)
         return {"raw_reward_mean": mean, "raw_reward_std": std}
 
+    if cfg.lora.rank:
+        apply_lora(model, cfg.lora)  # the new scalar head trains whole
     trainer = Trainer(model, t, out, EpochBatches(train_items, t.batch_size, t.seed), loss_fn,
                       evaluate, phase_config=to_dict(cfg), tokenizer=tokenizer)
+    trainer.lora, trainer.lora_base = cfg.lora, cfg.base
     n_pairs = sum(len(p) for _, p in train_items)
     print(f"reward model from {cfg.base}: {len(train_items)} prompts / {n_pairs} comparisons "
-          f"({len(val_items)} prompts held out), {t.steps} steps of {t.batch_size} prompts")
+          f"({len(val_items)} prompts held out), {t.steps} steps of {t.batch_size} prompts; "
+          f"{trainable_summary(model)}")
     if skipped:
         print(f"skipped {skipped} unusable records (--skip-bad)")
     summary = trainer.train_and_save(f"reward model: {out}", {

@@ -18,6 +18,7 @@ from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
 from gptsmith.train.batches import EpochBatches, right_padded
 from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary, steps_for_epochs
+from gptsmith.train.lora import LoRAConfig, apply_lora, trainable_summary
 
 
 def _sft_train() -> TrainConfig:
@@ -39,6 +40,7 @@ class SFTConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the data if steps is 0"})
     out: str = field(default="runs/sft", metadata={"help": "run directory to write"})
     train: TrainConfig = field(default_factory=_sft_train)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 def encode_conversations(convs: list[Conversation], tokenizer: Tokenizer, seq_len: int,
@@ -119,13 +121,17 @@ def sft(cfg: SFTConfig) -> dict:
         return {"val_loss": total / count}
 
     torch.manual_seed(t.seed)
+    if cfg.lora.rank:
+        apply_lora(model, cfg.lora)
     trainer = Trainer(model, t, out, batches, loss_fn, evaluate, phase_config=to_dict(cfg),
                       tokenizer=tokenizer)
+    trainer.lora, trainer.lora_base = cfg.lora, cfg.base
     padded = sum(max(len(e[0]) for e in train_ex[i:i + t.batch_size]) * len(
         train_ex[i:i + t.batch_size]) for i in range(0, len(train_ex), t.batch_size))
     learned = sum(sum(m) for _, m in train_ex)
     print(f"fine-tuning {cfg.base} on {len(train_ex)} demonstrations ({len(val_ex)} held out): "
-          f"{t.steps} steps of {t.batch_size}, on {trainer.device} ({trainer.precision})")
+          f"{t.steps} steps of {t.batch_size}, on {trainer.device} ({trainer.precision}); "
+          f"{trainable_summary(model)}")
     summary = trainer.train_and_save(f"SFT: {out}", {
         "train_examples": len(train_ex), "val_examples": len(val_ex), "skipped": skipped,
         "learned_token_share": round(learned / padded, 3)})
