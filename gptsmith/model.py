@@ -276,12 +276,15 @@ class GPT(nn.Module):
         return self.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, reduction: str = "mean"):
+                cache: KVCache | None = None, reduction: str = "mean",
+                positions: torch.Tensor | None = None):
         """Logits (B, T, vocab), or per-position scalars (B, T) with a scalar head.
 
         With ``targets`` the cross-entropy is returned instead (-1 targets are ignored);
         ``reduction="none"`` gives it per position. With ``cache`` the positions continue
-        where the cache stands and the cache advances by T.
+        where the cache stands and the cache advances by T. ``positions`` (B, R) keeps only
+        those positions' outputs, taken before the head: a reply's logits cost R, not T,
+        projections onto the vocabulary (what PPO, reward scoring and prefill need).
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -293,8 +296,8 @@ class GPT(nn.Module):
         mask, causal = None, cache is None or (start == 0 and T > 1)
         if cache is not None and cache.pad is not None:
             pad = cache.pad.to(idx.device)
-            positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
-            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+            at = (slots[None, :] - pad[:, None]).clamp(min=0)  # each row's own position (B, T)
+            cos, sin = self.rope_cos[at][:, None], self.rope_sin[at][:, None]
             keys = torch.arange(start + T, device=idx.device)
             visible = (keys[None, None, :] <= slots[None, :, None]) & (
                 keys[None, None, :] >= pad[:, None, None]
@@ -310,9 +313,12 @@ class GPT(nn.Module):
         x = self.embed_tokens(idx)
         for block in self.layers:
             x = block(x, cos, sin, cache, mask, causal)
+        if positions is not None:
+            x = x.gather(1, positions[..., None].expand(-1, -1, x.size(-1)))
+            B, T = positions.shape
         x = self.norm(x)
         if cache is not None:
-            cache.pos += T
+            cache.pos += idx.size(1)
         if self.cfg.head == "scalar":
             return self.score(x).squeeze(-1).float()
         logits = F.linear(x, self.output_weight())

@@ -135,9 +135,7 @@ def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, temperature
 
     ``temperature`` is the one the replies were sampled at, so π is what they came from.
     """
-    logits = model(seq).float() / temperature
-    picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.size(-1)))
-    logp_all = F.log_softmax(picked, dim=-1)
+    logp_all = F.log_softmax(model(seq, positions=pos).float() / temperature, dim=-1)
     targets = seq.gather(1, pos + 1)
     logp = logp_all.gather(2, targets[..., None]).squeeze(-1)
     if not with_entropy:
@@ -191,10 +189,10 @@ class PPOTrainer(Trainer):
                     ref_logp = reply_logprobs(policy, seq, pos, cfg.temperature)
             else:
                 ref_logp = reply_logprobs(self.ref, seq, pos, cfg.temperature)
-            values = value(seq).float().gather(1, pos)
+            values = value(seq, positions=pos).float()
             last = pos[torch.arange(B), mask.sum(1).long() - 1] + 1  # each reply's last token
             if self.reward_fn is None:
-                score = self.reward_model(seq).float()[torch.arange(B, device=dev), last]
+                score = self.reward_model(seq, positions=last[:, None]).float()[:, 0]
         texts = [tok.decode(r[:-1] if r[-1] in tok.stop_ids else r) for r in replies]
         if self.reward_fn is not None:
             score = torch.tensor(self.reward_fn(texts), dtype=torch.float, device=dev)
@@ -225,7 +223,7 @@ class PPOTrainer(Trainer):
                 old_v, ret = ro["values"][idx], ro["returns"][idx]
                 with autocast(self.device, self.precision):
                     logp = reply_logprobs(self.model.policy, seq, pos, cfg.temperature)
-                    v = self.model.value(seq).float().gather(1, pos)
+                    v = self.model.value(seq, positions=pos).float()
                 ratio = (logp - old_logp).exp()
                 policy_loss = clipped_policy_loss(ratio, adv, mask, cfg.clip)
                 value_loss = clipped_value_loss(v, old_v, ret, mask, cfg.value_clip)

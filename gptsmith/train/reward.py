@@ -67,9 +67,8 @@ def reward_model_from(policy: GPT) -> GPT:
 def score_sequences(model: GPT, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     """The scalar at each sequence's last token (right-padded batch)."""
     device = next(model.parameters()).device
-    last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-    return model(right_padded(seqs, pad_id).to(device))[torch.arange(len(seqs), device=device),
-                                                        last]
+    last = torch.tensor([[len(s) - 1] for s in seqs], device=device)
+    return model(right_padded(seqs, pad_id).to(device), positions=last)[:, 0]
 
 
 def reply_tokens(g: PromptGroup, i: int, tokenizer: Tokenizer) -> list[int]:
