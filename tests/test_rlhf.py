@@ -307,16 +307,16 @@ def test_rollout_rows_equal_each_row_alone(tiny_run, tiny_ppo):
 def test_rollout_samples_in_the_precision_of_its_log_probs(tiny_run, tiny_ppo, monkeypatch):
     """π_old must be the distribution sampled from: under bf16 the engine runs under the
     same autocast as the log-prob pass."""
-    import gptsmith.train.ppo as ppo_module
+    import gptsmith.train.rollout as rollout_module
 
     seen = []
-    real = ppo_module.generate
+    real = rollout_module.generate
 
     def spy(*args, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ppo_module, "generate", spy)
+    monkeypatch.setattr(rollout_module, "generate", spy)
     tiny_trainer(tiny_run, tiny_ppo, PROMPTS, train={"precision": "bf16"}).rollout()
     tiny_trainer(tiny_run, tiny_ppo, PROMPTS, train={"precision": "fp32"}).rollout()
     assert seen == [True, False]

@@ -19,22 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from gptsmith.chat import complete, prompt_ids
 from gptsmith.config import to_dict
 from gptsmith.device import autocast
-from gptsmith.engine import Sampling, generate
+from gptsmith.engine import Sampling
 from gptsmith.errors import GptsmithError
 from gptsmith.evaluate import is_correct, load_questions
 from gptsmith.label import truth_score
 from gptsmith.model import GPT
 from gptsmith.plots import plot_ppo, read_metrics
 from gptsmith.runs import load_model
-from gptsmith.train.batches import EpochBatches, right_padded
+from gptsmith.train.batches import EpochBatches
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora
 from gptsmith.train.reward import score_sequences
+from gptsmith.train.rollout import masked_mean, reply_logprobs, reward_scores, sample
 
 
 def _ppo_train() -> TrainConfig:
@@ -84,10 +84,6 @@ class KLController:
             self.coef *= 1 + error * n / self.horizon
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
@@ -129,20 +125,6 @@ def token_rewards(score, logp, ref_logp, mask, beta: float, ended, no_end_penalt
     return rewards
 
 
-def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, temperature: float = 1.0,
-                   with_entropy=False):
-    """log π of each reply token (B, R): the logits at ``pos`` predict the token after it.
-
-    ``temperature`` is the one the replies were sampled at, so π is what they came from.
-    """
-    logp_all = F.log_softmax(model(seq, positions=pos).float() / temperature, dim=-1)
-    targets = seq.gather(1, pos + 1)
-    logp = logp_all.gather(2, targets[..., None]).squeeze(-1)
-    if not with_entropy:
-        return logp
-    return logp, -(logp_all.exp() * logp_all).sum(-1)
-
-
 class PPOTrainer(Trainer):
     """The shared loop with a PPO iteration as its step."""
 
@@ -166,22 +148,9 @@ class PPOTrainer(Trainer):
         cfg, tok, dev = self.ppo, self.tok, self.device
         policy, value = self.model.policy, self.model.value
         batch = self.batches.next()
-        prompts = [prompt_ids(tok, q["messages"]) for q in batch]
-        policy.eval()
-        s = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                     seed=self.cfg.seed + self.step * len(prompts), stop_ids=tok.stop_ids)
-        with autocast(dev, self.precision):  # π_old below is the distribution sampled from
-            replies = generate(policy, prompts, s)
-        policy.train()
-        B, R = len(prompts), max(len(r) for r in replies)
-        seq = right_padded([p + r for p, r in zip(prompts, replies, strict=True)], tok.pad_id)
-        pos = torch.zeros(B, R, dtype=torch.long)
-        mask = torch.zeros(B, R)
-        for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
-            pos[i] = len(p) - 1 + torch.arange(R).clamp(max=len(r) - 1)
-            mask[i, :len(r)] = 1
-        seq, pos, mask = seq.to(dev), pos.to(dev), mask.to(dev)
-        ended = torch.tensor([r[-1] in tok.stop_ids for r in replies], device=dev)
+        r = sample(policy, tok, [q["messages"] for q in batch], cfg.max_tokens,
+                   cfg.temperature, self.cfg.seed + self.step * len(batch), self.precision)
+        seq, pos, mask, ended, texts = r.seq, r.pos, r.mask, r.ended, r.texts
         with autocast(dev, self.precision):
             logp, entropy = reply_logprobs(policy, seq, pos, cfg.temperature, with_entropy=True)
             if self.ref is None:
@@ -190,10 +159,8 @@ class PPOTrainer(Trainer):
             else:
                 ref_logp = reply_logprobs(self.ref, seq, pos, cfg.temperature)
             values = value(seq, positions=pos).float()
-            last = pos[torch.arange(B), mask.sum(1).long() - 1] + 1  # each reply's last token
             if self.reward_fn is None:
-                score = self.reward_model(seq, positions=last[:, None]).float()[:, 0]
-        texts = [tok.decode(r[:-1] if r[-1] in tok.stop_ids else r) for r in replies]
+                score = reward_scores(self.reward_model, r)
         if self.reward_fn is not None:
             score = torch.tensor(self.reward_fn(texts), dtype=torch.float, device=dev)
         rewards = token_rewards(score, logp, ref_logp, mask, self.kl.coef, ended,

@@ -1,0 +1,89 @@
+"""What the RL methods share: sampling replies with the engine, the log-probs of the sampled
+tokens, reward-model scores of exactly what was generated, and masked statistics.
+
+PPO (``ppo.py``) and GRPO/RLOO/REINFORCE++ (``grpo.py``) both start an iteration with
+:func:`sample`; they differ in how they turn rewards into advantages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptsmith.chat import prompt_ids
+from gptsmith.device import autocast
+from gptsmith.engine import Sampling, generate
+from gptsmith.model import GPT
+from gptsmith.tokenizer import Tokenizer
+from gptsmith.train.batches import right_padded
+
+
+@dataclass
+class Replies:
+    """Sampled replies, right-padded after their prompts: ``seq`` (B, T); ``pos`` (B, R), the
+    positions whose logits predict each reply token; ``mask`` (B, R), 1 on reply tokens;
+    ``ended`` (B,), whether the reply closed its turn; ``texts``, without the stop token."""
+
+    seq: torch.Tensor
+    pos: torch.Tensor
+    mask: torch.Tensor
+    ended: torch.Tensor
+    texts: list[str]
+
+    @property
+    def last(self) -> torch.Tensor:
+        """Each reply's last token's position (B,)."""
+        rows = torch.arange(self.seq.size(0), device=self.seq.device)
+        return self.pos[rows, self.mask.sum(1).long() - 1] + 1
+
+
+@torch.no_grad()
+def sample(policy: GPT, tok: Tokenizer, conversations: list[list[dict]], max_tokens: int,
+           temperature: float, seed: int, precision: str) -> Replies:
+    """One reply per conversation (row i samples with seed + i), under the autocast the
+    log-probs are taken in, so that π_old is the distribution sampled from."""
+    device = next(policy.parameters()).device
+    prompts = [prompt_ids(tok, c) for c in conversations]
+    was_training = policy.training
+    policy.eval()
+    s = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                 stop_ids=tok.stop_ids)
+    with autocast(device, precision):
+        replies = generate(policy, prompts, s)
+    policy.train(was_training)
+    B, R = len(prompts), max(len(r) for r in replies)
+    seq = right_padded([p + r for p, r in zip(prompts, replies, strict=True)], tok.pad_id)
+    pos = torch.zeros(B, R, dtype=torch.long)
+    mask = torch.zeros(B, R)
+    for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
+        pos[i] = len(p) - 1 + torch.arange(R).clamp(max=len(r) - 1)
+        mask[i, :len(r)] = 1
+    ended = [r[-1] in tok.stop_ids for r in replies]
+    texts = [tok.decode(r[:-1] if e else r) for r, e in zip(replies, ended, strict=True)]
+    return Replies(seq.to(device), pos.to(device), mask.to(device),
+                   torch.tensor(ended, device=device), texts)
+
+
+def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, temperature: float = 1.0,
+                   with_entropy=False):
+    """log π of each reply token (B, R): the logits at ``pos`` predict the token after it.
+
+    ``temperature`` is the one the replies were sampled at, so π is what they came from.
+    """
+    logp_all = F.log_softmax(model(seq, positions=pos).float() / temperature, dim=-1)
+    targets = seq.gather(1, pos + 1)
+    logp = logp_all.gather(2, targets[..., None]).squeeze(-1)
+    if not with_entropy:
+        return logp
+    return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def reward_scores(reward_model: GPT, r: Replies) -> torch.Tensor:
+    """The reward model's score of each reply as generated, at its last token (B,)."""
+    return reward_model(r.seq, positions=r.last[:, None]).float()[:, 0]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
