@@ -229,23 +229,26 @@ class ActorCritic(torch.nn.Module):
         self.policy, self.value = policy, value
 
 
-def held_out_truth(policy: GPT, reward: GPT, tokenizer, questions: list[dict]) -> dict:
-    """Greedy replies to held-out questions: exact accuracy, true and RM reward, end rate."""
+def held_out_truth(policy: GPT, reward: GPT | None, tokenizer, questions: list[dict]) -> dict:
+    """Greedy replies to held-out questions: exact accuracy, true and RM reward (with a
+    reward model), end rate."""
     replies = complete(policy, tokenizer, [q["messages"] for q in questions],
                        Sampling(max_tokens=32, temperature=0))
-    seqs = [prompt_ids(tokenizer, q["messages"]) + r.ids + [tokenizer.end_id] * r.ended
-            for q, r in zip(questions, replies, strict=True)]  # scored as generated
-    rm = torch.cat([score_sequences(reward, seqs[i:i + 64], tokenizer.pad_id).float()
-                    for i in range(0, len(seqs), 64)])
     n = len(questions)
-    return {
+    out = {
         "true_accuracy": sum(is_correct(r.text, q["answer"]) for q, r in
                              zip(questions, replies, strict=True)) / n,
         "true_reward": sum(truth_score(r, q["answer"]) for q, r in
                            zip(questions, replies, strict=True)) / n,
-        "eval_rm_score": float(rm.mean()),
         "eval_end_rate": sum(r.ended for r in replies) / n,
     }
+    if reward is not None:
+        seqs = [prompt_ids(tokenizer, q["messages"]) + r.ids + [tokenizer.end_id] * r.ended
+                for q, r in zip(questions, replies, strict=True)]  # scored as generated
+        rm = torch.cat([score_sequences(reward, seqs[i:i + 64], tokenizer.pad_id).float()
+                        for i in range(0, len(seqs), 64)])
+        out["eval_rm_score"] = float(rm.mean())
+    return out
 
 
 def check_config(cfg: PPOConfig) -> None:

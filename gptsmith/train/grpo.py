@@ -1,0 +1,242 @@
+"""Group-baseline RL: GRPO, RLOO and REINFORCE++, with no value model.
+
+Per iteration (``GRPOTrainer.train_step``): sample a group of G replies for each of a batch
+of prompts; score them with the reward (``rewards.py``); turn rewards into one advantage
+per reply from its group or batch (``advantages``); then ``epochs`` passes of the clipped
+surrogate over the replies' tokens, with an optional KL penalty to the reference model
+(``token_loss``), aggregated per token, per sequence or Dr. GRPO's constant normaliser.
+A group whose replies all score the same teaches nothing: its advantages are zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gptsmith.config import to_dict
+from gptsmith.device import autocast
+from gptsmith.errors import GptsmithError
+from gptsmith.evaluate import is_correct, load_questions
+from gptsmith.plots import read_metrics
+from gptsmith.runs import load_model
+from gptsmith.train.batches import EpochBatches
+from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
+from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora, trainable_summary
+from gptsmith.train.rewards import parse_rewards, total_reward
+from gptsmith.train.rollout import masked_mean, reply_logprobs, sample
+
+ADVANTAGES = ("grpo", "rloo", "reinforce++")
+SCALES = ("group", "batch", "none")
+AGGREGATIONS = ("token", "sequence", "dr_grpo")
+
+
+def _grpo_train() -> TrainConfig:
+    return TrainConfig(steps=100, batch_size=8, lr=1e-5, warmup_steps=5, min_lr_ratio=1.0,
+                       weight_decay=0.0, eval_every=10, checkpoint_every=10, log_every=1)
+
+
+@dataclass
+class GRPOConfig:
+    policy: str = field(default="", metadata={"help": "SFT run directory (policy, reference)"})
+    prompts: str = field(default="", metadata={"help": "prompts (.jsonl: prompt or messages, "
+                                                       "plus fields the reward reads)"})
+    reward: str = field(default="truth", metadata={
+        "help": "truth | RM_RUN | module:function, comma-separated, each optionally @WEIGHT"})
+    eval_questions: str = field(default="", metadata={"help": "held-out known-answer questions"})
+    eval_limit: int = 100
+    out: str = field(default="runs/grpo", metadata={"help": "run directory to write"})
+    group_size: int = field(default=8, metadata={"help": "replies sampled per prompt"})
+    max_tokens: int = field(default=16, metadata={"help": "longest reply"})
+    temperature: float = 1.0
+    advantage: str = field(default="grpo", metadata={"help": "grpo | rloo | reinforce++"})
+    scale_rewards: str = field(default="", metadata={
+        "help": "group | batch | none; '': group for grpo, none for rloo, batch for reinforce++"})
+    epochs: int = field(default=1, metadata={"help": "passes over each batch of replies"})
+    minibatches: int = 1
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_aggregation: str = field(default="token", metadata={
+        "help": "token | sequence | dr_grpo"})
+    beta: float = field(default=0.01, metadata={"help": "KL penalty to the reference; 0: none "
+                                                        "(no reference model is loaded)"})
+    kl_estimator: str = field(default="k3", metadata={"help": "k1 | k3"})
+    train: TrainConfig = field(default_factory=_grpo_train)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+
+def advantages(rewards: torch.Tensor, kind: str, scale: str) -> torch.Tensor:
+    """One advantage per reply from rewards (P prompts, G replies): the group mean (grpo),
+    the mean of the other G−1 (rloo) or the batch mean (reinforce++) as baseline, then
+    divided by the group's or the batch's standard deviation, or not at all."""
+    G = rewards.size(1)
+    if kind == "grpo":
+        adv = rewards - rewards.mean(1, keepdim=True)
+    elif kind == "rloo":
+        adv = rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)
+    else:
+        adv = rewards - rewards.mean()
+    scale = scale or {"grpo": "group", "rloo": "none", "reinforce++": "batch"}[kind]
+    if scale == "group":
+        adv = adv / (rewards.std(1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        adv = adv / (rewards.std() + 1e-4)
+    return adv
+
+
+def token_loss(logp, old_logp, ref_logp, adv, cfg: GRPOConfig):
+    """Per token: the clipped surrogate −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A), plus β·KL to
+    the reference (k1: log π − log π_ref; k3: e^(log π_ref − log π) − (log π_ref − log π) − 1,
+    unbiased and never negative). ``adv`` is per reply (B, 1)."""
+    ratio = (logp - old_logp).exp()
+    loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high))
+    kl = torch.zeros_like(logp)
+    if ref_logp is not None:
+        d = ref_logp - logp
+        kl = -d if cfg.kl_estimator == "k1" else d.exp() - d - 1
+    return loss + cfg.beta * kl, ratio, kl
+
+
+def aggregate(loss: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int):
+    """token: mean over all reply tokens; sequence: mean of each reply's mean; dr_grpo: sum
+    over tokens / (replies · max_tokens), which favours neither short nor long replies."""
+    if how == "token":
+        return masked_mean(loss, mask)
+    if how == "sequence":
+        return ((loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    return (loss * mask).sum() / (mask.size(0) * max_tokens)
+
+
+class GRPOTrainer(Trainer):
+    """The shared loop with a group-baseline RL iteration as its step."""
+
+    def setup(self, cfg: GRPOConfig, ref, tokenizer, terms) -> None:
+        self.grpo, self.tok, self.terms = cfg, tokenizer, terms
+        self.ref = ref.to(self.device) if ref is not None else None
+
+    def _ref_logprobs(self, seq, pos):
+        if self.grpo.beta == 0:
+            return None
+        if self.ref is None:
+            with adapters_off(self.model):
+                return reply_logprobs(self.model, seq, pos, self.grpo.temperature)
+        return reply_logprobs(self.ref, seq, pos, self.grpo.temperature)
+
+    def train_step(self) -> dict:
+        cfg, G = self.grpo, self.grpo.group_size
+        self.set_lr()
+        batch = self.batches.next()
+        records = [q for q in batch for _ in range(G)]
+        r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
+                   cfg.temperature, self.cfg.seed + self.step * len(records), self.precision)
+        rewards = total_reward(self.terms, records, r)
+        adv = advantages(rewards.view(len(batch), G), cfg.advantage,
+                         cfg.scale_rewards).reshape(-1, 1)
+        with torch.no_grad(), autocast(self.device, self.precision):
+            old_logp = reply_logprobs(self.model, r.seq, r.pos, cfg.temperature)
+            ref_logp = self._ref_logprobs(r.seq, r.pos)
+        sums = {"loss": 0.0, "clipfrac": 0.0, "kl": 0.0, "entropy": 0.0}
+        n = 0
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(len(records)).chunk(cfg.minibatches):
+                mask = r.mask[idx]
+                with autocast(self.device, self.precision):
+                    logp, entropy = reply_logprobs(self.model, r.seq[idx], r.pos[idx],
+                                                   cfg.temperature, with_entropy=True)
+                loss, ratio, kl = token_loss(logp, old_logp[idx], None if ref_logp is None
+                                             else ref_logp[idx], adv[idx], cfg)
+                loss = aggregate(loss, mask, cfg.loss_aggregation, cfg.max_tokens)
+                loss.backward()
+                norms = self.apply_gradients()
+                with torch.no_grad():
+                    out_of_clip = (ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)
+                    sums["loss"] += float(loss)
+                    sums["clipfrac"] += float(masked_mean(out_of_clip.float(), mask))
+                    sums["kl"] += float((kl * mask).sum(1).mean())
+                    sums["entropy"] += float(masked_mean(entropy, mask))
+                n += 1
+        grouped = rewards.view(len(batch), G)
+        metrics = {k: v / n for k, v in sums.items()}
+        metrics.update(norms)
+        metrics.update({
+            "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "zero_spread_groups": float((grouped.std(1) == 0).float().mean()),
+            "reply_tokens": float(r.mask.sum(1).mean()),
+            "end_rate": float(r.ended.float().mean()), "tokens": int(r.mask.sum()),
+        })
+        graded = [is_correct(t, q["answer"]) for t, q in zip(r.texts, records, strict=True)
+                  if "answer" in q]
+        if graded:
+            metrics["train_accuracy"] = sum(graded) / len(graded)
+        return metrics
+
+
+def check_config(cfg: GRPOConfig) -> None:
+    """Refuse settings that cannot work, naming them."""
+    if not (cfg.policy and cfg.prompts):
+        raise GptsmithError("grpo needs --policy SFT_RUN and --prompts FILE")
+    checks = [
+        (cfg.advantage in ADVANTAGES, f"--advantage must be one of {', '.join(ADVANTAGES)}"),
+        (cfg.scale_rewards in ("", *SCALES), f"--scale-rewards must be one of {', '.join(SCALES)}"),
+        (cfg.loss_aggregation in AGGREGATIONS,
+         f"--loss-aggregation must be one of {', '.join(AGGREGATIONS)}"),
+        (cfg.kl_estimator in ("k1", "k3"), "--kl-estimator must be k1 or k3"),
+        (cfg.group_size >= 2, "--group-size must be >= 2 (a baseline needs other replies)"),
+        (cfg.temperature > 0, "--temperature must be > 0 (replies are sampled)"),
+        (cfg.beta >= 0 and cfg.clip_low >= 0 and cfg.clip_high >= 0,
+         "--beta, --clip-low and --clip-high must be >= 0"),
+        (cfg.max_tokens >= 1 and cfg.epochs >= 1 and cfg.minibatches >= 1,
+         "--max-tokens, --epochs and --minibatches must be >= 1"),
+        (cfg.train.grad_accum == 1 and not cfg.train.compile,
+         "--train.grad-accum and --train.compile do not apply to grpo (use --minibatches)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise GptsmithError(message)
+
+
+def grpo(cfg: GRPOConfig) -> dict:
+    """Run group-baseline RL on ``cfg.policy``; resumable like every phase."""
+    check_config(cfg)
+    out = Path(cfg.out)
+    done = finished_summary(out, to_dict(cfg))
+    if done:
+        print(f"{out}: already trained with these settings")
+        return done
+    policy, tokenizer = load_model(cfg.policy)
+    terms = parse_rewards(cfg.reward, lambda d: load_model(d)[0].requires_grad_(False))
+    prompts = load_questions(cfg.prompts, require_answer=False)
+    questions = load_questions(cfg.eval_questions, cfg.eval_limit) if cfg.eval_questions else []
+    ref = None
+    if cfg.lora.rank:
+        apply_lora(policy, cfg.lora)
+    elif cfg.beta > 0:
+        ref = load_model(cfg.policy)[0].requires_grad_(False)
+    t = cfg.train
+    torch.manual_seed(t.seed)
+
+    def evaluate(m) -> dict:
+        from gptsmith.train.ppo import held_out_truth
+
+        return held_out_truth(m, None, tokenizer, questions)
+
+    trainer = GRPOTrainer(policy, t, out, EpochBatches(prompts, t.batch_size, t.seed), None,
+                          evaluate if questions else None, phase_config=to_dict(cfg),
+                          tokenizer=tokenizer)
+    trainer.setup(cfg, ref, tokenizer, terms)
+    trainer.lora, trainer.lora_base, trainer.eval_at_start = cfg.lora, cfg.policy, bool(questions)
+    print(f"{cfg.advantage.upper()}: policy {cfg.policy}, reward {cfg.reward}, "
+          f"{len(prompts)} prompts; {t.steps} iterations of {t.batch_size} prompts x "
+          f"{cfg.group_size} replies on {trainer.device}; {trainable_summary(policy)}")
+
+    def last_iterations(_model) -> dict:
+        rows = [r for r in read_metrics(out / "metrics.jsonl") if "reward" in r][-10:]
+        keys = ("reward", "kl", "train_accuracy", "entropy", "reply_tokens", "end_rate")
+        return {k: sum(r[k] for r in rows) / len(rows) for k in keys
+                if rows and all(k in r for r in rows)}
+
+    summary = trainer.train_and_save(f"{cfg.advantage.upper()}: {out}",
+                                     finalize=last_iterations)
+    print(f"done in {summary['train_seconds']:.0f}s: reward {summary.get('reward', 0):.3f}")
+    return summary
