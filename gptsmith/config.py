@@ -10,12 +10,13 @@ import argparse
 import copy
 import dataclasses
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import GptsmithError, user_input
 
 
 def _fields(cls) -> list[tuple[str, Any, dataclasses.Field]]:
@@ -23,17 +24,17 @@ def _fields(cls) -> list[tuple[str, Any, dataclasses.Field]]:
     return [(f.name, hints[f.name], f) for f in dataclasses.fields(cls) if f.init]
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    """One flag per (nested) field of dataclass ``cls``; unset flags stay absent."""
-    for name, tp, f in _fields(cls):
-        dest = prefix + name
+def add_arguments(parser: argparse.ArgumentParser, defaults, prefix: str = "") -> None:
+    """One flag per (nested) field of the dataclass instance ``defaults``, its help showing
+    the value ``defaults`` holds (what the command really uses, default factories included,
+    not the nested class's own default); unset flags stay absent."""
+    for name, tp, f in _fields(type(defaults)):
+        dest, default = prefix + name, getattr(defaults, name)
         if dataclasses.is_dataclass(tp):
-            add_arguments(parser, tp, dest + ".")
+            add_arguments(parser, default, dest + ".")
             continue
         flag = "--" + dest.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{help_text} (default: {default})".strip()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".strip()
         if tp is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
@@ -92,8 +93,8 @@ def load_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise GptsmithError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise GptsmithError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise GptsmithError(f"{path}: the top level must be a mapping of settings")
@@ -101,11 +102,38 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def build(cls, args: argparse.Namespace, yaml_values: dict | None = None, where: str = "config"):
-    """The config: dataclass defaults, overridden by ``yaml_values``, then by given flags."""
+    """The config: dataclass defaults, overridden by ``yaml_values``, then by given flags;
+    checked (see ``check``)."""
     flags = {k: v for k, v in vars(args).items() if "." in k or k in {f.name for f in
              dataclasses.fields(cls)}}
     values = deep_update(copy.deepcopy(yaml_values or {}), to_nested(flags))
-    return _merge(cls(), values, where)
+    config = _merge(cls(), values, where)
+    check(config, where)
+    return config
+
+
+def _nested(config, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, instance) for ``config`` and every dataclass nested in it."""
+    yield path, config
+    for name, tp, _ in _fields(type(config)):
+        if dataclasses.is_dataclass(tp):
+            yield from _nested(getattr(config, name), f"{path}.{name}".lstrip("."))
+
+
+def check(config, where: str = "config") -> None:
+    """Refuse, as the user's error and before any work, settings a phase would reject only
+    later: every nested config with ``resolved()`` (a model's shape) must resolve, and every
+    ``precision`` must be one the trainers know."""
+    import torch
+
+    from gptsmith.device import resolve_precision
+
+    for path, node in _nested(config):
+        with user_input(f"{where}: {path}" if path else where):
+            if callable(getattr(node, "resolved", None)):
+                node.resolved()
+            if isinstance(getattr(node, "precision", None), str):
+                resolve_precision(node.precision, torch.device("cpu"))
 
 
 def to_dict(config) -> dict:

@@ -198,6 +198,76 @@ def forget_from(root: Path, book: dict, first: str, keep: set[Path]) -> None:
 
 
 # -- the pipeline --------------------------------------------------------------------------
+@dataclass
+class PipelineRun:
+    """One run of the pipeline: its settings and directory, the records of pipeline.json,
+    and the phases seen and run so far (for the summary table)."""
+
+    cfg: PipelineConfig
+    root: Path
+    book: dict
+    seen: list[str] = field(default_factory=list)
+    ran: set[str] = field(default_factory=set)
+
+    def phase(self, name: str, done: bool, fn, settings: dict | None = None) -> None:
+        """Skip ``name`` when done with the same settings, else run ``fn`` (which returns
+        the phase's numbers) and record its time, peak memory and numbers."""
+        self.seen.append(name)
+        settings = json.loads(json.dumps(settings or {}))  # as pipeline.json will hold them
+        if self._skip(name, done, settings):
+            print(f"== {name}: done already, skipped")
+            return
+        print(f"== {name}")
+        self.book["phases"][name] = _measured(name, fn, settings)
+        save_records(self.root, self.book)
+        self.ran.add(name)
+
+    def _skip(self, name: str, done: bool, settings: dict) -> bool:
+        """Whether a done phase can be kept: refused when it ran with other settings, redone
+        when it was made but never recorded."""
+        old = self.book["phases"].get(name)
+        if done and old is not None:
+            changed = config_differences(old.get("settings", {}), settings)
+            if changed:
+                raise GptsmithError(
+                    f"{self.root}: phase {name} was done with other settings "
+                    f"({'; '.join(changed)}); rerun with the same settings, or add --from "
+                    f"{name} to redo it and every phase after it")
+        if done and old is None:  # made, then interrupted before it was recorded
+            print(f"== {name}: output found but not recorded: redoing it (same settings, "
+                  "same result)")
+            return False
+        return done
+
+    def trainer(self, name: str, cfg, train_fn, extra: dict | None = None) -> None:
+        """A training phase: done when its run directory holds a finished run that
+        pipeline.json recorded (without that record the trainer itself checks the settings)."""
+        settings = dataclasses.asdict(cfg)  # before train_fn fills in derived fields
+        self.phase(name, _finished(Path(cfg.out)) and name in self.book["phases"],
+                   lambda: {**_without_config(train_fn(cfg)), **(extra or {})}, settings)
+
+
+def _measured(name: str, fn, settings: dict) -> dict:
+    """Run phase ``name``'s ``fn``: its record (time, peak memory, settings, numbers)."""
+    whole_phase = reset_peak_memory()
+    start = time.perf_counter()
+    os.environ["GPTSMITH_PHASE"] = name  # for the crash tests' fault hook
+    try:
+        numbers = fn() or {}
+    except GptsmithError as e:  # a phase's "start over with --overwrite" is --from here
+        raise GptsmithError(str(e).replace("--overwrite", f"--from {name}")) from None
+    finally:
+        os.environ.pop("GPTSMITH_PHASE", None)
+    fault("phase-end", name)  # done, not yet recorded
+    record = {"seconds": round(time.perf_counter() - start, 1),
+              "peak_rss_mb": round(peak_memory_mb()),
+              "peak_memory": "phase" if whole_phase else "process",
+              "settings": settings, "numbers": numbers}
+    if torch.cuda.is_available():
+        record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return record
+
+
 def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
     """Run (or skip) every phase, print the summary table, write report.html; the records
     of the phases of this configuration, as in pipeline.json."""
@@ -208,126 +278,102 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     given = dataclasses.asdict(cfg)  # before the phases fill in their paths
-    book = load_records(root)
+    run = PipelineRun(cfg, root, load_records(root))
     if redo_from is not None:
         inputs = (cfg.corpus, cfg.demos, cfg.questions, cfg.comparisons, cfg.rl_prompts)
-        forget_from(root, book, redo_from, {Path(p).resolve() for p in inputs if p})
-    seen: list[str] = []
-    ran: set[str] = set()
+        forget_from(root, run.book, redo_from, {Path(p).resolve() for p in inputs if p})
+    base_model_phases(run)
+    sft_phases(run)
+    runs = [root / "pretrain", root / "sft", *rlhf_phases(run)]
+    eval_phase(run, runs)
+    write_config(root, given)  # what the pipeline directory now holds was made with
+    rows = summary_rows(run.book["phases"], run.seen, run.ran)
+    print(summary_table(rows))
+    write_report(root, rows)
+    print(f"report: {root / 'report.html'}")
+    return {name: run.book["phases"].get(name) for name in run.seen}
 
-    def phase(name: str, done: bool, fn, settings: dict | None = None) -> None:
-        """Skip ``name`` when done with the same settings, else run ``fn`` (which returns
-        the phase's numbers) and record its time, peak memory and numbers."""
-        seen.append(name)
-        settings = json.loads(json.dumps(settings or {}))  # as pipeline.json will hold them
-        old = book["phases"].get(name)
-        if done and old is not None:
-            changed = config_differences(old.get("settings", {}), settings)
-            if changed:
-                raise GptsmithError(
-                    f"{root}: phase {name} was done with other settings ({'; '.join(changed)}); "
-                    f"rerun with the same settings, or add --from {name} to redo it and every "
-                    "phase after it")
-        if done and old is None:  # made, then interrupted before it was recorded
-            print(f"== {name}: output found but not recorded: redoing it (same settings, "
-                  "same result)")
-            done = False
-        if done:
-            print(f"== {name}: done already, skipped")
-            return
-        print(f"== {name}")
-        whole_phase = reset_peak_memory()
-        start = time.perf_counter()
-        os.environ["GPTSMITH_PHASE"] = name  # for the crash tests' fault hook
-        try:
-            numbers = fn() or {}
-        except GptsmithError as e:  # a phase's "start over with --overwrite" is --from here
-            raise GptsmithError(str(e).replace("--overwrite", f"--from {name}")) from None
-        finally:
-            os.environ.pop("GPTSMITH_PHASE", None)
-        fault("phase-end", name)  # done, not yet recorded
-        record = {"seconds": round(time.perf_counter() - start, 1),
-                  "peak_rss_mb": round(peak_memory_mb()),
-                  "peak_memory": "phase" if whole_phase else "process",
-                  "settings": settings, "numbers": numbers}
-        if torch.cuda.is_available():
-            record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-        book["phases"][name] = record
-        save_records(root, book)
-        ran.add(name)
 
-    tok = root / "tokenizer.json"
-    phase("tokenizer", tok.exists(),
-          lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok),
-          {"corpus": cfg.corpus, "vocab_size": cfg.vocab_size})
-    data = root / "data"
-    phase("data", (data / "meta.json").exists(),
-          lambda: _data_numbers(prepare_data(cfg.corpus, tok, data, cfg.val_fraction,
-                                                    overwrite=True)),
-          {"corpus": cfg.corpus, "val_fraction": cfg.val_fraction})
+def base_model_phases(run: PipelineRun) -> None:
+    """tokenizer, data, pretrain and samples: the base model, and its samples printed."""
+    cfg, root = run.cfg, run.root
+    tok, data = root / "tokenizer.json", root / "data"
+    run.phase("tokenizer", tok.exists(),
+              lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok),
+              {"corpus": cfg.corpus, "vocab_size": cfg.vocab_size})
+    run.phase("data", (data / "meta.json").exists(),
+              lambda: _data_numbers(prepare_data(cfg.corpus, tok, data, cfg.val_fraction,
+                                                 overwrite=True)),
+              {"corpus": cfg.corpus, "val_fraction": cfg.val_fraction})
     cfg.pretrain.data, cfg.pretrain.out = str(data), str(root / "pretrain")
-    _trainer_phase(phase, book, "pretrain", cfg.pretrain, pretrain)
+    run.trainer("pretrain", cfg.pretrain, pretrain)
     samples = root / "pretrain" / "samples.txt"
-    phase("samples", samples.exists(), lambda: write_samples(root / "pretrain", samples))
+    run.phase("samples", samples.exists(), lambda: write_samples(root / "pretrain", samples))
     print(samples.read_text())
 
+
+def sft_phases(run: PipelineRun) -> None:
+    """demos (built-in demonstrations, unless --demos gives a file) and sft."""
+    cfg, root = run.cfg, run.root
     demos = root / "sft_data"
-    default = cfg.demos == "default"
-    if default:
+    if cfg.demos == "default":
+        data = root / "data"
         world = World.load(data / "world.json") if (data / "world.json").exists() else World()
-        phase("demos", (demos / "questions.jsonl").exists(),
-              lambda: write_default_demos(world, demos))
+        run.phase("demos", (demos / "questions.jsonl").exists(),
+                  lambda: write_default_demos(world, demos))
         cfg.sft.data, cfg.sft.val_data = str(demos / "train.jsonl"), str(demos / "val.jsonl")
     else:
         cfg.sft.data = cfg.demos
     cfg.sft.base, cfg.sft.out = str(root / "pretrain"), str(root / "sft")
-    _trainer_phase(phase, book, "sft", cfg.sft, sft)
+    run.trainer("sft", cfg.sft, sft)
 
+
+def rlhf_inputs(cfg: PipelineConfig, root: Path) -> tuple[str, str, str]:
+    """The eval questions, RM comparisons and PPO prompts: the given files, else (with the
+    built-in demonstrations) the built-in ones and the labeler's rankings, else ''."""
+    default, demos = cfg.demos == "default", root / "sft_data"
     questions = cfg.questions or (str(demos / "questions.jsonl") if default else "")
     comparisons = cfg.comparisons or (str(root / "rankings.jsonl") if default else "")
     rl_prompts = cfg.rl_prompts or (str(demos / "prompts.jsonl") if default else "")
-    if default and not cfg.comparisons:
+    return questions, comparisons, rl_prompts
+
+
+def rlhf_phases(run: PipelineRun) -> list[Path]:
+    """label (unless --comparisons gives them), rm and ppo; the RLHF run directory made
+    (none without comparisons and prompts)."""
+    cfg, root = run.cfg, run.root
+    questions, comparisons, rl_prompts = rlhf_inputs(cfg, root)
+    if cfg.demos == "default" and not cfg.comparisons:
         def rank_samples() -> dict:
             return {**label(str(root / "sft"), rl_prompts, comparisons, k=cfg.label_k,
                             limit=cfg.label_prompts), "k": cfg.label_k}
 
-        phase("label", Path(comparisons).exists(), rank_samples,
-              {"k": cfg.label_k, "prompts": cfg.label_prompts, "rl_prompts": rl_prompts})
-    runs = [root / "pretrain", root / "sft"]
-    if comparisons and rl_prompts:
-        cfg.rm.base, cfg.rm.data, cfg.rm.out = str(root / "sft"), comparisons, str(root / "rm")
-        _trainer_phase(phase, book, "rm", cfg.rm, train_reward_model)
-        cfg.ppo.policy, cfg.ppo.reward = str(root / "sft"), str(root / "rm")
-        cfg.ppo.prompts, cfg.ppo.out = rl_prompts, str(root / "ppo")
-        cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
-        _trainer_phase(phase, book, "ppo", cfg.ppo, ppo,
-                       {"rollouts": cfg.ppo.train.batch_size})
-        runs.append(root / "ppo")
-    else:
+        run.phase("label", Path(comparisons).exists(), rank_samples,
+                  {"k": cfg.label_k, "prompts": cfg.label_prompts, "rl_prompts": rl_prompts})
+    if not (comparisons and rl_prompts):
         print("== rm, ppo: skipped (give --comparisons and --rl-prompts for your own data)")
-    if questions:
-        done = all((root / name).exists() for name in ("eval.json", "eval.txt", "answers.json"))
-        phase("eval", done, lambda: evaluate_phases(runs, questions, cfg.eval_limit,
+        return []
+    cfg.rm.base, cfg.rm.data, cfg.rm.out = str(root / "sft"), comparisons, str(root / "rm")
+    run.trainer("rm", cfg.rm, train_reward_model)
+    cfg.ppo.policy, cfg.ppo.reward = str(root / "sft"), str(root / "rm")
+    cfg.ppo.prompts, cfg.ppo.out = rl_prompts, str(root / "ppo")
+    cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
+    run.trainer("ppo", cfg.ppo, ppo, {"rollouts": cfg.ppo.train.batch_size})
+    return [root / "ppo"]
+
+
+def eval_phase(run: PipelineRun, runs: list[Path]) -> None:
+    """eval (when there are questions): every model on the held-out questions, printed."""
+    cfg, root = run.cfg, run.root
+    questions = rlhf_inputs(cfg, root)[0]
+    if not questions:
+        return
+    done = all((root / name).exists() for name in ("eval.json", "eval.txt", "answers.json"))
+    run.phase("eval", done, lambda: evaluate_phases(runs, questions, cfg.eval_limit,
                                                     cfg.eval_samples, root),
               {"questions": questions, "limit": cfg.eval_limit, "samples": cfg.eval_samples,
                "models": [str(r) for r in runs]})
-        print((root / "eval.txt").read_text())
-
-    write_config(root, given)  # what the pipeline directory now holds was made with
-    rows = summary_rows(book["phases"], seen, ran)
-    print(summary_table(rows))
-    write_report(root, rows)
-    print(f"report: {root / 'report.html'}")
-    return {name: book["phases"].get(name) for name in seen}
-
-
-def _trainer_phase(phase, book: dict, name: str, cfg, train_fn, extra: dict | None = None):
-    """A training phase: done when its run directory holds a finished run that
-    pipeline.json recorded (without that record the trainer itself checks the settings)."""
-    run_dir = Path(cfg.out)
-    settings = dataclasses.asdict(cfg)  # before train_fn fills in derived fields
-    phase(name, _finished(run_dir) and name in book["phases"],
-          lambda: {**_without_config(train_fn(cfg)), **(extra or {})}, settings)
+    print((root / "eval.txt").read_text())
 
 
 def _data_numbers(meta: dict) -> dict:

@@ -13,6 +13,7 @@ from gptsmith.data.shards import prepare_shards
 from gptsmith.data.world import World
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.tokenizer import Tokenizer, train_tokenizer
+from tests.leftovers import leftovers, untracked_files
 
 PROSE = (
     "Now is the winter of our discontent made glorious summer by this sun of York; "
@@ -28,6 +29,18 @@ def tiny_texts(n: int = 300) -> list[str]:
     for i in range(n):
         texts.append(world.paragraph(rng) if i % 2 else PROSE[rng.randint(0, 80):])
     return texts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers_in_the_working_tree():
+    """Fail the session if its tests left new untracked files in the repository (every
+    test writes under tmp dirs only); skipped where git is unavailable."""
+    before = untracked_files()
+    yield
+    left = leftovers(before, untracked_files())
+    if left:
+        pytest.fail(f"the tests left files in the working tree: {', '.join(left)}; "
+                    "write them under tmp_path instead", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +78,11 @@ def tiny_run(tokenizer, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture
 def tiny_pipeline_args(tmp_path: Path) -> list[str]:
     """`gptsmith pipeline` arguments for a run of seconds: a tiny corpus, model and data
-    (demonstrations, questions, comparisons) written under ``tmp_path``; out: tmp_path/pipe."""
+    (demonstrations, questions, comparisons) written under the test's ``tmp_path``; out:
+    tmp_path/pipe. A fixture, so it cannot be pointed at the working tree."""
     import json
 
     corpus = tmp_path / "corpus.txt"

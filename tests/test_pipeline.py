@@ -16,7 +16,6 @@ from gptsmith.cli import main, make_parser
 from gptsmith.pipeline import FILLED, PHASES, RECIPES, PipelineConfig, config_from_args
 from gptsmith.plots import plot_eval
 from gptsmith.report import summary_rows, summary_table, write_report
-from tests.conftest import tiny_pipeline_args
 
 SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml"))
 
@@ -137,8 +136,8 @@ def _table(stdout: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_pipeline_reports_skips_when_done_and_redoes_from_a_phase(tmp_path):
-    args = tiny_pipeline_args(tmp_path)
+def test_pipeline_reports_skips_when_done_and_redoes_from_a_phase(tmp_path, tiny_pipeline_args):
+    args = tiny_pipeline_args
     out = tmp_path / "pipe"
     first = _pipeline(args)
     phases = ["tokenizer", "data", "pretrain", "samples", "sft", "rm", "ppo", "eval"]
@@ -176,10 +175,10 @@ def test_pipeline_reports_skips_when_done_and_redoes_from_a_phase(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_pipeline_killed_in_any_phase_completes_when_rerun(tmp_path):
+def test_a_pipeline_killed_in_any_phase_completes_when_rerun(tmp_path, tiny_pipeline_args):
     """SIGKILL in turn at the end of a phase not yet recorded, and mid-training in every
     trainer; each rerun goes further, and the last one finishes the whole pipeline."""
-    args = tiny_pipeline_args(tmp_path)
+    args = tiny_pipeline_args
     kills = ["phase-end:tokenizer", "phase-end:data", "pretrain/after-step:5",
              "phase-end:samples", "sft/after-step:3", "rm/after-step:2", "ppo/after-step:2",
              "phase-end:eval"]

@@ -8,8 +8,11 @@ import subprocess
 import sys
 import time
 
+from gptsmith.chat import complete, stream_reply
 from gptsmith.cli import main
+from gptsmith.engine import Sampling
 from gptsmith.evaluate import is_correct
+from gptsmith.runs import load_model
 
 
 class Terminal:
@@ -40,19 +43,31 @@ class Terminal:
         os.write(self.master, (line + "\n").encode())
 
 
+def expected_chat_line(run, messages: list[dict], max_tokens: int) -> str:
+    """What the terminal chat prints for its next greedy reply to ``messages``."""
+    model, tokenizer = load_model(run)
+    pieces: list[str] = []
+    reply = stream_reply(model, tokenizer, messages,
+                         Sampling(max_tokens=max_tokens, temperature=0), pieces.append)
+    return "assistant> " + "".join(pieces) + ("\n" if reply.ended else " [no end of turn]\n")
+
+
 def test_chat_in_a_terminal(tiny_run):
     term = Terminal(sys.executable, "-m", "gptsmith", "chat", str(tiny_run), "--max-tokens", "8",
                     "--temperature", "0")
     term.expect("you> ")
     term.send("What is 2 plus 2?")
-    reply = term.expect("you> ")
-    assert "assistant> " in reply
+    reply = term.expect("you> ").replace("\r\n", "\n")
+    first = [{"role": "user", "content": "What is 2 plus 2?"}]
+    assert reply == "What is 2 plus 2?\n" + expected_chat_line(tiny_run, first, 8) + "you> "
     term.send("/system Answer briefly.")
-    assert "system prompt set" in term.expect("you> ")
+    assert "(system prompt set; conversation reset)" in term.expect("you> ")
     term.send("And 3 plus 3?")
-    assert "assistant> " in term.expect("you> ")
+    second = [{"role": "system", "content": "Answer briefly."},
+              {"role": "user", "content": "And 3 plus 3?"}]  # the reset forgot the first turn
+    assert expected_chat_line(tiny_run, second, 8) in term.expect("you> ").replace("\r\n", "\n")
     term.send("/reset")
-    assert "conversation reset" in term.expect("you> ")
+    assert "(conversation reset)" in term.expect("you> ")
     term.send("/quit")
     assert term.proc.wait(timeout=30) == 0
 
@@ -65,8 +80,14 @@ def test_generate_answers_every_line_and_keeps_fields(tiny_run, tmp_path):
     assert main(["generate", "--model", str(tiny_run), "--input", str(src), "--output", str(out),
                  "--max-tokens", "5", "--temperature", "0"]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == [1, 2]
-    assert all(isinstance(r["response"], str) and "finished" in r for r in rows)
+    model, tokenizer = load_model(tiny_run)
+    replies = complete(model, tokenizer, [[{"role": "user", "content": "Hello"}],
+                                          [{"role": "user", "content": "Hi"}]],
+                       Sampling(max_tokens=5, temperature=0))
+    assert rows == [{"prompt": "Hello", "id": 1, "response": replies[0].text,
+                     "finished": replies[0].ended},
+                    {"messages": [{"role": "user", "content": "Hi"}], "id": 2,
+                     "response": replies[1].text, "finished": replies[1].ended}]
 
 
 def test_generate_names_a_prompt_too_long(tiny_run, tmp_path, capsys):
@@ -79,19 +100,33 @@ def test_generate_names_a_prompt_too_long(tiny_run, tmp_path, capsys):
 
 
 def test_eval_scores_models_side_by_side(tiny_run, tmp_path, capsys):
+    """Questions whose answer (or myth) is the model's own greedy reply, or one it never
+    gives: the scores are known exactly."""
+    model, tokenizer = load_model(tiny_run)
+    convs = [[{"role": "user", "content": f"What is {i} plus 1?"}] for i in range(6)]
+    greedy = complete(model, tokenizer, convs, Sampling(max_tokens=6, temperature=0))
+    never = "an answer no model gives"
+    answers = [r.text if i < 3 else never for i, r in enumerate(greedy)]  # right: half
+    myths = [r.text if i == 5 else never for i, r in enumerate(greedy)]  # the myth: one
     q = tmp_path / "q.jsonl"
-    q.write_text("".join(json.dumps({"prompt": f"What is {i} plus 1?", "answer": str(i + 1),
-                                     "myth": str(i + 2)}) + "\n" for i in range(6)))
+    q.write_text("".join(json.dumps({"prompt": c[0]["content"], "answer": a, "myth": m}) + "\n"
+                         for c, a, m in zip(convs, answers, myths, strict=True)))
     out = tmp_path / "scores.json"
     assert main(["eval", "--model", str(tiny_run), "--model", str(tiny_run), "--questions",
                  str(q), "--max-tokens", "6", "--show", "2", "--samples", "2",
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "accuracy" in text and text.count("Q: What is") == 2
-    scores = json.loads(out.read_text())
-    assert len(scores) == 2 and scores[0] == scores[1]
-    assert 0 <= scores[0]["accuracy"] <= 1 and scores[0]["mean_tokens"] <= 6
-    assert 0 <= scores[0]["sampled_accuracy"] <= 1 and scores[0]["sampled_myth_rate"] is not None
+    assert text.count("Q: What is") == 2 and text.count("[right]") == 4  # 2 shown, 2 models
+    sampled = complete(model, tokenizer, [c for c in convs for _ in range(2)],
+                       Sampling(max_tokens=6, temperature=1.0), batch_size=128)
+    score = {"model": str(tiny_run), "accuracy": 0.5, "myth_rate": round(1 / 6, 4),
+             "end_rate": round(sum(r.ended for r in greedy) / 6, 4),
+             "mean_tokens": round(sum(r.tokens for r in greedy) / 6, 4),
+             "sampled_accuracy": round(sum(is_correct(r.text, answers[i // 2])
+                                           for i, r in enumerate(sampled)) / 12, 4),
+             "sampled_myth_rate": round(sum(is_correct(r.text, myths[i // 2])
+                                            for i, r in enumerate(sampled)) / 12, 4)}
+    assert json.loads(out.read_text()) == [score, score]
 
 
 def test_exact_answers():
