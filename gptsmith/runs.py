@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import GptsmithError, MissingFile
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.tokenizer import Tokenizer
 
@@ -78,6 +78,17 @@ def save_model(run_dir: Path, model: GPT, state: dict[str, torch.Tensor] | None 
     atomic_write_text(run_dir / "model.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
 
 
+RUN_FILES = ("model.safetensors", "model.json", "tokenizer.json")  # what load_model reads
+
+
+def check_run(run_dir: str | Path) -> None:
+    """Refuse a run directory that lacks a file ``load_model`` reads."""
+    for name in RUN_FILES:
+        if not (Path(run_dir) / name).exists():
+            raise MissingFile(f"{run_dir}: no {name} here; point at a finished run directory "
+                              "(e.g. runs/default/pretrain)")
+
+
 def load_model(run_dir: str | Path, device: str | torch.device = "auto") -> tuple[GPT, Tokenizer]:
     """The model and tokenizer saved in a run directory, on ``device`` (``auto``: a CUDA
     GPU when there is one, else the CPU)."""
@@ -85,12 +96,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "auto") -> tupl
 
     device = pick_device(device) if isinstance(device, str) else device
     run_dir = Path(run_dir)
+    check_run(run_dir)
     weights = run_dir / "model.safetensors"
-    if not weights.exists():
-        raise GptsmithError(
-            f"{run_dir}: no model.safetensors here; point at a finished run directory "
-            "(e.g. runs/default/pretrain)"
-        )
     cfg = GPTConfig(**json.loads((run_dir / "model.json").read_text()))
     # no random initialisation first; weights stored in bf16 (an import) train in fp32
     model = GPT.from_state_dict(cfg, {k: v.float() for k, v in load_file(str(weights)).items()})

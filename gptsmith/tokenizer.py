@@ -14,6 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from gptsmith.errors import InvalidSetting, MissingFile
 from gptsmith.templates import OURS
 
 BOS, USER, ASSISTANT, SYSTEM, END, PAD = (
@@ -98,7 +99,7 @@ class Tokenizer:
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no tokenizer here (run `gptsmith tokenizer train`)")
+            raise MissingFile(f"{path}: no tokenizer here (run `gptsmith tokenizer train`)")
         config_path = path.parent / CONFIG_FILE
         config = json.loads(config_path.read_text()) if config_path.exists() else None
         return cls(HFTokenizer.from_file(str(path)), config)
@@ -150,7 +151,8 @@ class Tokenizer:
 def train_tokenizer(texts: Iterable[str], vocab_size: int, show_progress: bool = True) -> Tokenizer:
     """Learn a byte-level BPE of ``vocab_size`` ids (special tokens included)."""
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"vocab_size must be > {256 + len(SPECIAL_TOKENS)}, got {vocab_size}")
+        raise InvalidSetting(f"vocab_size must be > {256 + len(SPECIAL_TOKENS)}, got "
+                             f"{vocab_size}")
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),

@@ -293,3 +293,26 @@ def test_smollm2_imports_with_transformers_logits(tmp_path):
     assert ids == hf_prompt(hf_tok, conv)
     with torch.no_grad():
         assert (model(torch.tensor([ids])) - hf(torch.tensor([ids])).logits).abs().max() < 1e-3
+
+
+def test_import_and_export_commands(tokenizer, tmp_path, capsys):
+    from gptsmith.cli import main
+
+    vocab = hf_tokenizer_dir(tokenizer, tmp_path / "hf", "chatml")
+    tiny_hf_model("llama", vocab).save_pretrained(tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run"),
+                 "--dtype", "bf16", "--seq-len", "32"]) == 0
+    assert "imported LlamaForCausalLM" in capsys.readouterr().out
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(tmp_path / "run" / "model.safetensors").values()} == \
+        {torch.bfloat16}  # kept as asked; training upcasts
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["seq_len"] == 32
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf_out")]) == 0
+    assert (tmp_path / "hf_out" / "config.json").exists()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf_out")]) == 2
+    assert "already exists" in capsys.readouterr().err
