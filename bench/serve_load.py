@@ -12,6 +12,7 @@ share the CPUs. Errors, non-200 answers and streams without ``[DONE]`` make it e
 
     .venv/bin/python bench/serve_load.py                  # a fresh random model, default shape
     .venv/bin/python bench/serve_load.py --requests 32 --run runs/default/ppo
+    .venv/bin/python bench/serve_load.py --max-tokens 0   # no max_tokens, as openai sends
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ async def http(port: int, method: str, path: str, body: dict | None = None):
 async def one_request(port: int, model: str, i: int, max_tokens: int) -> dict:
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": f"Tell me about {TOPICS[i % 7]}, #{i}."}],
-            "max_tokens": max_tokens, "temperature": 1.0, "seed": i}
+            "temperature": 1.0, "seed": i}
+    if max_tokens:  # 0: left out, as the official client does (the rest of the context)
+        body["max_tokens"] = max_tokens
     r, t0 = {"ok": False, "ttft": None, "tokens": 0, "text": ""}, time.perf_counter()
     status, reader, writer = await http(port, "POST", "/v1/chat/completions", body)
     try:
@@ -144,7 +147,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=64, help="total per configuration")
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=64,
+                   help="per request; 0 leaves it out (each reply may fill the context)")
     p.add_argument("--max-batch", type=int, default=16, help="the batched configuration")
     p.add_argument("--run", help="a trained run directory (default: a fresh random model)")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -153,8 +157,9 @@ def main():
         p.error("--max-batch must be >= 2 (it is compared with max_batch=1)")
     with tempfile.TemporaryDirectory() as d:
         run = Path(args.run) if args.run else make_run(Path(d) / "model")
+        size = f"{args.max_tokens} tokens" if args.max_tokens else "no max_tokens"
         print(f"{args.run or 'random-init model, depth 4, vocab 2048'}; {args.clients} clients, "
-              f"{args.requests} requests of {args.max_tokens} tokens, temperature 1; server "
+              f"{args.requests} requests of {size}, temperature 1; server "
               f"and clients share {os.cpu_count()} CPUs; times in seconds")
         out = {b: serve_and_load(run, b, args, Path(d)) for b in (args.max_batch, 1)}
     print("max_batch  req/s   tok/s tok/req TTFT p50    p95 total p50    p95 errors")

@@ -78,8 +78,10 @@ class Batcher:
         self._thread.start()
 
     def submit(self, ticket: Ticket) -> Ticket:
-        """Queue a request. Its prompt plus ``max_tokens`` must fit the context."""
+        """Queue a request. Its prompt plus ``max_tokens`` (at least 1) must fit the context."""
         s = ticket.sampling
+        if s.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {s.max_tokens}")
         if not ticket.prompt or len(ticket.prompt) + s.max_tokens > self.ctx:
             raise ValueError(f"a prompt of {len(ticket.prompt)} tokens plus {s.max_tokens} new "
                              f"tokens does not fit the context of {self.ctx}")
@@ -116,20 +118,21 @@ class Batcher:
                     self._cache = KVCache(self.model.cfg, 0, self.ctx, None)
 
     def _admit(self) -> None:
-        """Move waiting requests (oldest first) into the batch while there is room."""
+        """Move waiting requests (oldest first) into the batch while it has fewer than
+        ``max_batch`` rows.
+
+        The cache never needs more than ``ctx`` slots, whatever the rows' lengths and
+        budgets: rows are right-aligned and the leading slots no row uses are dropped (join
+        aligns to the longest row, keep cuts the smallest padding), so ``pos`` is the longest
+        running row, and each row's prompt plus budget fits the context (``submit``).
+        """
         new: list[Ticket] = []
         while self._waiting and len(self._rows) + len(new) < self.max_batch:
-            t = self._waiting[0]
+            t = self._waiting.popleft()
             if t.cancelled.is_set():
-                self._waiting.popleft()
                 t._send(("done", "cancelled"))
-                continue
-            joining = [*new, t]
-            length = max(self._cache.pos, *(len(x.prompt) for x in joining))
-            left = [r.left for r in self._rows] + [x.sampling.max_tokens for x in joining]
-            if length + max(left) > self.ctx:
-                break  # it joins once running rows have finished
-            new.append(self._waiting.popleft())
+            else:
+                new.append(t)
         if not new:
             return
         idx, pad = left_padded([t.prompt for t in new], self.device)

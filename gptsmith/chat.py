@@ -136,14 +136,16 @@ def stream_reply(model: GPT, tokenizer: Tokenizer, messages: list[dict], s: Samp
                  write) -> Reply:
     """Generate the next assistant turn, passing text pieces to ``write`` as they come."""
     decoder = IncrementalDecoder(tokenizer, skip_special=True)
-    s = dataclasses.replace(s, stop_ids=(tokenizer.end_id,))
+    s = dataclasses.replace(s, stop_ids=tokenizer.stop_ids)
     ids: list[int] = []
     for (token,) in stream(model, [prompt_ids(tokenizer, messages)], s):
         ids.append(token)
-        if token != tokenizer.end_id:
+        if token not in tokenizer.stop_ids:
             write(decoder.push(token))
-    ended = bool(ids) and ids[-1] == tokenizer.end_id
-    return Reply(tokenizer.decode(ids[:-1] if ended else ids, skip_special=True), ended, len(ids))
+    write(decoder.flush())
+    ended = bool(ids) and ids[-1] in tokenizer.stop_ids
+    body = ids[:-1] if ended else ids
+    return Reply(tokenizer.decode(body, skip_special=True), ended, len(ids), body)
 
 
 def repl(model: GPT, tokenizer: Tokenizer, s: Sampling, system: str = "",

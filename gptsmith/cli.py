@@ -348,12 +348,10 @@ def cmd_studio(args) -> None:
     from gptsmith.studio.db import Database
 
     if args.studio_command == "serve":
+        from gptsmith.serve import parse_named_runs
         from gptsmith.studio.app import serve_studio
 
-        models = {}
-        for spec in args.model:
-            name, sep, path = spec.partition("=")
-            models[name if sep else Path(spec).name] = path if sep else spec
+        models = {name: str(path) for name, path in parse_named_runs(args.model).items()}
         serve_studio(args.db, args.host, args.port,
                      args.admin_token or os.environ.get("GPTSMITH_STUDIO_ADMIN_TOKEN"), models)
         return
@@ -577,8 +575,8 @@ def cmd_sample(args) -> None:
     s = _sampling(args)
     check_run(args.run)
     model, tokenizer = load_model(args.run, "cuda" if torch.cuda.is_available() else "cpu")
-    s.stop_ids = (tokenizer.bos_id, tokenizer.end_id)
-    prompt = [tokenizer.bos_id, *tokenizer.encode(args.prompt)]
+    s.stop_ids = tuple(dict.fromkeys((*tokenizer.bos_ids, *tokenizer.stop_ids)))
+    prompt = tokenizer.encode_document(args.prompt)
     if len(prompt) >= model.cfg.seq_len:
         raise InvalidSetting(f"--prompt: its {len(prompt)} tokens leave no room in the model's "
                              f"context of {model.cfg.seq_len} tokens")
@@ -589,6 +587,7 @@ def cmd_sample(args) -> None:
         for (token,) in stream(model, [prompt], s):
             sys.stdout.write(decoder.push(token))
             sys.stdout.flush()
+        sys.stdout.write(decoder.flush())
         sys.stdout.write("\n" if args.n == 1 else "\n" + "-" * 40 + "\n")
 
 

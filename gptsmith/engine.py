@@ -1,8 +1,8 @@
 """The engine: batched sampling with a KV cache, used by everything that generates.
 
 Prompts of different lengths are left-padded to a common end and decoded together; each row
-has its own random generator (seed + row), so row i of a batch samples exactly what that
-prompt alone would sample with seed + i.
+has its own random generator (seed + row) and its own token budget, so row i of a batch
+samples exactly what that prompt alone would sample with seed + i.
 """
 
 from __future__ import annotations
@@ -76,38 +76,55 @@ def left_padded(prompts: Sequence[Sequence[int]],
     return idx, pad
 
 
+def budgets(prompts: Sequence[Sequence[int]], max_tokens: int, ctx: int) -> list[int]:
+    """Each row's own number of new tokens: ``max_tokens``, or what its prompt leaves of the
+    context (a long prompt ends early without cutting the other rows short)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    if longest >= ctx:
+        raise ValueError(f"prompt of {longest} tokens leaves no room in a context of {ctx}")
+    return [min(max_tokens, ctx - len(p)) for p in prompts]
+
+
 @torch.no_grad()
 def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> Iterator[list[int | None]]:
     """Yield, per decoding step, each row's new token (None once the row has stopped).
 
-    A row stops after emitting a stop id (which is yielded) or at ``max_tokens``; decoding
-    also ends where the model's context is full.
+    Row i stops after emitting a stop id (which is yielded) or after ``min(max_tokens,
+    context - len(prompt i))`` tokens. Stopped rows leave the batch (their cache rows are
+    dropped), so the others go on as they would alone.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    device = next(model.parameters()).device
-    longest = max(len(p) for p in prompts)
-    ctx = model.cfg.seq_len
-    if longest >= ctx:
-        raise ValueError(f"prompt of {longest} tokens leaves no room in a context of {ctx}")
-    budget = min(s.max_tokens, ctx - longest)
-    if budget == 0:
+    left = budgets(prompts, s.max_tokens, model.cfg.seq_len)
+    if max(left) == 0:
         return
-    B = len(prompts)
+    device = next(model.parameters()).device
     idx, pad = left_padded(prompts, device)
-    gens = [torch.Generator(device=device).manual_seed(s.seed + i) for i in range(B)]
-    cache = KVCache(model.cfg, B, longest + budget, pad)
+    gens = [torch.Generator(device=device).manual_seed(s.seed + i) for i in range(len(prompts))]
+    # dropping stopped rows cuts the padding no running row needs, so pos never passes the
+    # longest running row: prompt + budget slots are enough for every row
+    slots = max(len(p) + n for p, n in zip(prompts, left, strict=True))
+    cache = KVCache(model.cfg, len(prompts), slots, pad)
     stops = torch.tensor(list(s.stop_ids), device=device, dtype=torch.long)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    rows = list(range(len(prompts)))  # the running rows, as indices into prompts
     logits = model(idx, cache=cache)[:, -1].float()
-    for step in range(budget):
-        tok = _next_tokens(logits, s, gens)
-        out = [None if d else int(t) for t, d in zip(tok.tolist(), done.tolist(), strict=True)]
+    while True:
+        tok = _next_tokens(logits, s, [gens[i] for i in rows])
+        out: list[int | None] = [None] * len(prompts)
+        stopped = torch.isin(tok, stops).tolist() if len(stops) else [False] * len(rows)
+        keep = []
+        for j, (i, t) in enumerate(zip(rows, tok.tolist(), strict=True)):
+            out[i] = t
+            left[i] -= 1
+            if left[i] > 0 and not stopped[j]:
+                keep.append(j)
         yield out
-        if len(stops):
-            done |= torch.isin(tok, stops)
-        if bool(done.all()) or step == budget - 1:
+        if not keep:
             return
+        if len(keep) < len(rows):
+            rows = [rows[j] for j in keep]
+            cache.keep(keep)
+            tok = tok[keep]
         logits = model(tok[:, None], cache=cache)[:, -1].float()
 
 

@@ -106,24 +106,37 @@ class KVCache:
 
     ``pad`` holds each row's number of left-padding slots: prompts of different lengths are
     left-aligned to a common end so that every row decodes its next token at the same slot.
+    A row's own position is its slot minus its padding, so the model's context limits each
+    row's length (``pos - pad``), not the number of slots: ``max_len`` may exceed it.
     """
 
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, pad: torch.Tensor | None):
-        if max_len > cfg.seq_len:
-            raise ValueError(f"cache length {max_len} exceeds the model context {cfg.seq_len}")
         self.cfg, self.batch_size, self.max_len = cfg, batch_size, max_len
-        self.pad = pad if pad is not None and bool(pad.any()) else None
+        self._set_pad(pad if pad is not None and bool(pad.any()) else None)
         self.pos = 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
+    def _set_pad(self, pad: torch.Tensor | None) -> None:
+        """Keep ``pad`` and its minimum as a number, so that the forward's context check
+        costs no device round trip."""
+        self.pad = pad
+        self.min_pad = int(pad.min()) if pad is not None and len(pad) else 0
+
+    def longest(self, new: int = 0) -> int:
+        """The longest row's length once ``new`` more slots are filled (what RoPE must reach)."""
+        return self.pos + new - self.min_pad
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"the KV cache has {self.max_len} slots; {end} are needed (make "
+                             "it longer, or drop finished rows with keep)")
         if self.k is None:
             shape = (self.cfg.depth, self.batch_size, self.cfg.n_kv_head, self.max_len,
                      self.cfg.head_dim)
             self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
-        end = self.pos + k.size(2)
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -139,6 +152,8 @@ class KVCache:
     def _rebuild(self, parts: list[tuple[KVCache, torch.Tensor, int]], length: int) -> None:
         """Rows ``rows`` of each cache, shifted right by ``shift`` slots, into fresh tensors
         of ``length`` filled slots (zeros where a row has no keys: masked, never NaN)."""
+        if length > self.max_len:
+            raise ValueError(f"the KV cache has {self.max_len} slots; {length} are needed")
         first = parts[0][0].k
         rows = sum(len(r) for _, r, _ in parts)
         shape = (self.cfg.depth, rows, self.cfg.n_kv_head, self.max_len, self.cfg.head_dim)
@@ -153,13 +168,14 @@ class KVCache:
             pads.append(cache.pads()[r] + shift)
             at += len(r)
         self.k, self.v, self.pos, self.batch_size = k, v, length, rows
-        self.pad = torch.cat(pads)
+        self._set_pad(torch.cat(pads))
 
     def keep(self, rows: list[int]) -> None:
         """Only ``rows`` stay, in that order; leading slots no kept row uses are dropped."""
         if not rows:
             self.k = self.v = None
-            self.pos, self.batch_size, self.pad = 0, 0, None
+            self.pos, self.batch_size = 0, 0
+            self._set_pad(None)
             return
         index = torch.tensor(rows, dtype=torch.long, device=self.k.device)
         cut = int(self.pads()[index].min())
@@ -168,14 +184,12 @@ class KVCache:
     def join(self, other: KVCache) -> None:
         """Append ``other``'s rows; both are right-aligned at the longer one's position, so
         every row decodes its next token at the same slot."""
+        theirs = torch.arange(other.batch_size, device=other.k.device)
         if self.k is None:
-            self.k, self.v, self.pos, self.batch_size = other.k, other.v, other.pos, \
-                other.batch_size
-            self.pad = other.pads()
+            self._rebuild([(other, theirs, 0)], other.pos)
             return
         length = max(self.pos, other.pos)
         mine = torch.arange(self.batch_size, device=self.k.device)
-        theirs = torch.arange(other.batch_size, device=self.k.device)
         self._rebuild([(self, mine, length - self.pos), (other, theirs, length - other.pos)],
                       length)
 
@@ -288,9 +302,10 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.seq_len:
+        longest = cache.longest(T) if cache is not None else T  # a padded row starts later
+        if longest > self.cfg.seq_len:
             raise ValueError(
-                f"sequence of {start + T} tokens exceeds the model context of {self.cfg.seq_len}"
+                f"sequence of {longest} tokens exceeds the model context of {self.cfg.seq_len}"
             )
         slots = torch.arange(start, start + T, device=idx.device)
         mask, causal = None, cache is None or (start == 0 and T > 1)

@@ -21,9 +21,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -51,21 +51,39 @@ class ServedModel:
     created: int
 
 
-def load_served(specs: list[str], max_batch: int = 16,
-                device: str = "cpu") -> dict[str, ServedModel]:
-    """Load each ``RUN_DIR`` or ``NAME=RUN_DIR``; a bare directory is named after itself
-    (``runs/default/ppo`` -> ``ppo``), or after its last two parts when names collide."""
-    pairs = []
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        pairs.append((name, Path(path)) if sep else (None, Path(spec)))
+def _split_spec(spec: str) -> tuple[str | None, Path]:
+    """``NAME=RUN_DIR`` as (name, directory); a bare ``RUN_DIR`` as (None, directory)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        return None, Path(spec)
+    if not name.strip():
+        raise GptsmithError(f"{spec!r}: no name before '='; write NAME=RUN_DIR or RUN_DIR")
+    if not path.strip():
+        raise GptsmithError(f"{spec!r}: no run directory after '='; write NAME=RUN_DIR")
+    return name.strip(), Path(path)
+
+
+def parse_named_runs(specs: list[str]) -> dict[str, Path]:
+    """Each ``RUN_DIR`` or ``NAME=RUN_DIR`` as name -> run directory, in order: a bare
+    directory is named after itself (``runs/default/ppo`` -> ``ppo``), or after its last two
+    parts when bare names collide. Two models of one name are an error, not a silent loss."""
+    pairs = [_split_spec(spec) for spec in specs]
     short = [p.name for n, p in pairs if n is None]
-    served: dict[str, ServedModel] = {}
+    runs: dict[str, Path] = {}
     for name, path in pairs:
         if name is None:
             name = path.name if short.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
-        if name in served:
+        if name in runs:
             raise GptsmithError(f"two models are named {name!r}; name them: NAME=RUN_DIR")
+        runs[name] = path
+    return runs
+
+
+def load_served(specs: list[str], max_batch: int = 16,
+                device: str = "cpu") -> dict[str, ServedModel]:
+    """Load each ``RUN_DIR`` or ``NAME=RUN_DIR`` (named as :func:`parse_named_runs` says)."""
+    served: dict[str, ServedModel] = {}
+    for name, path in parse_named_runs(specs).items():
         model, tokenizer = load_model(path, device)
         created = int((path / "model.safetensors").stat().st_mtime)
         served[name] = ServedModel(name, path, model, tokenizer, Batcher(model, max_batch), created)
@@ -180,6 +198,12 @@ class Choice:
     tokens: int = 0
     finish: str | None = None
 
+    def last_piece(self) -> str:
+        """The text held back when the choice ends: a cut last character, then whatever the
+        stop sequences held (up to a stop sequence the cut character completes)."""
+        piece, stopped = self.stop.push(self.decoder.flush())
+        return piece if stopped else piece + self.stop.flush()
+
 
 class Generation:
     """One request's choices: checked and set up at once (so errors answer as JSON before
@@ -255,7 +279,7 @@ class Generation:
                     raise APIError(500, f"generation failed: {value}", type="server_error")
                 else:
                     c.finish = "stop" if value in ("stop", "cancelled") else "length"
-                    piece = c.stop.flush()
+                    piece = c.last_piece()
                     c.text += piece
                     open_ -= 1
                     yield i, piece
@@ -270,173 +294,217 @@ def _sse(payload: dict | str) -> str:
 
 # -- the app -------------------------------------------------------------------------------
 
+@dataclass
+class Server:
+    """What the routes share: the served models and the access rules."""
+
+    models: dict[str, ServedModel]
+    api_key: str | None
+    max_body: int
+    page_html: str
+
+    def lookup(self, name: str) -> ServedModel:
+        if name not in self.models:
+            raise APIError(404, f"The model {name!r} does not exist; served: "
+                           f"{', '.join(self.models)}.", "model", "model_not_found")
+        return self.models[name]
+
+
+def server(request: Request) -> Server:
+    """The app's :class:`Server` (a dependency)."""
+    return request.app.state.server
+
+
+def require_key(request: Request) -> None:
+    """Refuse a request without the server's API key (when it has one): a dependency of
+    every ``/v1`` route, and checked before a ``/v1`` 404 or 405 too."""
+    key = server(request).api_key
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        raise APIError(401, "Incorrect or missing API key: send the header "
+                       "'Authorization: Bearer <key>'.", code="invalid_api_key")
+
+
+async def limit_body(request: Request) -> None:
+    """Refuse a body whose declared size is over the limit before reading it; it is read and
+    dropped first (up to 64 MiB), so that a client still sending gets the 413, not a reset."""
+    limit, size = server(request).max_body, request.headers.get("content-length")
+    if size is None or not size.isdigit() or int(size) <= limit:
+        return
+    if int(size) <= 64 << 20:
+        async for _ in request.stream():
+            pass
+    raise APIError(413, f"the request body of {int(size)} bytes exceeds the limit of {limit} "
+                   "bytes", code="request_too_large")
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, also when it comes without Content-Length (chunked): at most the limit."""
+    limit, data, size = server(request).max_body, bytearray(), 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            data += chunk
+        elif size > 64 << 20:
+            break
+    if size > limit:
+        raise APIError(413, f"the request body exceeds the limit of {limit} bytes",
+                       code="request_too_large")
+    return bytes(data)
+
+
+async def api_error(request: Request, e: APIError) -> JSONResponse:
+    return e.response()
+
+
+async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    """404 and 405 as OpenAI errors; under ``/v1`` a missing key still answers 401 first."""
+    try:
+        if request.url.path.startswith("/v1/"):
+            require_key(request)
+    except APIError as refused:
+        return refused.response()
+    code = "not_found" if e.status_code == 404 else None
+    return APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
+                    code=code).response()
+
+
+async def internal_error(request: Request, e: Exception) -> JSONResponse:
+    log.exception("error serving %s", request.url.path)
+    return APIError(500, "internal server error (see the server log)",
+                    type="server_error").response()
+
+
+UseServer = Annotated[Server, Depends(server)]
+pages = APIRouter(include_in_schema=False)
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_key), Depends(limit_body)])
+
+
+@pages.get("/", response_class=HTMLResponse)
+async def page(srv: UseServer):
+    return HTMLResponse(srv.page_html, headers={
+        "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                   "style-src 'self' 'unsafe-inline'"})
+
+
+@pages.get("/health")
+async def health(srv: UseServer):
+    return {"status": "ok", "models": list(srv.models)}
+
+
+def model_card(m: ServedModel) -> dict:
+    return {"id": m.name, "object": "model", "created": m.created, "owned_by": "gptsmith",
+            "context_length": m.model.cfg.seq_len}
+
+
+@api.get("/models")
+async def list_models(srv: UseServer):
+    return {"object": "list", "data": [model_card(m) for m in srv.models.values()]}
+
+
+@api.get("/models/{name:path}")
+async def get_model(name: str, srv: UseServer):
+    return model_card(srv.lookup(name))
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: Request, srv: UseServer):
+    req = _validated(ChatRequest, await read_body(request))
+    served = srv.lookup(req.model)
+    if not req.messages:
+        raise APIError(400, "messages must not be empty", "messages")
+    messages = [_text_content(m, i) for i, m in enumerate(req.messages)]
+    problem = check_conversation(messages, for_generation=True)
+    if problem:
+        raise APIError(400, problem, "messages")
+    return await respond(request, served, req, [prompt_ids(served.tokenizer, messages)], "chat")
+
+
+@api.post("/completions")
+async def completions(request: Request, srv: UseServer):
+    req = _validated(CompletionRequest, await read_body(request))
+    served = srv.lookup(req.model)
+    texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    if not texts or len(texts) * req.n > MAX_N:
+        raise APIError(400, f"give 1 to {MAX_N} prompts x n in all", "prompt")
+    tok = served.tokenizer
+    prompts = [tok.encode_document(t) for t in texts]
+    return await respond(request, served, req, prompts, "text")
+
+
+async def respond(request: Request, served: ServedModel, req: _Common,
+                  prompts: list[list[int]], kind: Literal["chat", "text"]):
+    """Run the request: one JSON answer, or server-sent events with ``stream``."""
+    tok = served.tokenizer
+    stop_ids = tok.stop_ids if kind == "chat" else \
+        tuple(dict.fromkeys((*tok.bos_ids, *tok.stop_ids)))
+    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+    head = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
+            "created": int(time.time()), "model": served.name, "system_fingerprint": None}
+    gen = Generation(served, request, prompts, req, stop_ids)
+    if not req.stream:
+        async for _ in gen.pieces():
+            pass
+        return {**head, "choices": [_choice(i, c, kind) for i, c in enumerate(gen.choices)],
+                "usage": gen.usage()}
+    head["object"] += ".chunk" if kind == "chat" else ""
+    return StreamingResponse(_events(gen, head, kind, req), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+def _choice(i: int, c: Choice, kind: str) -> dict:
+    """A finished choice as the whole answer lists it."""
+    if kind == "chat":
+        return {"index": i, "message": {"role": "assistant", "content": c.text},
+                "logprobs": None, "finish_reason": c.finish}
+    return {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish}
+
+
+def _chunk(i: int, piece: str | None, kind: str, finish: str | None = None) -> dict:
+    """One choice's new text (or, with ``piece`` None, its end) as a stream chunk lists it."""
+    if kind == "chat":
+        delta = {} if piece is None else {"content": piece}
+        return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {"index": i, "text": piece or "", "logprobs": None, "finish_reason": finish}
+
+
+async def _events(gen: Generation, head: dict, kind: str, req: _Common) -> AsyncIterator[str]:
+    """The server-sent events of a streamed answer: (the role,) text pieces, each choice's
+    finish, (the usage,) ``[DONE]``; an error after the start is sent as an event."""
+    pieces = gen.pieces()
+    try:
+        if kind == "chat":
+            yield _sse({**head, "choices": [
+                {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                 "finish_reason": None} for i in range(len(gen.choices))]})
+        async for i, piece in pieces:
+            if piece:
+                yield _sse({**head, "choices": [_chunk(i, piece, kind)]})
+        for i, c in enumerate(gen.choices):
+            yield _sse({**head, "choices": [_chunk(i, None, kind, c.finish)]})
+        if (req.stream_options or {}).get("include_usage"):
+            yield _sse({**head, "choices": [], "usage": gen.usage()})
+        yield _sse("[DONE]")
+    except APIError as e:
+        yield _sse({"error": {"message": e.message, "type": e.type, "code": e.code}})
+    finally:
+        await pieces.aclose()
+
+
 def create_app(models: dict[str, ServedModel], api_key: str | None = None,
                max_body: int = 1_000_000) -> FastAPI:
+    """The HTTP app over ``models``: the chat page and the ``/v1`` API (behind ``api_key``
+    when one is given; bodies up to ``max_body`` bytes)."""
     app = FastAPI(title="gptsmith", docs_url="/docs", redoc_url=None)
     app.state.models = models
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError):
-        return e.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException):
-        code = "not_found" if e.status_code == 404 else None
-        return APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
-                        code=code).response()
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception):
-        log.exception("error serving %s", request.url.path)
-        return APIError(500, "internal server error (see the server log)",
-                        type="server_error").response()
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """The API key and the body-size limit, checked before any work is done."""
-        try:
-            if request.url.path.startswith("/v1/"):
-                if api_key is not None:
-                    given = request.headers.get("authorization", "")
-                    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                        raise APIError(401, "Incorrect or missing API key: send the header "
-                                       "'Authorization: Bearer <key>'.", code="invalid_api_key")
-                size = request.headers.get("content-length")
-                if size is not None and size.isdigit() and int(size) > max_body:
-                    await drain(request, int(size))
-                    raise APIError(413, f"the request body of {int(size)} bytes exceeds the "
-                                   f"limit of {max_body} bytes", code="request_too_large")
-        except APIError as e:
-            return e.response()
-        return await call_next(request)
-
-    async def drain(request: Request, size: int) -> None:
-        """Read and drop an oversized body (up to 64 MiB), so that the client, still sending,
-        gets the 413 answer rather than a reset connection."""
-        if size <= 64 << 20:
-            async for _ in request.stream():
-                pass
-
-    async def body(request: Request) -> bytes:
-        data, size = bytearray(), 0
-        async for chunk in request.stream():  # a body without Content-Length (chunked)
-            size += len(chunk)
-            if size <= max_body:
-                data += chunk
-            elif size > 64 << 20:
-                break
-        if size > max_body:
-            raise APIError(413, f"the request body exceeds the limit of {max_body} bytes",
-                           code="request_too_large")
-        return bytes(data)
-
-    def lookup(name: str) -> ServedModel:
-        if name not in models:
-            raise APIError(404, f"The model {name!r} does not exist; served: "
-                           f"{', '.join(models)}.", "model", "model_not_found")
-        return models[name]
-
-    def model_card(m: ServedModel) -> dict:
-        return {"id": m.name, "object": "model", "created": m.created, "owned_by": "gptsmith",
-                "context_length": m.model.cfg.seq_len}
-
-    page_html = PAGE.read_text()
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page():
-        return HTMLResponse(page_html, headers={
-            "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-                                       "style-src 'self' 'unsafe-inline'"})
-
-    @app.get("/health", include_in_schema=False)
-    async def health():
-        return {"status": "ok", "models": list(models)}
-
-    @app.get("/v1/models")
-    async def list_models():
-        return {"object": "list", "data": [model_card(m) for m in models.values()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def get_model(name: str):
-        return model_card(lookup(name))
-
-    async def respond(request: Request, served: ServedModel, req: _Common,
-                      prompts: list[list[int]], kind: Literal["chat", "text"]):
-        tok = served.tokenizer
-        stop_ids = (tok.end_id,) if kind == "chat" else (tok.bos_id, tok.end_id)
-        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
-        created = int(time.time())
-        head = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
-                "created": created, "model": served.name, "system_fingerprint": None}
-        gen = Generation(served, request, prompts, req, stop_ids)
-        if not req.stream:
-            async for _ in gen.pieces():
-                pass
-            if kind == "chat":
-                out = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                        "logprobs": None, "finish_reason": c.finish}
-                       for i, c in enumerate(gen.choices)]
-            else:
-                out = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish}
-                       for i, c in enumerate(gen.choices)]
-            return {**head, "choices": out, "usage": gen.usage()}
-
-        head["object"] += ".chunk" if kind == "chat" else ""
-
-        def chunk(i: int, piece: str | None, finish: str | None = None) -> dict:
-            if kind == "chat":
-                delta = {} if piece is None else {"content": piece}
-                return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {"index": i, "text": piece or "", "logprobs": None, "finish_reason": finish}
-
-        async def events():
-            pieces = gen.pieces()
-            try:
-                if kind == "chat":
-                    yield _sse({**head, "choices": [
-                        {"index": i, "delta": {"role": "assistant", "content": ""},
-                         "logprobs": None, "finish_reason": None}
-                        for i in range(len(gen.choices))]})
-                async for i, piece in pieces:
-                    if piece:
-                        yield _sse({**head, "choices": [chunk(i, piece)]})
-                for i, c in enumerate(gen.choices):
-                    yield _sse({**head, "choices": [chunk(i, None, c.finish)]})
-                if (req.stream_options or {}).get("include_usage"):
-                    yield _sse({**head, "choices": [], "usage": gen.usage()})
-                yield _sse("[DONE]")
-            except APIError as e:
-                yield _sse({"error": {"message": e.message, "type": e.type, "code": e.code}})
-            finally:
-                await pieces.aclose()
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        req = _validated(ChatRequest, await body(request))
-        served = lookup(req.model)
-        if not req.messages:
-            raise APIError(400, "messages must not be empty", "messages")
-        messages = [_text_content(m, i) for i, m in enumerate(req.messages)]
-        problem = check_conversation(messages, for_generation=True)
-        if problem:
-            raise APIError(400, problem, "messages")
-        return await respond(request, served, req, [prompt_ids(served.tokenizer, messages)],
-                             "chat")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        req = _validated(CompletionRequest, await body(request))
-        served = lookup(req.model)
-        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not texts or len(texts) * req.n > MAX_N:
-            raise APIError(400, f"give 1 to {MAX_N} prompts x n in all", "prompt")
-        tok = served.tokenizer
-        prompts = [[tok.bos_id, *tok.encode(t)] for t in texts]
-        return await respond(request, served, req, prompts, "text")
-
+    app.state.server = Server(models, api_key, max_body, PAGE.read_text())
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    app.include_router(pages)
+    app.include_router(api)
     return app
 
 

@@ -171,7 +171,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, show_progress: bool =
 
 
 class IncrementalDecoder:
-    """Turns a stream of ids into text pieces, holding back incomplete UTF-8 characters.
+    """Turns a stream of ids into text pieces, holding back incomplete UTF-8 characters;
+    :meth:`flush` at the end of the stream sends what is still held back.
 
     Only the ids not yet sent are decoded (byte-level tokens decode piecewise), so each
     push costs the same however long the reply already is.
@@ -186,5 +187,12 @@ class IncrementalDecoder:
         text = self.tokenizer.decode(self.pending, skip_special=self.skip_special)
         if text.endswith("\ufffd"):
             return ""  # wait for the rest of the character
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        """What is held back, decoded as it stands (a cut character as U+FFFD): the end of
+        the stream, so the pieces join to the decode of every id."""
+        text = self.tokenizer.decode(self.pending, skip_special=self.skip_special)
         self.pending = []
         return text

@@ -1,6 +1,6 @@
 import torch
 
-from gptsmith.engine import Sampling, filter_logits, generate
+from gptsmith.engine import Sampling, filter_logits, generate, stream
 
 
 def test_batched_sampling_equals_each_prompt_alone(tiny_model):
@@ -39,3 +39,30 @@ def test_top_k_and_top_p_filtering():
     assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [[False, False, True, True]]
     kept = ~torch.isinf(filter_logits(logits, 0, 0.7))
     assert kept.tolist() == [[True, True, False, False]]
+
+
+def test_a_long_prompt_does_not_shorten_the_other_rows(tiny_model):
+    """Each row's budget is its own: max_tokens, or what is left of the context after its own
+    prompt; a prompt near the end of the context ends early without cutting the others."""
+    ctx = tiny_model.cfg.seq_len
+    long, short = [1] * (ctx - 3), [5, 6, 7]
+    s = Sampling(max_tokens=20, temperature=1.0, seed=4)
+    steps = list(stream(tiny_model, [long, short], s))
+    assert [t is None for t, _ in steps] == [False] * 3 + [True] * 17
+    assert all(t is not None for _, t in steps)
+    out = generate(tiny_model, [long, short], s)
+    assert out[0] == generate(tiny_model, [long], s)[0]
+    assert out[1] == generate(tiny_model, [short], Sampling(**{**s.__dict__, "seed": 5}))[0]
+    assert [len(o) for o in out] == [3, 20]
+
+
+def test_rows_that_stop_early_leave_the_others_unchanged(tiny_model):
+    """Rows that hit a stop id leave the batch; the rest go on sampling what they would alone."""
+    prompts = [[3, 1, 4], [1, 5, 9, 2, 6], [5, 3], [5, 8, 9, 7, 9, 3, 2]]
+    free = generate(tiny_model, prompts, Sampling(max_tokens=15, seed=8))
+    s = Sampling(max_tokens=15, seed=8, stop_ids=(free[0][2], free[2][5]))
+    batched = generate(tiny_model, prompts, s)
+    for i, p in enumerate(prompts):
+        assert batched[i] == generate(tiny_model, [p], Sampling(**{**s.__dict__, "seed": 8 + i}))[0]
+    assert len(batched[0]) <= 3 and len(batched[2]) <= 6
+    assert max(len(b) for b in batched) == 15

@@ -48,3 +48,31 @@ def test_scalar_head_gives_one_value_per_position(tokenizer):
 def test_context_overflow_is_refused(tiny_model):
     with pytest.raises(ValueError, match="exceeds the model context"):
         tiny_model(torch.zeros(1, tiny_model.cfg.seq_len + 1, dtype=torch.long))
+
+
+def test_the_context_limit_is_per_row_not_per_cache_slot(tiny_model):
+    """Padded rows may fill more slots than the context: each row's own length is what the
+    RoPE tables limit, so the rows decode as they would alone."""
+    ctx = tiny_model.cfg.seq_len
+    torch.manual_seed(3)
+    a = torch.randint(0, tiny_model.cfg.vocab_size, (1, ctx - 1))
+    b = torch.randint(0, tiny_model.cfg.vocab_size, (1, ctx - 3))
+    pads = torch.tensor([2, 4])
+    batch = torch.cat([torch.cat([torch.zeros(1, int(p), dtype=torch.long), x], 1)
+                       for p, x in zip(pads, (a, b), strict=True)])
+    cache = KVCache(tiny_model.cfg, 2, ctx + 2, pad=pads)
+    tiny_model(batch, cache=cache)
+    step = tiny_model(torch.tensor([[7], [7]]), cache=cache)[:, 0]
+    assert cache.pos == ctx + 2  # more slots than the context; row a holds ctx tokens
+    for row, x in enumerate((a, b)):
+        alone = tiny_model(torch.cat([x, torch.tensor([[7]])], 1))[0, -1]
+        torch.testing.assert_close(step[row], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        tiny_model(torch.tensor([[7], [7]]), cache=cache)  # row a would hold ctx + 1 tokens
+
+
+def test_a_full_cache_is_a_clear_error(tiny_model):
+    cache = KVCache(tiny_model.cfg, 1, 8, pad=None)
+    tiny_model(torch.zeros(1, 6, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="KV cache has 8 slots"):
+        tiny_model(torch.zeros(1, 3, dtype=torch.long), cache=cache)

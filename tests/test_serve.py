@@ -9,14 +9,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
 import torch
 
 from gptsmith.batching import Batcher, Ticket
+from gptsmith.chat import prompt_ids
 from gptsmith.engine import Sampling, generate
-from gptsmith.serve import StopText, create_app, load_served
+from gptsmith.errors import GptsmithError
+from gptsmith.serve import StopText, create_app, load_served, parse_named_runs
 from tests.live import running
 
 KEY = "test-key"
@@ -30,6 +33,38 @@ def drain(ticket: Ticket) -> tuple[list[int], str]:
             tokens.append(value)
         else:
             return tokens, value
+
+
+def start_together(monkeypatch, batcher: Batcher, n: int) -> None:
+    """Hold the batcher's next admission until ``n`` requests have arrived, so that they start
+    decoding together however the threads that send them are scheduled."""
+    admit, opened = batcher._admit, threading.Event()
+
+    def gated() -> None:  # runs on the batcher's thread
+        deadline = time.time() + 20
+        while not opened.is_set() and time.time() < deadline \
+                and batcher._inbox.qsize() + len(batcher._waiting) < n:
+            time.sleep(0.002)
+        if not opened.is_set():
+            while not batcher._inbox.empty():
+                batcher._waiting.append(batcher._inbox.get())
+            opened.set()
+        admit()
+
+    monkeypatch.setattr(batcher, "_admit", gated)
+
+
+def engine_reply(served, messages: list[dict], max_tokens: int | None, seed: int,
+                 temperature: float = 1.0) -> tuple[str, int, str]:
+    """What the engine alone makes of a chat request: (text, tokens, finish reason)."""
+    tok = served.tokenizer
+    prompt = prompt_ids(tok, messages)
+    budget = max_tokens or served.model.cfg.seq_len - len(prompt)
+    ids = generate(served.model, [prompt], Sampling(max_tokens=budget, temperature=temperature,
+                                                    seed=seed, stop_ids=(tok.end_id,)))[0]
+    ended = bool(ids) and ids[-1] == tok.end_id
+    return (tok.decode(ids[:-1] if ended else ids, skip_special=True), len(ids),
+            "stop" if ended else "length")
 
 
 def test_batcher_rows_sample_what_they_would_alone(tiny_model):
@@ -65,6 +100,28 @@ def test_batcher_stop_ids_and_cancel(tiny_model):
         assert reason == "cancelled"
         with pytest.raises(ValueError, match="does not fit"):
             batcher.submit(Ticket([1] * 60, Sampling(max_tokens=10)))
+        with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+            batcher.submit(Ticket([1], Sampling(max_tokens=0)))
+    finally:
+        batcher.close()
+
+
+def test_rows_budgeted_to_the_context_end_are_decoded_together(tiny_model, monkeypatch):
+    """Prompts of different lengths, each allowed the rest of the context (what a request
+    without max_tokens gets), share the batch and sample exactly their solo tokens."""
+    ctx = tiny_model.cfg.seq_len
+    prompts = [[7 + i] * (28 - 5 * i) for i in range(6)]  # the longest first
+    samplings = [Sampling(max_tokens=ctx - len(p), temperature=0.9, seed=i)
+                 for i, p in enumerate(prompts)]
+    solo = [generate(tiny_model, [p], s)[0] for p, s in zip(prompts, samplings, strict=True)]
+    batcher = Batcher(tiny_model, max_batch=8)
+    start_together(monkeypatch, batcher, len(prompts))
+    try:
+        tickets = [batcher.submit(Ticket(p, s)) for p, s in zip(prompts, samplings, strict=True)]
+        for ticket, want in zip(tickets, solo, strict=True):
+            assert drain(ticket) == (want, "length")
+        assert batcher.peak_batch == 6
+        assert batcher.steps == ctx - 3  # the longest budget, not their sum (291)
     finally:
         batcher.close()
 
@@ -96,20 +153,60 @@ def client(server):
     return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0)
 
 
-def test_models_chat_and_usage(client):
+def test_models_chat_and_usage(server, client):
+    served = server[1]["sft"]
     assert [m.id for m in client.models.list()] == ["sft", "base"]
     msgs = [{"role": "system", "content": "Be brief."},
             {"role": "user", "content": "What is 2 plus 3?"}]
     r = client.chat.completions.create(model="sft", messages=msgs, max_tokens=8, seed=5, n=2)
     assert r.object == "chat.completion" and r.model == "sft" and len(r.choices) == 2
-    assert all(c.message.role == "assistant" for c in r.choices)
-    assert r.usage.completion_tokens >= 2 and r.usage.prompt_tokens > 5
+    want = [engine_reply(served, msgs, 8, seed) for seed in (5, 6)]  # choice i: seed + i
+    assert [(c.message.role, c.message.content, c.finish_reason) for c in r.choices] == \
+        [("assistant", text, finish) for text, _, finish in want]
+    assert r.usage.prompt_tokens == len(prompt_ids(served.tokenizer, msgs))
+    assert r.usage.completion_tokens == sum(n for _, n, _ in want)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-    again = client.chat.completions.create(model="sft", messages=msgs, max_tokens=8, seed=5, n=2)
-    assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
     greedy = client.chat.completions.create(model="sft", messages=msgs, max_tokens=8,
                                             temperature=0)
-    assert greedy.choices[0].finish_reason in ("stop", "length")
+    text, _, finish = engine_reply(served, msgs, 8, 0, temperature=0)
+    assert (greedy.choices[0].message.content, greedy.choices[0].finish_reason) == (text, finish)
+
+
+def test_requests_without_max_tokens_are_decoded_together(server, client, monkeypatch):
+    """The official client leaves max_tokens out: each reply may then fill the rest of the
+    context, and requests of different lengths must still share the batch."""
+    served = server[1]["sft"]
+    batcher = served.batcher
+    start_together(monkeypatch, batcher, 8)
+    steps, batcher.peak_batch = batcher.steps, 0
+    convs = [[{"role": "user", "content": "Tell me " + "more " * i}] for i in range(8)]
+
+    def one(i):
+        return client.chat.completions.create(model="sft", messages=convs[i], seed=i)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(one, range(8)))
+    assert batcher.peak_batch == 8
+    made = [r.usage.completion_tokens for r in replies]
+    assert batcher.steps - steps == max(made)  # not sum(made): one after another
+    for i, r in enumerate(replies):
+        text, tokens, finish = engine_reply(served, convs[i], None, i)
+        assert (r.choices[0].message.content, r.choices[0].finish_reason) == (text, finish)
+        assert r.usage.completion_tokens == tokens
+
+
+def test_a_reply_cut_inside_a_character_keeps_its_last_bytes(server, client):
+    """A reply that runs out of tokens in the middle of a UTF-8 character ends with a
+    replacement character (as decoding its ids gives), streamed or not."""
+    served = server[1]["sft"]
+    msgs = [{"role": "user", "content": "Say something."}]
+    seed = next(s for s in range(50) if engine_reply(served, msgs, 7, s)[0].endswith("\ufffd"))
+    text = engine_reply(served, msgs, 7, seed)[0]
+    whole = client.chat.completions.create(model="sft", messages=msgs, max_tokens=7, seed=seed)
+    assert whole.choices[0].message.content == text
+    chunks = client.chat.completions.create(model="sft", messages=msgs, max_tokens=7, seed=seed,
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
 
 
 def test_streaming_chat_equals_the_whole_reply(client):
@@ -149,6 +246,8 @@ def test_wrong_or_missing_api_key_is_401(server):
     assert e.value.status_code == 401 and "API key" in e.value.body["message"]
     status, body = call(server[0], "GET", "/v1/models", auth=False)
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    assert call(server[0], "GET", "/v1/nothing", auth=False)[0] == 401  # no route probing
+    assert call(server[0], "POST", "/v1/models", b"{}", auth=False)[0] == 401
     assert call(server[0], "GET", "/health", auth=False)[0] == 200
 
 
@@ -195,11 +294,12 @@ def test_unknown_route_and_method_are_json(server):
     assert status == 404 and body["error"]["code"] == "model_not_found"
 
 
-def test_concurrent_requests_are_decoded_together(server, client):
+def test_concurrent_requests_are_decoded_together(server, client, monkeypatch):
     models = server[1]
     batcher = models["base"].batcher
-    steps, batcher.peak_batch = batcher.steps, 0
     n = 6
+    start_together(monkeypatch, batcher, n)
+    steps, batcher.peak_batch = batcher.steps, 0
 
     def one(i):
         return client.completions.create(model="base", prompt=f"Request {i}", max_tokens=24,
@@ -207,8 +307,8 @@ def test_concurrent_requests_are_decoded_together(server, client):
 
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
         texts = list(pool.map(one, range(n)))
-    assert batcher.peak_batch > 1
-    assert batcher.steps - steps < n * 24  # fewer steps than one request after another
+    assert batcher.peak_batch == n
+    assert batcher.steps - steps <= 24  # not n * 24: one request after another
     alone = [one(i) for i in range(2)]
     assert alone == texts[:2]  # a request's reply does not depend on its neighbours
 
@@ -241,7 +341,8 @@ def test_server_binds_loopback_by_default():
 
 
 def test_generation_errors_are_json_not_tracebacks(server, monkeypatch, client):
-    batcher = server[1]["sft"].batcher
+    served = server[1]["sft"]
+    batcher = served.batcher
 
     def broken(*a, **k):
         raise RuntimeError("device on fire")
@@ -251,8 +352,10 @@ def test_generation_errors_are_json_not_tracebacks(server, monkeypatch, client):
         client.chat.completions.create(model="sft", messages=CHAT["messages"], max_tokens=4)
     assert "device on fire" in e.value.body["message"]
     monkeypatch.undo()
-    ok = client.chat.completions.create(model="sft", messages=CHAT["messages"], max_tokens=4)
-    assert ok.choices[0].finish_reason in ("stop", "length")
+    ok = client.chat.completions.create(model="sft", messages=CHAT["messages"], max_tokens=4,
+                                        seed=2)
+    text, _, finish = engine_reply(served, CHAT["messages"], 4, 2)
+    assert (ok.choices[0].message.content, ok.choices[0].finish_reason) == (text, finish)
 
 
 def test_kv_cache_keep_and_join_match_fresh_decoding(tiny_model):
@@ -294,4 +397,18 @@ def test_serve_many_threads_share_one_batcher(tiny_model):
     for t in threads:
         t.join()
     batcher.close()
-    assert all(len(tokens) == 15 and reason == "length" for tokens, reason in results.values())
+    for i, (tokens, reason) in results.items():
+        solo = generate(tiny_model, [[1 + i % 5]], Sampling(max_tokens=15, seed=i))[0]
+        assert (tokens, reason) == (solo, "length")
+
+
+def test_named_runs_name_bare_directories_and_refuse_clashes():
+    assert parse_named_runs(["runs/a/sft", "b=runs/x", "runs/a/ppo"]) == {
+        "sft": Path("runs/a/sft"), "b": Path("runs/x"), "ppo": Path("runs/a/ppo")}
+    assert parse_named_runs(["runs/a/sft", "runs/b/sft/"]) == {
+        "a/sft": Path("runs/a/sft"), "b/sft": Path("runs/b/sft")}
+    for specs, words in [(["=runs/x"], "no name before '='"), (["x="], "no run directory"),
+                         (["x=runs/a", "x=runs/b"], "two models are named 'x'"),
+                         (["sft=runs/x", "runs/a/sft"], "two models are named 'sft'")]:
+        with pytest.raises(GptsmithError, match=words):
+            parse_named_runs(specs)

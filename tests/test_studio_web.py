@@ -157,8 +157,9 @@ def test_two_annotators_with_the_keyboard_make_data_that_sft_and_rm_train_on(
                  "--out", str(tmp_path / "sft"), *TRAIN]) == 0
     assert main(["rm", "--base", str(tmp_path / "sft"), "--data", str(ranks),
                  "--val-data", str(ranks), "--out", str(tmp_path / "rm"), *TRAIN]) == 0
-    for run in ("sft", "rm"):
-        assert (tmp_path / run / "summary.json").is_file()
+    for run, data in (("sft", demos), ("rm", ranks)):  # trained 2 steps on what was exported
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        assert summary["steps"] == 2 and str(data) in json.dumps(summary["config"])
     db.close()
 
 

@@ -39,3 +39,39 @@ def test_incremental_decoder_never_splits_a_character(tokenizer):
     pieces = [decoder.push(i) for i in tokenizer.encode(text)]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_flush_returns_a_trailing_partial_character(tokenizer):
+    ids = tokenizer.encode("ab東")[:-1]  # the last byte of 東 is missing
+    decoder = IncrementalDecoder(tokenizer)
+    pieces = [decoder.push(i) for i in ids]
+    assert "".join(pieces) == "ab"
+    assert decoder.flush() == "\ufffd" == tokenizer.decode(ids)[2:]
+    assert decoder.flush() == ""  # nothing is sent twice
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 1 << 20), max_size=40), st.booleans())
+def test_streamed_text_equals_decoding_all_ids(tokenizer, draws, skip_special):
+    """Whatever ids a model emits (stray bytes, cut characters, special tokens), the pieces
+    and the final flush join to the decode of all of them."""
+    ids = [d % tokenizer.vocab_size for d in draws]
+    decoder = IncrementalDecoder(tokenizer, skip_special=skip_special)
+    text = "".join(decoder.push(i) for i in ids) + decoder.flush()
+    assert text == tokenizer.decode(ids, skip_special=skip_special)
+
+
+def test_chat_stream_reply_writes_the_whole_reply(tiny_model, tokenizer):
+    """What the terminal chat writes piece by piece is the reply, a cut last character too."""
+    from gptsmith.chat import stream_reply
+    from gptsmith.engine import Sampling
+
+    messages = [{"role": "user", "content": "Tell me about York."}]
+    cut = 0
+    for seed in range(12):
+        written = []
+        reply = stream_reply(tiny_model, tokenizer, messages,
+                             Sampling(max_tokens=9, seed=seed), written.append)
+        assert "".join(written) == reply.text
+        cut += reply.text.endswith("\ufffd")
+    assert cut  # some of these replies end inside a character

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import threading
+import urllib.request
 
 import pytest
 
@@ -79,6 +80,16 @@ def seeded(page, seed: int = 0) -> None:
     page.route("**/v1/chat/completions", add_seed)
 
 
+def api_reply(url: str, body: dict, seed: int = 0) -> str:
+    """The server's whole reply to a chat request the page sent (seeded as :func:`seeded`
+    seeds it): the text the page must show."""
+    data = json.dumps({**body, "stream": False, "seed": seed}).encode()
+    req = urllib.request.Request(url + "/v1/chat/completions", data,
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["choices"][0]["message"]["content"]
+
+
 def open_chat(page, url: str, max_tokens: int = 12) -> None:
     page.goto(url)
     expect(page.locator("#model option")).not_to_have_count(0)
@@ -111,6 +122,8 @@ def test_reply_streams_in_and_the_whole_conversation_is_sent(page, url):
     grown = sorted(set(lengths))
     assert len(grown) >= 3, f"the reply did not arrive in pieces: {lengths}"
     assert lengths == sorted(lengths)
+    assert page.locator(".msg.assistant .text").first.text_content() == \
+        api_reply(url, bodies[0])
     assert page.locator(".msg.user .text").first.text_content() == "Hello there"
     assert page.input_value("#message") == ""
     assert bodies[0]["stream"] is True and bodies[0]["model"] == "base"
@@ -217,7 +230,7 @@ def test_stop_keeps_the_partial_reply_and_reset_clears(page, models):
             release.set()
         assert reply.locator(".note").text_content() == "stopped"
         partial = reply.locator(".text").text_content()
-        assert partial
+        assert partial and api_reply(url, bodies[0]).startswith(partial)
         assert page.is_disabled("#stop") and page.is_enabled("#send")
 
         page.fill("#max-tokens", "5")

@@ -28,9 +28,11 @@ import html
 import json
 import logging
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -66,268 +68,325 @@ def csrf_secret(db: Database) -> bytes:
         return bytes.fromhex(tx.value("SELECT value FROM settings WHERE key = 'csrf_secret'"))
 
 
+@dataclass
+class Studio:
+    """What the routes share: the database, the models offered for sampling, the limits."""
+
+    db: Database
+    models: dict[str, str]
+    secret: bytes
+    max_body: int
+    pages: dict[str, str] = field(default_factory=lambda: _read(("admin.html", "annotate.html")))
+    assets: dict[str, str] = field(default_factory=lambda: _read(ASSETS))
+
+    def csrf_for(self, token: str) -> str:
+        return hmac.new(self.secret, b"csrf:" + token.encode(), hashlib.sha256).hexdigest()
+
+    def page(self, name: str) -> HTMLResponse:
+        return HTMLResponse(self.pages[name])
+
+
+def _read(names) -> dict[str, str]:
+    return {name: (STATIC / name).read_text(encoding="utf-8") for name in names}
+
+
+def studio(request: Request) -> Studio:
+    """The app's :class:`Studio` (a dependency)."""
+    return request.app.state.studio
+
+
+# -- errors --------------------------------------------------------------------------------
+
+def fail(request: Request, status: int, message: str):
+    """An error as JSON for the API, as a small HTML page otherwise."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": {"message": message, "status": status}}, status,
+                            headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+    return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{status}</title>"
+                        f"<p>{html.escape(message)}</p>", status)
+
+
+async def refused(request: Request, e: Refused):
+    return fail(request, e.status, str(e))
+
+
+async def user_error(request: Request, e: GptsmithError):
+    return fail(request, 400, str(e))
+
+
+async def http_error(request: Request, e: StarletteHTTPException):
+    return fail(request, e.status_code, f"{request.method} {request.url.path}: {e.detail}")
+
+
+async def internal_error(request: Request, e: Exception):
+    log.exception("error serving %s", request.url.path)
+    return fail(request, 500, "internal server error (see the server log)")
+
+
+async def security_headers(request: Request, call_next):
+    response = await call_next(request)
+    for k, v in HEADERS.items():
+        response.headers.setdefault(k, v)
+    return response
+
+
+# -- who is asking (dependencies) ------------------------------------------------------------
+
+def credential(request: Request, cookie: str) -> tuple[str | None, bool]:
+    """(token, sent by cookie?)"""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip(), False
+    return request.cookies.get(cookie), True
+
+
+def check_csrf(request: Request, token: str) -> None:
+    """A cookie-authenticated write must come from our own pages."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Refused(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise Refused(403, "cross-origin request refused")
+    given = request.headers.get("x-csrf-token", "")
+    if not hmac.compare_digest(given.encode(), studio(request).csrf_for(token).encode()):
+        raise Refused(403, "missing or wrong CSRF token: reload the page")
+
+
+async def annotator(request: Request) -> dict:
+    """The signed-in annotator, with their token (401 if none, 403 for a forged write)."""
+    token, by_cookie = credential(request, ANNOTATOR_COOKIE)
+    who = await run_in_threadpool(store.annotator_by_token, studio(request).db, token)
+    if who is None:
+        raise Refused(401, "sign in with your personal link")
+    if by_cookie and request.method not in ("GET", "HEAD"):
+        check_csrf(request, token)
+    return {**who, "token": token}
+
+
+async def admin(request: Request) -> str:
+    """The admin's token (401 if it is not the admin, 403 for a forged write)."""
+    token, by_cookie = credential(request, ADMIN_COOKIE)
+    if not await run_in_threadpool(store.is_admin, studio(request).db, token):
+        raise Refused(401, "sign in with the admin link")
+    if by_cookie and request.method not in ("GET", "HEAD"):
+        check_csrf(request, token)
+    return token
+
+
+async def json_body(request: Request) -> dict:
+    """The body as a JSON object, refused past the size limit before it is all read."""
+    max_body = studio(request).max_body
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > max_body:
+        raise Refused(413, f"the request body exceeds {max_body} bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > max_body:
+            raise Refused(413, f"the request body exceeds {max_body} bytes")
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Refused(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Refused(400, "the request body must be a JSON object")
+    return body
+
+
+UseStudio = Annotated[Studio, Depends(studio)]
+Annotator = Annotated[dict, Depends(annotator)]
+AdminToken = Annotated[str, Depends(admin)]
+Body = Annotated[dict, Depends(json_body)]
+
+# -- pages ---------------------------------------------------------------------------------
+
+pages = APIRouter()
+
+
+def sign_in(request: Request, token: str, cookie: str, to: str):
+    response = RedirectResponse(to, status_code=303)
+    response.set_cookie(cookie, token, httponly=True, samesite="lax", path="/",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@pages.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+@pages.get("/a/{token}")
+async def annotator_link(request: Request, token: str, s: UseStudio):
+    if await run_in_threadpool(store.annotator_by_token, s.db, token) is None:
+        raise Refused(401, "this link is not valid; ask your admin for yours")
+    return sign_in(request, token, ANNOTATOR_COOKIE, "/queue")
+
+
+@pages.get("/admin/{token}")
+async def admin_link(request: Request, token: str, s: UseStudio):
+    if not await run_in_threadpool(store.is_admin, s.db, token):
+        raise Refused(401, "this admin link is not valid")
+    return sign_in(request, token, ADMIN_COOKIE, "/admin")
+
+
+@pages.get("/queue")
+async def queue_page(who: Annotator, s: UseStudio):
+    return s.page("annotate.html")
+
+
+@pages.get("/item/{aid}")
+async def item_page(aid: int, who: Annotator, s: UseStudio):
+    await run_in_threadpool(store.assignment, s.db, who["id"], aid)  # 403 if not theirs
+    return s.page("annotate.html")
+
+
+@pages.get("/admin")
+async def admin_page(token: AdminToken, s: UseStudio):
+    return s.page("admin.html")
+
+
+@pages.get("/static/{name}")
+async def asset(name: str, s: UseStudio):
+    if name not in s.assets:
+        raise Refused(404, "no such file")
+    return PlainTextResponse(s.assets[name], media_type=ASSETS[name])
+
+
+# -- the annotator's API -------------------------------------------------------------------
+
+annotating = APIRouter(prefix="/api")
+
+
+@annotating.get("/me")
+async def me(who: Annotator, s: UseStudio):
+    return {"name": who["name"], "csrf": s.csrf_for(who["token"])}
+
+
+@annotating.get("/queue")
+async def queue(who: Annotator, s: UseStudio):
+    rows = await run_in_threadpool(store.queue, s.db, who["id"])
+    for r in rows:
+        r["done"], r["prompt"] = bool(r["done"]), r["prompt"][:120]
+    return {"name": who["name"], "done": sum(r["done"] for r in rows), "total": len(rows),
+            "assignments": rows}
+
+
+@annotating.get("/assignments/{aid}")
+async def get_assignment(aid: int, who: Annotator, s: UseStudio):
+    return await run_in_threadpool(store.assignment, s.db, who["id"], aid)
+
+
+@annotating.put("/assignments/{aid}/draft")
+async def put_draft(aid: int, who: Annotator, body: Body, s: UseStudio):
+    saved = await run_in_threadpool(store.save_draft, s.db, who["id"], aid, body.get("body"))
+    return {"saved": saved}
+
+
+@annotating.post("/assignments/{aid}/answer")
+async def post_answer(aid: int, who: Annotator, body: Body, s: UseStudio):
+    try:
+        status = await run_in_threadpool(store.submit, s.db, who["id"], aid,
+                                         body.get("submission_id"), body)
+    except s.db.integrity_error:  # PostgreSQL: a race on a submission id
+        raise Refused(409, "this submission id was used for another item") from None
+    return {"status": status}
+
+
+# -- the admin's API -----------------------------------------------------------------------
+
+administering = APIRouter(prefix="/api/admin")
+
+
+@administering.get("/state")
+async def state(token: AdminToken, s: UseStudio):
+    return {"csrf": s.csrf_for(token), "models": list(s.models),
+            "projects": await run_in_threadpool(store.progress, s.db),
+            "annotators": await run_in_threadpool(store.find_annotators, s.db)}
+
+
+@administering.post("/projects")
+async def new_project(token: AdminToken, body: Body, s: UseStudio):
+    kind, model = body.get("kind"), body.get("model") or None
+    items = parse_prompts(str(body.get("prompts") or ""), "prompts")
+    dropped = 0
+    if kind == "rank":
+        await sample_missing(s, body, items, model)
+        dropped = sum(len(it["responses"]) < 2 for it in items)
+        items = [it for it in items if len(it["responses"]) >= 2]
+    pid = await run_in_threadpool(store.create_project, s.db, str(body.get("name") or ""),
+                                  kind, items, model, str(body.get("instructions") or ""))
+    return {"id": pid, "items": len(items), "dropped": dropped}
+
+
+def sampling_settings(body: dict) -> tuple[int, int, float, int]:
+    """(k, max_tokens, temperature, seed) of a rank project's request, checked."""
+    try:
+        k, max_tokens = int(body.get("k") or 4), int(body.get("max_tokens") or 64)
+        temperature, seed = float(body.get("temperature", 1.0)), int(body.get("seed") or 0)
+    except (TypeError, ValueError):
+        raise Refused(400, "k, max_tokens, temperature and seed are numbers") from None
+    if not 2 <= k <= 9:  # the number keys 1..9 rank them
+        raise Refused(400, "k: 2 to 9 responses per prompt")
+    if not 1 <= max_tokens <= 4096 or not 0 <= temperature <= 2:
+        raise Refused(400, "max_tokens: 1 to 4096; temperature: 0 to 2")
+    return k, max_tokens, temperature, seed
+
+
+async def sample_missing(s: Studio, body: dict, items: list[dict], model: str | None) -> None:
+    """Give the prompts that came without responses k sampled from ``model``."""
+    todo = [it["prompt"] for it in items if not it["responses"]]
+    if not todo:
+        return
+    if model not in s.models:
+        raise Refused(400, f"choose a model to sample the responses from "
+                      f"({', '.join(s.models) or 'start the studio with --model'})")
+    k, max_tokens, temperature, seed = sampling_settings(body)
+    sampled = iter(await run_in_threadpool(
+        sample_responses, s.models[model], todo, k, max_tokens, temperature, seed))
+    for it in items:
+        it["responses"] = it["responses"] or next(sampled)
+
+
+@administering.post("/annotators")
+async def new_annotator(request: Request, token: AdminToken, body: Body, s: UseStudio):
+    name = str(body.get("name") or "").strip()
+    aid, secret = await run_in_threadpool(store.create_annotator, s.db, name)
+    return {"id": aid, "name": name, "link": f"{request.base_url}a/{secret}"}
+
+
+@administering.post("/assign")
+async def assign(token: AdminToken, body: Body, s: UseStudio):
+    ids, per_item = body.get("annotators"), body.get("per_item", 1)
+    if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids) \
+            or type(per_item) is not int:
+        raise Refused(400, "annotators: a list of annotator ids; per_item: a number")
+    p = await run_in_threadpool(store.find_project, s.db, str(body.get("project")))
+    added = await run_in_threadpool(store.assign, s.db, p["id"], ids, per_item)
+    return {"added": added}
+
+
+@administering.get("/export/{pid}")
+async def export(pid: int, token: AdminToken, s: UseStudio):
+    p, records, _ = await run_in_threadpool(export_records, s.db, pid)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return PlainTextResponse(text, media_type="application/jsonl", headers={
+        "Content-Disposition": f'attachment; filename="project-{p["id"]}.jsonl"'})
+
+
 def create_app(db: Database, models: dict[str, str] | None = None,
                max_body: int = 2_000_000) -> FastAPI:
     """The studio over ``db``; ``models`` (name -> run directory) are offered for sampling
     the responses of new rank projects."""
     app = FastAPI(title="gptsmith studio", docs_url=None, redoc_url=None, openapi_url=None)
-    models = dict(models or {})
-    secret = csrf_secret(db)
-
-    def csrf_for(token: str) -> str:
-        return hmac.new(secret, b"csrf:" + token.encode(), hashlib.sha256).hexdigest()
-
-    def fail(request: Request, status: int, message: str):
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": {"message": message, "status": status}}, status,
-                                headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
-        return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{status}</title>"
-                            f"<p>{html.escape(message)}</p>", status)
-
-    @app.exception_handler(Refused)
-    async def refused(request: Request, e: Refused):
-        return fail(request, e.status, str(e))
-
-    @app.exception_handler(GptsmithError)
-    async def user_error(request: Request, e: GptsmithError):
-        return fail(request, 400, str(e))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException):
-        return fail(request, e.status_code, f"{request.method} {request.url.path}: {e.detail}")
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception):
-        log.exception("error serving %s", request.url.path)
-        return fail(request, 500, "internal server error (see the server log)")
-
-    @app.middleware("http")
-    async def headers(request: Request, call_next):
-        response = await call_next(request)
-        for k, v in HEADERS.items():
-            response.headers.setdefault(k, v)
-        return response
-
-    # -- who is asking -------------------------------------------------------------------
-
-    def credential(request: Request, cookie: str) -> tuple[str | None, bool]:
-        """(token, sent by cookie?)"""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip(), False
-        return request.cookies.get(cookie), True
-
-    def check_csrf(request: Request, token: str) -> None:
-        """A cookie-authenticated write must come from our own pages."""
-        site = request.headers.get("sec-fetch-site")
-        if site is not None and site not in ("same-origin", "none"):
-            raise Refused(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
-        origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-            raise Refused(403, "cross-origin request refused")
-        given = request.headers.get("x-csrf-token", "")
-        if not hmac.compare_digest(given.encode(), csrf_for(token).encode()):
-            raise Refused(403, "missing or wrong CSRF token: reload the page")
-
-    async def annotator(request: Request) -> dict:
-        token, by_cookie = credential(request, ANNOTATOR_COOKIE)
-        who = await run_in_threadpool(store.annotator_by_token, db, token)
-        if who is None:
-            raise Refused(401, "sign in with your personal link")
-        if by_cookie and request.method not in ("GET", "HEAD"):
-            check_csrf(request, token)
-        return {**who, "token": token}
-
-    async def admin(request: Request) -> str:
-        token, by_cookie = credential(request, ADMIN_COOKIE)
-        if not await run_in_threadpool(store.is_admin, db, token):
-            raise Refused(401, "sign in with the admin link")
-        if by_cookie and request.method not in ("GET", "HEAD"):
-            check_csrf(request, token)
-        return token
-
-    async def json_body(request: Request) -> dict:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > max_body:
-            raise Refused(413, f"the request body exceeds {max_body} bytes")
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_body:
-                raise Refused(413, f"the request body exceeds {max_body} bytes")
-        try:
-            body = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise Refused(400, "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise Refused(400, "the request body must be a JSON object")
-        return body
-
-    def sign_in(request: Request, token: str, cookie: str, to: str):
-        response = RedirectResponse(to, status_code=303)
-        response.set_cookie(cookie, token, httponly=True, samesite="lax", path="/",
-                            secure=request.url.scheme == "https")
-        return response
-
-    pages = {name: (STATIC / name).read_text(encoding="utf-8")
-             for name in ("admin.html", "annotate.html")}
-
-    def page(name: str) -> HTMLResponse:
-        return HTMLResponse(pages[name])
-
-    # -- pages ---------------------------------------------------------------------------
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/a/{token}")
-    async def annotator_link(request: Request, token: str):
-        if await run_in_threadpool(store.annotator_by_token, db, token) is None:
-            raise Refused(401, "this link is not valid; ask your admin for yours")
-        return sign_in(request, token, ANNOTATOR_COOKIE, "/queue")
-
-    @app.get("/admin/{token}")
-    async def admin_link(request: Request, token: str):
-        if not await run_in_threadpool(store.is_admin, db, token):
-            raise Refused(401, "this admin link is not valid")
-        return sign_in(request, token, ADMIN_COOKIE, "/admin")
-
-    @app.get("/queue")
-    async def queue_page(request: Request):
-        await annotator(request)
-        return page("annotate.html")
-
-    @app.get("/item/{aid}")
-    async def item_page(request: Request, aid: int):
-        who = await annotator(request)
-        await run_in_threadpool(store.assignment, db, who["id"], aid)  # 403 if not theirs
-        return page("annotate.html")
-
-    @app.get("/admin")
-    async def admin_page(request: Request):
-        await admin(request)
-        return page("admin.html")
-
-    assets = {name: (STATIC / name).read_text(encoding="utf-8") for name in ASSETS}
-
-    @app.get("/static/{name}")
-    async def asset(name: str):
-        if name not in assets:
-            raise Refused(404, "no such file")
-        return PlainTextResponse(assets[name], media_type=ASSETS[name])
-
-    # -- the annotator's API -------------------------------------------------------------
-
-    @app.get("/api/me")
-    async def me(request: Request):
-        who = await annotator(request)
-        return {"name": who["name"], "csrf": csrf_for(who["token"])}
-
-    @app.get("/api/queue")
-    async def queue(request: Request):
-        who = await annotator(request)
-        rows = await run_in_threadpool(store.queue, db, who["id"])
-        for r in rows:
-            r["done"], r["prompt"] = bool(r["done"]), r["prompt"][:120]
-        return {"name": who["name"], "done": sum(r["done"] for r in rows), "total": len(rows),
-                "assignments": rows}
-
-    @app.get("/api/assignments/{aid}")
-    async def get_assignment(request: Request, aid: int):
-        who = await annotator(request)
-        return await run_in_threadpool(store.assignment, db, who["id"], aid)
-
-    @app.put("/api/assignments/{aid}/draft")
-    async def put_draft(request: Request, aid: int):
-        who = await annotator(request)
-        body = await json_body(request)
-        saved = await run_in_threadpool(store.save_draft, db, who["id"], aid, body.get("body"))
-        return {"saved": saved}
-
-    @app.post("/api/assignments/{aid}/answer")
-    async def post_answer(request: Request, aid: int):
-        who = await annotator(request)
-        body = await json_body(request)
-        try:
-            status = await run_in_threadpool(store.submit, db, who["id"], aid,
-                                             body.get("submission_id"), body)
-        except db.integrity_error:  # PostgreSQL: a race on a submission id
-            raise Refused(409, "this submission id was used for another item") from None
-        return {"status": status}
-
-    # -- the admin's API -----------------------------------------------------------------
-
-    @app.get("/api/admin/state")
-    async def state(request: Request):
-        token = await admin(request)
-        return {"csrf": csrf_for(token), "models": list(models),
-                "projects": await run_in_threadpool(store.progress, db),
-                "annotators": await run_in_threadpool(store.find_annotators, db)}
-
-    @app.post("/api/admin/projects")
-    async def new_project(request: Request):
-        await admin(request)
-        body = await json_body(request)
-        kind, model = body.get("kind"), body.get("model") or None
-        items = parse_prompts(str(body.get("prompts") or ""), "prompts")
-        if kind == "rank":
-            todo = [it["prompt"] for it in items if not it["responses"]]
-            if todo and model not in models:
-                raise Refused(400, f"choose a model to sample the responses from "
-                              f"({', '.join(models) or 'start the studio with --model'})")
-            if todo:
-                try:
-                    k, max_tokens = int(body.get("k") or 4), int(body.get("max_tokens") or 64)
-                    temperature, seed = float(body.get("temperature", 1.0)), \
-                        int(body.get("seed") or 0)
-                except (TypeError, ValueError):
-                    raise Refused(400, "k, max_tokens, temperature and seed are numbers") \
-                        from None
-                if not 2 <= k <= 9:  # the number keys 1..9 rank them
-                    raise Refused(400, "k: 2 to 9 responses per prompt")
-                if not 1 <= max_tokens <= 4096 or not 0 <= temperature <= 2:
-                    raise Refused(400, "max_tokens: 1 to 4096; temperature: 0 to 2")
-                sampled = iter(await run_in_threadpool(
-                    sample_responses, models[model], todo, k, max_tokens, temperature, seed))
-                for it in items:
-                    it["responses"] = it["responses"] or next(sampled)
-            dropped = sum(len(it["responses"]) < 2 for it in items)
-            items = [it for it in items if len(it["responses"]) >= 2]
-        else:
-            dropped = 0
-        pid = await run_in_threadpool(store.create_project, db, str(body.get("name") or ""),
-                                      kind, items, model, str(body.get("instructions") or ""))
-        return {"id": pid, "items": len(items), "dropped": dropped}
-
-    @app.post("/api/admin/annotators")
-    async def new_annotator(request: Request):
-        await admin(request)
-        body = await json_body(request)
-        name = str(body.get("name") or "").strip()
-        aid, token = await run_in_threadpool(store.create_annotator, db, name)
-        return {"id": aid, "name": name, "link": f"{request.base_url}a/{token}"}
-
-    @app.post("/api/admin/assign")
-    async def assign(request: Request):
-        await admin(request)
-        body = await json_body(request)
-        ids, per_item = body.get("annotators"), body.get("per_item", 1)
-        if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids) \
-                or type(per_item) is not int:
-            raise Refused(400, "annotators: a list of annotator ids; per_item: a number")
-        p = await run_in_threadpool(store.find_project, db, str(body.get("project")))
-        added = await run_in_threadpool(store.assign, db, p["id"], ids, per_item)
-        return {"added": added}
-
-    @app.get("/api/admin/export/{pid}")
-    async def export(request: Request, pid: int):
-        await admin(request)
-        p, records, _ = await run_in_threadpool(export_records, db, pid)
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        return PlainTextResponse(text, media_type="application/jsonl", headers={
-            "Content-Disposition": f'attachment; filename="project-{p["id"]}.jsonl"'})
-
+    app.state.studio = Studio(db, dict(models or {}), csrf_secret(db), max_body)
+    app.add_exception_handler(Refused, refused)
+    app.add_exception_handler(GptsmithError, user_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    app.middleware("http")(security_headers)
+    for router in (pages, annotating, administering):
+        app.include_router(router)
     return app
 
 
