@@ -78,6 +78,10 @@ class PipelineConfig:
     """The defaults are the ``cpu`` recipe (gptsmith/recipes/cpu.yaml): a 2-core CPU."""
 
     out: str = field(default="runs/default", metadata={"help": "pipeline directory"})
+    base: str = field(default="", metadata={
+        "help": "'' pre-trains the base model; else import it (HF dir, .gguf or smollm2) and "
+                "skip tokenizer, data and pretrain"})
+    base_seq_len: int = field(default=2048, metadata={"help": "context cap of an imported base"})
     corpus: str = field(default="default", metadata={"help": "'default' or a corpus path"})
     vocab_size: int = field(default=2048, metadata={"help": "tokenizer vocabulary size"})
     val_fraction: float = field(default=0.02, metadata={"help": "share held out"})
@@ -295,8 +299,19 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
 
 
 def base_model_phases(run: PipelineRun) -> None:
-    """tokenizer, data, pretrain and samples: the base model, and its samples printed."""
+    """tokenizer, data, pretrain and samples: the base model, and its samples printed; with
+    ``base`` the base model is imported instead (in the pretrain phase's place)."""
     cfg, root = run.cfg, run.root
+    if cfg.base:
+        from gptsmith.interop.convert import import_model
+
+        out = root / "pretrain"
+        run.phase("pretrain", (out / "model.safetensors").exists(),
+                  lambda: import_model(cfg.base, str(out), seq_len=cfg.base_seq_len,
+                                       overwrite=True),
+                  {"import": cfg.base, "seq_len": cfg.base_seq_len})
+        _samples_phase(run)
+        return
     tok, data = root / "tokenizer.json", root / "data"
     run.phase("tokenizer", tok.exists(),
               lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok),
@@ -307,8 +322,13 @@ def base_model_phases(run: PipelineRun) -> None:
               {"corpus": cfg.corpus, "val_fraction": cfg.val_fraction})
     cfg.pretrain.data, cfg.pretrain.out = str(data), str(root / "pretrain")
     run.trainer("pretrain", cfg.pretrain, pretrain)
-    samples = root / "pretrain" / "samples.txt"
-    run.phase("samples", samples.exists(), lambda: write_samples(root / "pretrain", samples))
+    _samples_phase(run)
+
+
+def _samples_phase(run: PipelineRun) -> None:
+    samples = run.root / "pretrain" / "samples.txt"
+    run.phase("samples", samples.exists(),
+              lambda: write_samples(run.root / "pretrain", samples))
     print(samples.read_text())
 
 
@@ -416,9 +436,10 @@ def answer_prompts(run_dir: Path, prompts: list[str], s: Sampling) -> list[Reply
 
 def write_samples(run_dir: Path, out: Path, prompts: list[str] = SAMPLE_PROMPTS) -> dict:
     model, tokenizer = load_model(run_dir)
-    ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    ids = [tokenizer.encode_document(p) for p in prompts]
+    stops = (tokenizer.bos_id,) if tokenizer.bos_ids else tokenizer.stop_ids
     outs = generate(model, ids, Sampling(max_tokens=60, temperature=0.8, top_k=50, seed=0,
-                                         stop_ids=(tokenizer.bos_id,)))
+                                         stop_ids=stops))
     text = "".join(f"--- {p!r}\n{p}{tokenizer.decode(o, skip_special=True)}\n\n"
                    for p, o in zip(prompts, outs, strict=True))
     atomic_write_text(out, text)
