@@ -19,13 +19,12 @@ from gptsmith.config import to_dict
 from gptsmith.device import autocast
 from gptsmith.errors import GptsmithError
 from gptsmith.evaluate import is_correct, load_questions
-from gptsmith.plots import read_metrics
 from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora, trainable_summary
 from gptsmith.train.rewards import parse_rewards, total_reward
-from gptsmith.train.rollout import masked_mean, reply_logprobs, sample
+from gptsmith.train.rollout import masked_mean, recent_means, reply_logprobs, sample
 
 ADVANTAGES = ("grpo", "rloo", "reinforce++")
 SCALES = ("group", "batch", "none")
@@ -231,10 +230,8 @@ def grpo(cfg: GRPOConfig) -> dict:
           f"{cfg.group_size} replies on {trainer.device}; {trainable_summary(policy)}")
 
     def last_iterations(_model) -> dict:
-        rows = [r for r in read_metrics(out / "metrics.jsonl") if "reward" in r][-10:]
-        keys = ("reward", "kl", "train_accuracy", "entropy", "reply_tokens", "end_rate")
-        return {k: sum(r[k] for r in rows) / len(rows) for k in keys
-                if rows and all(k in r for r in rows)}
+        return recent_means(out / "metrics.jsonl", ("reward", "kl", "train_accuracy",
+                                                    "entropy", "reply_tokens", "end_rate"))
 
     summary = trainer.train_and_save(f"{cfg.advantage.upper()}: {out}",
                                      finalize=last_iterations)

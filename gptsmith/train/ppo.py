@@ -28,13 +28,19 @@ from gptsmith.errors import GptsmithError
 from gptsmith.evaluate import is_correct, load_questions
 from gptsmith.label import truth_score
 from gptsmith.model import GPT
-from gptsmith.plots import plot_ppo, read_metrics
+from gptsmith.plots import plot_ppo
 from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora
 from gptsmith.train.reward import score_sequences
-from gptsmith.train.rollout import masked_mean, reply_logprobs, reward_scores, sample
+from gptsmith.train.rollout import (
+    masked_mean,
+    recent_means,
+    reply_logprobs,
+    reward_scores,
+    sample,
+)
 
 
 def _ppo_train() -> TrainConfig:
@@ -317,11 +323,8 @@ def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = N
           f"{t.steps} iterations of {t.batch_size} rollouts on {trainer.device}")
 
     def last_iterations(_model) -> dict:
-        """Per-iteration metrics averaged over the last 10 iterations, for the summary."""
-        rows = [r for r in read_metrics(out / "metrics.jsonl") if "rm_score" in r][-10:]
-        keys = ("rm_score", "kl", "train_accuracy", "entropy", "reply_tokens", "end_rate")
-        return {k: sum(r[k] for r in rows) / len(rows) for k in keys
-                if rows and all(k in r for r in rows)}
+        return recent_means(out / "metrics.jsonl", ("rm_score", "kl", "train_accuracy",
+                                                    "entropy", "reply_tokens", "end_rate"))
 
     summary = trainer.train_and_save(f"PPO: {out}", finalize=last_iterations)
     plot_ppo(out / "metrics.jsonl", out)

@@ -8,6 +8,7 @@ PPO (``ppo.py``) and GRPO/RLOO/REINFORCE++ (``grpo.py``) both start an iteration
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,16 @@ def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, temperature
 def reward_scores(reward_model: GPT, r: Replies) -> torch.Tensor:
     """The reward model's score of each reply as generated, at its last token (B,)."""
     return reward_model(r.seq, positions=r.last[:, None]).float()[:, 0]
+
+
+def recent_means(metrics_path: Path, keys: tuple[str, ...], n: int = 10) -> dict:
+    """Each of ``keys`` averaged over the last ``n`` logged iterations that hold ``keys[0]``
+    (the summary of an RL run: one iteration is noisy)."""
+    from gptsmith.plots import read_metrics
+
+    rows = [r for r in read_metrics(metrics_path) if keys[0] in r][-n:]
+    return {k: sum(r[k] for r in rows) / len(rows) for k in keys
+            if rows and all(k in r for r in rows)}
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
