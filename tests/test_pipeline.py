@@ -195,3 +195,40 @@ def test_a_pipeline_killed_in_any_phase_completes_when_rerun(tmp_path, tiny_pipe
     assert [r[1] for r in rows] == ["skipped"] * 7 + ["ran"]
     assert all(r[2] != "-" for r in rows)  # every phase has its numbers
     assert (tmp_path / "pipe" / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_the_smollm2_recipe_runs_on_an_imported_model(tokenizer, tmp_path, capsys):
+    """The recipe cut down (a tiny random Llama in SmolLM2's place, a few steps): import
+    instead of pre-training, then SFT, reward model and PPO all with LoRA, and the eval."""
+    from gptsmith.cli import main
+    from tests.test_interop import hf_tokenizer_dir, tiny_hf_model
+
+    hf = tmp_path / "hf"
+    tiny_hf_model("llama", hf_tokenizer_dir(tokenizer, hf, "chatml")).save_pretrained(hf)
+    demos, questions, cmp = tmp_path / "d.jsonl", tmp_path / "q.jsonl", tmp_path / "c.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"What is {i} plus 2?",
+                                         "response": f"It is {i + 2}."}) + "\n"
+                             for i in range(40)))
+    questions.write_text("".join(json.dumps({"prompt": f"What is {i} plus 3?",
+                                             "answer": str(i + 3)}) + "\n" for i in range(8)))
+    cmp.write_text("".join(json.dumps({"prompt": f"What is {i} plus 2?", "chosen": f"{i + 2}",
+                                       "rejected": f"{i + 3}"}) + "\n" for i in range(30)))
+    out = tmp_path / "pipe"
+    assert main(["pipeline", "--recipe", "smollm2", "--base", str(hf), "--out", str(out),
+                 "--demos", str(demos), "--questions", str(questions), "--comparisons",
+                 str(cmp), "--rl-prompts", str(questions), "--sft.train.steps", "4",
+                 "--sft.train.batch-size", "4", "--rm.train.steps", "3",
+                 "--ppo.train.steps", "2", "--ppo.train.batch-size", "4",
+                 "--ppo.eval-limit", "4", "--eval-limit", "4", "--eval-samples", "1",
+                 "--no-sft.train.progress", "--no-rm.train.progress",
+                 "--no-ppo.train.progress"]) == 0
+    book = json.loads((out / "pipeline.json").read_text())
+    assert list(book["phases"]) == ["pretrain", "samples", "sft", "rm", "ppo", "eval"]
+    assert book["phases"]["pretrain"]["settings"]["import"] == str(hf)
+    for phase in ("sft", "rm", "ppo"):
+        adapter = json.loads((out / phase / "adapter_config.json").read_text())
+        assert adapter["r"] == 16 and len(adapter["target_modules"]) == 7
+    assert [m["model"] for m in json.loads((out / "eval.json").read_text())] == [
+        str(out / "pretrain"), str(out / "sft"), str(out / "ppo")]
+    assert (out / "report.html").stat().st_size > 10_000
