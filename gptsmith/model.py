@@ -336,11 +336,15 @@ class GPT(nn.Module):
             cache.pos += idx.size(1)
         if self.cfg.head == "scalar":
             return self.score(x).squeeze(-1).float()
-        logits = F.linear(x, self.output_weight())
         if targets is None:
-            return logits
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-            ignore_index=-1, reduction=reduction,
-        )
-        return loss.view(B, T) if reduction == "none" else loss
+            return F.linear(x, self.output_weight())
+        # only positions with a target go through the head: SFT learns ~15% of its positions,
+        # and the vocabulary projection and its fp32 logits dominate a large vocabulary's cost
+        keep = targets >= 0
+        logits = F.linear(x[keep], self.output_weight())
+        losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+        if reduction == "none":
+            return torch.zeros(B, T, device=losses.device).masked_scatter(keep, losses)
+        if reduction == "sum":
+            return losses.sum()
+        return losses.sum() / keep.sum().clamp(min=1)
