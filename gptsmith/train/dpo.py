@@ -83,6 +83,11 @@ def reply_logps(model: GPT, pairs: list[Pair], pad_id: int) -> tuple[torch.Tenso
     return -nll.sum(1), lengths
 
 
+def reference_logps(pairs: list[Pair], device) -> torch.Tensor:
+    """The stored reference log-probs, laid out as ``reply_logps`` lays out the policy's."""
+    return torch.tensor([p.ref[0] for p in pairs] + [p.ref[1] for p in pairs], device=device)
+
+
 def preference_loss(logp: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor,
                     cfg: DPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair loss and implicit reward margin; ``logp``/``ref``/``lengths`` are (2B,):
@@ -163,9 +168,7 @@ def dpo(cfg: DPOConfig) -> dict:
 
     def loss_fn(m, batch):
         logp, lengths = reply_logps(m, batch, pad)
-        ref = torch.tensor([p.ref[0] for p in batch] + [p.ref[1] for p in batch],
-                           device=logp.device)
-        losses, _ = preference_loss(logp, ref, lengths, cfg)
+        losses, _ = preference_loss(logp, reference_logps(batch, logp.device), lengths, cfg)
         return LossSum(losses.sum(), len(batch), sum(len(p.chosen) + len(p.rejected)
                                                      for p in batch))
 
@@ -174,9 +177,8 @@ def dpo(cfg: DPOConfig) -> dict:
         for i in range(0, len(val_pairs), t.batch_size):
             chunk = val_pairs[i:i + t.batch_size]
             logp, lengths = reply_logps(m, chunk, pad)
-            ref = torch.tensor([p.ref[0] for p in chunk] + [p.ref[1] for p in chunk],
-                               device=logp.device)
-            loss, margin = preference_loss(logp.float(), ref, lengths, cfg)
+            loss, margin = preference_loss(logp.float(), reference_logps(chunk, logp.device),
+                                           lengths, cfg)
             losses.append(loss)
             margins.append(margin)
         loss, margin = torch.cat(losses), torch.cat(margins)
