@@ -115,6 +115,9 @@ def export_model(run: str, out: str, fmt: str = "hf", overwrite: bool = False) -
 
         if scalar:
             raise GptsmithError(f"{run}: a reward model has no GGUF form; use --format hf")
+        if cfg.qkv_bias or cfg.rope_scaling:
+            raise GptsmithError(f"{run}: GGUF export writes the plain llama layout; this model "
+                                "has q/k/v biases or rope scaling: use --format hf")
         if out_path.exists() and not overwrite:
             raise GptsmithError(f"{out_path} already exists; pass --overwrite to replace it")
         with atomic_path(out_path) as tmp:

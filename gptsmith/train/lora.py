@@ -60,10 +60,6 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         base.requires_grad_(False)
 
-    @property
-    def weight(self) -> torch.Tensor:  # what code reading ``layer.weight`` sees
-        return self.base.weight
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if not self.enabled:
