@@ -63,9 +63,10 @@ def register_pipeline(sub) -> None:
 
     c = sub.add_parser("pipeline", help="run every phase on the built-in default (make demo)",
                        description="Tokenizer, data, pre-training, samples, SFT, labeling, "
-                       "reward model, PPO and evaluation, each skipped when done and resumed "
-                       "when interrupted. Ends with a summary table (time, peak memory, data, "
-                       "headline number per phase) and report.html in the pipeline directory.")
+                       "reward model, PPO (or GRPO, DPO: --rl) and evaluation, each skipped "
+                       "when done and resumed when interrupted. Ends with a summary table "
+                       "(time, peak memory, data, headline number per phase) and report.html "
+                       "in the pipeline directory.")
     c.add_argument("--recipe", metavar="NAME_OR_PATH", help="settings: 'cpu' (the defaults, "
                    "for a small CPU), 'gpu' (one CUDA GPU, a larger model), or a YAML file; "
                    "flags override it")
@@ -74,6 +75,20 @@ def register_pipeline(sub) -> None:
                    f"(phases: {', '.join(PHASES)})")
     add_arguments(c, PipelineConfig())
     c.set_defaults(func=cmd_pipeline)
+
+
+def cmd_report(args) -> None:
+    from gptsmith.report import rebuild_report
+
+    print(f"report: {rebuild_report(Path(args.dir))}")
+
+
+def register_report(sub) -> None:
+    c = sub.add_parser("report", help="rebuild a pipeline directory's report.html",
+                       description="Writes DIR/report.html again from DIR/pipeline.json and "
+                       "the files the pipeline left there (plots, eval, answers).")
+    c.add_argument("dir", help="pipeline directory (gptsmith pipeline --out)")
+    c.set_defaults(func=cmd_report)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -606,10 +621,10 @@ def register_sample(sub) -> None:
 
 # -- the whole command line -------------------------------------------------------------------
 # In the order `gptsmith --help` lists the commands.
-REGISTER = (register_pipeline, register_data, register_tokenizer, register_pretrain,
-            register_import, register_export, register_sft, register_chat, register_serve,
-            register_studio, register_generate, register_eval, register_label, register_rm,
-            register_ppo, register_grpo, register_dpo, register_sample)
+REGISTER = (register_pipeline, register_report, register_data, register_tokenizer,
+            register_pretrain, register_import, register_export, register_sft, register_chat,
+            register_serve, register_studio, register_generate, register_eval, register_label,
+            register_rm, register_ppo, register_grpo, register_dpo, register_sample)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,8 @@ from gptsmith.label import label
 from gptsmith.plots import plot_eval
 from gptsmith.report import NAMES, summary_rows, summary_table, write_report
 from gptsmith.runs import atomic_write_text, load_model, write_config
+from gptsmith.train.dpo import DPOConfig, dpo
+from gptsmith.train.grpo import GRPOConfig, grpo
 from gptsmith.train.loop import config_differences, fault
 from gptsmith.train.ppo import PPOConfig, ppo
 from gptsmith.train.pretrain import PretrainConfig, pretrain
@@ -43,12 +45,13 @@ from gptsmith.train.reward import RMConfig, train_reward_model
 from gptsmith.train.sft import SFTConfig, sft
 
 PHASES = ("tokenizer", "data", "pretrain", "samples", "demos", "sft", "label", "rm", "ppo",
-          "eval")
+          "grpo", "dpo", "eval")
+RL_METHODS = ("ppo", "grpo", "dpo")
 # What each phase writes, relative to the pipeline directory: what --from deletes.
 OUTPUTS = {
     "tokenizer": ["tokenizer.json"], "data": ["data"], "pretrain": ["pretrain"],
     "samples": ["pretrain/samples.txt"], "demos": ["sft_data"], "sft": ["sft"],
-    "label": ["rankings.jsonl"], "rm": ["rm"], "ppo": ["ppo"],
+    "label": ["rankings.jsonl"], "rm": ["rm"], "ppo": ["ppo"], "grpo": ["grpo"], "dpo": ["dpo"],
     "eval": ["eval.txt", "eval.json", "eval.png", "answers.json"],
 }
 # Settings the pipeline fills in itself, and the pipeline flag to use instead.
@@ -57,13 +60,22 @@ FILLED = {
     "pretrain.model.vocab_size": "--vocab-size", "sft.base": "--out", "sft.data": "--demos",
     "sft.out": "--out", "rm.base": "--out", "rm.data": "--comparisons", "rm.out": "--out",
     "ppo.policy": "--out", "ppo.reward": "--out", "ppo.prompts": "--rl-prompts",
-    "ppo.out": "--out",
+    "ppo.out": "--out", "grpo.policy": "--out", "grpo.prompts": "--rl-prompts",
+    "grpo.out": "--out", "dpo.policy": "--out", "dpo.data": "--comparisons", "dpo.out": "--out",
 }
 RECIPES = Path(__file__).parent / "recipes"
 SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
 OPEN_PROMPTS = ["Hello, how are you?", "What is your name?", "Tell me about the king.",
-                "Do you like poetry?"]
+                "Do you like poetry?", "Can you help me write a letter?",
+                "What should I cook tonight?", "Why is the sky blue?", "Good night!"]
 SHOWN_QUESTIONS = 6  # held-out questions shown side by side in eval.txt and report.html
+
+
+def _cpu_grpo() -> GRPOConfig:
+    """As many replies per iteration as PPO's rollouts (4 prompts x 8), as many iterations."""
+    cfg = GRPOConfig(epochs=2, minibatches=4)
+    cfg.train = dataclasses.replace(cfg.train, batch_size=4, lr=3e-5)
+    return cfg
 
 
 def _cpu_pretrain() -> PretrainConfig:
@@ -98,10 +110,16 @@ class PipelineConfig:
         "help": "PPO prompts (default: the built-in arithmetic questions)"})
     label_prompts: int = field(default=1000, metadata={"help": "prompts the labeler ranks"})
     label_k: int = field(default=4, metadata={"help": "replies sampled per labeled prompt"})
+    rl: str = field(default="ppo", metadata={
+        "help": "the last phase: ppo (RM + PPO), grpo (truth reward, no RM), dpo (on the "
+                "rankings, no RM), a comma-separated list, or all: each from the same SFT "
+                "model, side by side in eval and the report"})
     pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=_cpu_grpo)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
 def load_recipe(name_or_path: str) -> tuple[dict, str]:
@@ -201,6 +219,23 @@ def forget_from(root: Path, book: dict, first: str, keep: set[Path]) -> None:
           f"{', '.join(removed) or 'nothing'}")
 
 
+def portable(value, root: Path):
+    """``value`` (settings) with every path inside the pipeline directory written relative to
+    it, as ``{out}/sft``: pipeline.json then still describes a directory that was moved or
+    copied elsewhere, and its finished phases are recognised as done there."""
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, root) for v in value]
+    if isinstance(value, str):
+        prefix = str(root)
+        if value == prefix:
+            return "{out}"
+        if value.startswith(prefix.rstrip("/") + "/"):
+            return "{out}/" + value[len(prefix.rstrip("/")) + 1:]
+    return value
+
+
 # -- the pipeline --------------------------------------------------------------------------
 @dataclass
 class PipelineRun:
@@ -213,11 +248,19 @@ class PipelineRun:
     seen: list[str] = field(default_factory=list)
     ran: set[str] = field(default_factory=set)
 
-    def phase(self, name: str, done: bool, fn, settings: dict | None = None) -> None:
+    def phase(self, name: str, done: bool, fn, settings: dict | None = None,
+              derived: bool = False) -> None:
         """Skip ``name`` when done with the same settings, else run ``fn`` (which returns
-        the phase's numbers) and record its time, peak memory and numbers."""
+        the phase's numbers) and record its time, peak memory and numbers. A ``derived``
+        phase (eval: it only reads what earlier phases made) is redone when its settings
+        change instead of being refused."""
         self.seen.append(name)
-        settings = json.loads(json.dumps(settings or {}))  # as pipeline.json will hold them
+        settings = portable(json.loads(json.dumps(settings or {})), self.root)
+        if derived and done and config_differences(
+                portable(self.book["phases"].get(name, {}).get("settings", {}), self.root),
+                settings):
+            print(f"== {name}: its inputs changed, redoing it")
+            done = False
         if self._skip(name, done, settings):
             print(f"== {name}: done already, skipped")
             return
@@ -231,7 +274,8 @@ class PipelineRun:
         when it was made but never recorded."""
         old = self.book["phases"].get(name)
         if done and old is not None:
-            changed = config_differences(old.get("settings", {}), settings)
+            changed = config_differences(portable(old.get("settings", {}), self.root),
+                                         settings)
             if changed:
                 raise GptsmithError(
                     f"{self.root}: phase {name} was done with other settings "
@@ -279,6 +323,7 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
         raise GptsmithError(f"--from {redo_from!r}: no such phase; the phases, in order: "
                             f"{', '.join(PHASES)}")
     _check_filled(cfg)
+    rl_methods(cfg.rl)  # refused before any phase runs
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     given = dataclasses.asdict(cfg)  # before the phases fill in their paths
@@ -293,7 +338,7 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
     write_config(root, given)  # what the pipeline directory now holds was made with
     rows = summary_rows(run.book["phases"], run.seen, run.ran)
     print(summary_table(rows))
-    write_report(root, rows)
+    write_report(root, rows, run.book["phases"])
     print(f"report: {root / 'report.html'}")
     return {name: run.book["phases"].get(name) for name in run.seen}
 
@@ -358,28 +403,55 @@ def rlhf_inputs(cfg: PipelineConfig, root: Path) -> tuple[str, str, str]:
     return questions, comparisons, rl_prompts
 
 
+def rl_methods(rl: str) -> list[str]:
+    """The RL methods ``--rl`` names, in pipeline order."""
+    names = RL_METHODS if rl == "all" else [m.strip() for m in rl.split(",") if m.strip()]
+    unknown = [m for m in names if m not in RL_METHODS]
+    if unknown or not names:
+        raise GptsmithError(f"--rl {rl!r}: give ppo, grpo, dpo, a comma-separated list of "
+                            "them, or all")
+    return [m for m in RL_METHODS if m in names]
+
+
 def rlhf_phases(run: PipelineRun) -> list[Path]:
-    """label (unless --comparisons gives them), rm and ppo; the RLHF run directory made
+    """label (unless --comparisons gives them), then each method of --rl from the SFT model:
+    rm and ppo, grpo (the truth reward), dpo (on the comparisons); the run directories made
     (none without comparisons and prompts)."""
     cfg, root = run.cfg, run.root
+    methods = rl_methods(cfg.rl)
     questions, comparisons, rl_prompts = rlhf_inputs(cfg, root)
-    if cfg.demos == "default" and not cfg.comparisons:
+    needs_comparisons = "ppo" in methods or "dpo" in methods
+    if needs_comparisons and cfg.demos == "default" and not cfg.comparisons:
         def rank_samples() -> dict:
             return {**label(str(root / "sft"), rl_prompts, comparisons, k=cfg.label_k,
                             limit=cfg.label_prompts), "k": cfg.label_k}
 
         run.phase("label", Path(comparisons).exists(), rank_samples,
                   {"k": cfg.label_k, "prompts": cfg.label_prompts, "rl_prompts": rl_prompts})
-    if not (comparisons and rl_prompts):
-        print("== rm, ppo: skipped (give --comparisons and --rl-prompts for your own data)")
-        return []
-    cfg.rm.base, cfg.rm.data, cfg.rm.out = str(root / "sft"), comparisons, str(root / "rm")
-    run.trainer("rm", cfg.rm, train_reward_model)
-    cfg.ppo.policy, cfg.ppo.reward = str(root / "sft"), str(root / "rm")
-    cfg.ppo.prompts, cfg.ppo.out = rl_prompts, str(root / "ppo")
-    cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
-    run.trainer("ppo", cfg.ppo, ppo, {"rollouts": cfg.ppo.train.batch_size})
-    return [root / "ppo"]
+    made, sft_run = [], str(root / "sft")
+    missing = {"ppo": not (comparisons and rl_prompts), "grpo": not rl_prompts,
+               "dpo": not comparisons}
+    for method in [m for m in methods if missing[m]]:
+        print(f"== {method}: skipped (give --comparisons and --rl-prompts for your own data)")
+    if "ppo" in methods and not missing["ppo"]:
+        cfg.rm.base, cfg.rm.data, cfg.rm.out = sft_run, comparisons, str(root / "rm")
+        run.trainer("rm", cfg.rm, train_reward_model)
+        cfg.ppo.policy, cfg.ppo.reward = sft_run, str(root / "rm")
+        cfg.ppo.prompts, cfg.ppo.out = rl_prompts, str(root / "ppo")
+        cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
+        run.trainer("ppo", cfg.ppo, ppo, {"rollouts": cfg.ppo.train.batch_size})
+        made.append(root / "ppo")
+    if "grpo" in methods and not missing["grpo"]:
+        cfg.grpo.policy, cfg.grpo.prompts, cfg.grpo.out = sft_run, rl_prompts, str(root / "grpo")
+        cfg.grpo.eval_questions = cfg.grpo.eval_questions or questions
+        run.trainer("grpo", cfg.grpo, grpo, {"rollouts": cfg.grpo.train.batch_size
+                                                         * cfg.grpo.group_size})
+        made.append(root / "grpo")
+    if "dpo" in methods and not missing["dpo"]:
+        cfg.dpo.policy, cfg.dpo.data, cfg.dpo.out = sft_run, comparisons, str(root / "dpo")
+        run.trainer("dpo", cfg.dpo, dpo)
+        made.append(root / "dpo")
+    return made
 
 
 def eval_phase(run: PipelineRun, runs: list[Path]) -> None:
@@ -392,7 +464,7 @@ def eval_phase(run: PipelineRun, runs: list[Path]) -> None:
     run.phase("eval", done, lambda: evaluate_phases(runs, questions, cfg.eval_limit,
                                                     cfg.eval_samples, root),
               {"questions": questions, "limit": cfg.eval_limit, "samples": cfg.eval_samples,
-               "models": [str(r) for r in runs]})
+               "models": [str(r) for r in runs]}, derived=True)
     print((root / "eval.txt").read_text())
 
 
@@ -406,26 +478,48 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
                     root: Path) -> dict:
     """Each phase's model answering the same held-out questions (greedy, and ``samples``
     sampled replies per question), scored: eval.txt, eval.json, eval.png, and answers.json
-    (the first questions and a few open prompts, every model's reply, for the report)."""
+    (for the report: the questions where the models differ most, and every model's reply to
+    ordinary conversation, with how often it answers that with a number)."""
     qs = load_questions(questions, limit)
     s = Sampling(max_tokens=48, temperature=0)
     results = [score_model(str(r), qs, s, samples) for r in runs]
+    open_replies = [answer_prompts(r, OPEN_PROMPTS, s) for r in runs]
+    for score, replies in zip(results, open_replies, strict=True):
+        score.talk_number_rate = round(number_rate(replies), 4)
     atomic_write_text(root / "eval.txt", report(results, qs, show=SHOWN_QUESTIONS) + "\n")
     atomic_write_text(root / "eval.json",
                       json.dumps([r.row() for r in results], indent=2) + "\n")
     rows = {Path(r.model).name: r.row() for r in results}
     plot_eval({NAMES.get(name, name): row for name, row in rows.items()}, root / "eval.png")
-    shown = [{"prompt": q["messages"][-1]["content"], "answer": q["answer"],
+    shown = [{"prompt": qs[i]["messages"][-1]["content"], "answer": qs[i]["answer"],
               "replies": [{"text": r.replies[i].text, "ended": r.replies[i].ended,
-                           "right": is_correct(r.replies[i].text, q["answer"])}
-                          for r in results]} for i, q in enumerate(qs[:SHOWN_QUESTIONS])]
-    open_replies = [answer_prompts(r, OPEN_PROMPTS, s) for r in runs]
+                           "right": is_correct(r.replies[i].text, qs[i]["answer"])}
+                          for r in results]}
+             for i in most_different(results, qs, SHOWN_QUESTIONS)]
     opened = [{"prompt": p, "replies": [{"text": rs[i].text, "ended": rs[i].ended}
                                          for rs in open_replies]}
               for i, p in enumerate(OPEN_PROMPTS)]
     answers = {"models": [Path(r).name for r in runs], "questions": shown, "open": opened}
     atomic_write_text(root / "answers.json", json.dumps(answers, indent=2) + "\n")
-    return {"questions": len(qs), "samples": samples, "models": rows}
+    return {"questions": len(qs), "samples": samples, "models": rows,
+            "open_prompts": len(OPEN_PROMPTS)}
+
+
+def number_rate(replies: list[Reply]) -> float:
+    """Share of replies to ordinary conversation that contain a number: the RL prompts are
+    arithmetic, and a model that learned "every question is a sum" answers them with one."""
+    return sum(bool(re.search(r"\d", r.text)) for r in replies) / max(1, len(replies))
+
+
+def most_different(results: list, qs: list[dict], n: int) -> list[int]:
+    """Indices of ``n`` questions to show, those where the models disagree first: some right
+    and some wrong, then different replies, then the rest (in question order)."""
+    def disagreement(i: int) -> int:
+        right = {is_correct(r.replies[i].text, qs[i]["answer"]) for r in results}
+        texts = {r.replies[i].text for r in results}
+        return 2 * (len(right) > 1) + (len(texts) > 1)
+
+    return sorted(sorted(range(len(qs)), key=lambda i: -disagreement(i))[:n])
 
 
 def answer_prompts(run_dir: Path, prompts: list[str], s: Sampling) -> list[Reply]:

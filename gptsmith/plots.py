@@ -24,66 +24,148 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
+    """An exponential moving average with the start-up bias removed (so the first points are
+    not pulled towards zero): what the eye wants from a noisy per-step curve."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
+def _curve(ax, rows: list[dict], key: str, label: str, color: str, smooth: bool = True):
+    """``key`` per step: faint as measured, bold smoothed (points where there are few)."""
+    rows = [r for r in rows if r.get(key) is not None]
+    if not rows:
+        return False
+    x, y = [r["step"] for r in rows], [r[key] for r in rows]
+    if smooth and len(rows) > 10:
+        ax.plot(x, y, color=color, alpha=0.25, lw=0.8)
+        ax.plot(x, smoothed(y), color=color, lw=1.8, label=f"{label} (smoothed)")
+    else:
+        ax.plot(x, y, "o-", color=color, lw=1.2, ms=4, label=label)
+    return True
+
+
+def _legend(ax) -> None:
+    """A legend below the axes, never over the curves."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=8, frameon=False, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.18), ncol=2)
+
+
+VALIDATION = (("val_bpb", "validation bits/byte"), ("val_loss", "validation loss"))
+ACCURACY = (("accuracy", "training pairwise accuracy"),
+            ("val_accuracy", "held-out pairwise accuracy"))
+
+
 def plot_metrics(metrics: Path, out: Path, title: str = "") -> None:
-    """Training loss per step, and the validation metric where it was measured."""
+    """loss.png: the training loss (as measured and smoothed) next to the validation metric
+    on its own axes; for a reward model, a third panel with its pairwise accuracies."""
     rows = read_metrics(metrics)
     if not rows:
         return
-    fig, ax = _pyplot().subplots(figsize=(7, 4))
-    trained = [r for r in rows if "loss" in r]
-    ax.plot([r["step"] for r in trained], [r["loss"] for r in trained], label="train loss")
-    for key, label in (("val_bpb", "validation bits/byte"), ("val_accuracy",
-                       "held-out pairwise accuracy"), ("val_loss", "validation loss")):
-        val = [r for r in rows if key in r]
-        if val:
-            ax2 = ax.twinx()
-            ax2.plot([r["step"] for r in val], [r[key] for r in val], "o-", color="C1",
-                     label=label)
-            ax2.set_ylabel(label)
-            ax2.legend(loc="upper center")
+    accuracy = any(k in r for r in rows for k, _ in ACCURACY)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3 if accuracy else 2, figsize=(11 if accuracy else 9, 3.8))
+    loss_ax, val_ax = axes[0], axes[1]
+    _curve(loss_ax, rows, "loss", "train loss", "C0")
+    loss_ax.set_title("training loss")
+    for key, label in VALIDATION:
+        if _curve(val_ax, rows, key, label, "C1", smooth=False):
+            val_ax.set_title(label)
             break
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
-    ax.legend(loc="upper right")
-    ax.set_title(title)
+    else:
+        val_ax.set_visible(False)
+    if accuracy:
+        acc = axes[2]
+        _curve(acc, rows, "accuracy", "training batches", "C0")
+        _curve(acc, rows, "val_accuracy", "held-out prompts", "C1", smooth=False)
+        acc.set_ylim(0, 1.02)
+        acc.axhline(0.5, color="grey", lw=0.8, ls=":")
+        acc.set_title("pairwise accuracy (0.5: chance)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.margins(x=0.05, y=0.1)
+        _legend(ax)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, out)
+
+
+RL_PANELS = (  # (title, [(key, label)], y from 0 to 1)
+    ("reward of the sampled replies", [("rm_score", "RM score"), ("reward", "reward")], False),
+    ("held-out questions, greedy", [("true_accuracy", "exactly right"),
+                                    ("true_reward", "true reward"),
+                                    ("eval_rm_score", "RM score")], False),
+    ("KL to the SFT model (nats per reply)", [("kl", "KL")], False),
+    ("entropy of the policy (nats per token)", [("entropy", "entropy")], False),
+    ("reply length (tokens)", [("reply_tokens", "reply length")], False),
+    ("share of replies that end their turn", [("end_rate", "sampled"),
+                                              ("eval_end_rate", "held-out, greedy")], True),
+)
+
+
+def plot_rl(metrics: Path, out: Path, title: str = "") -> None:
+    """One figure of an RL run (PPO or GRPO), one quantity per panel: the reward of the
+    sampled replies, the held-out greedy scores, KL, entropy, reply length, end rate."""
+    rows = read_metrics(metrics)
+    panels = [(t, [(k, lbl) for k, lbl in keys if any(k in r for r in rows)], unit)
+              for t, keys, unit in RL_PANELS]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return
+    plt = _pyplot()
+    cols = 2
+    fig, axes = plt.subplots((len(panels) + 1) // cols, cols, figsize=(10, 2.9 * (
+        (len(panels) + 1) // cols)), squeeze=False)
+    for ax, (name, keys, unit) in zip(axes.flat, panels, strict=False):
+        for i, (key, label) in enumerate(keys):
+            iterations = [r for r in rows if key in r and (r["step"] > 0 or key.startswith(
+                ("true", "eval")))]
+            _curve(ax, iterations, key, label, f"C{i}",
+                   smooth=not key.startswith(("true", "eval")))
+        if unit:
+            ax.set_ylim(0, 1.02)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.margins(x=0.03)
+        _legend(ax)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, out)
+
+
+def plot_overoptimization(metrics: Path, out: Path) -> None:
+    """overoptimization.png: held-out true reward and RM score against sqrt(KL) to the
+    reference (Gao et al., 2022), one point per evaluation, joined in order of KL."""
+    rows = read_metrics(metrics)
+    evals = [r for r in rows if "true_reward" in r and "eval_rm_score" in r]
+    kl_at = {0: 0.0, **{r["step"]: r["kl"] for r in rows if "kl" in r and r["step"] > 0}}
+    points = sorted(((max(0.0, kl_at[r["step"]]) ** 0.5, r) for r in evals
+                     if r["step"] in kl_at), key=lambda p: p[0])
+    if len(points) < 2:
+        return
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4))
+    x = [p[0] for p in points]
+    for key, label, mark in (("true_reward", "true reward", "s"),
+                             ("eval_rm_score", "RM score", "o")):
+        ax.plot(x, [p[1][key] for p in points], f"{mark}-", ms=5, lw=1, label=label)
+    ax.set_xlabel("sqrt(KL to the SFT model), one point per evaluation")
+    ax.set_ylabel("reward of held-out greedy replies")
+    ax.margins(0.08)
+    _legend(ax)
     _save(fig, out)
 
 
 def plot_ppo(metrics: Path, out_dir: Path) -> None:
-    """ppo.png: RM and true reward and KL per iteration; overoptimization.png: the true
-    reward against sqrt(KL) to the reference (Gao et al., 2022)."""
-    all_rows = read_metrics(metrics)
-    rows = [r for r in all_rows if "rm_score" in r]  # iterations (not the step-0 baseline)
-    if not rows:
-        return
-    steps = [r["step"] for r in rows]
-    fig, (a, b) = _pyplot().subplots(2, 1, figsize=(7, 6), sharex=True)
-    a.plot(steps, [r["rm_score"] for r in rows], label="RM score (rollouts)")
-    evals = [r for r in all_rows if "true_reward" in r]
-    if evals:
-        a.plot([r["step"] for r in evals], [r["eval_rm_score"] for r in evals], "o-",
-               label="RM score (held-out, greedy)")
-        a.plot([r["step"] for r in evals], [r["true_reward"] for r in evals], "s-",
-               label="true reward (held-out, greedy)")
-        a.plot([r["step"] for r in evals], [r["true_accuracy"] for r in evals], "^-",
-               label="exact accuracy (held-out)")
-    a.legend(fontsize=8)
-    a.set_ylabel("reward")
-    b.plot(steps, [r["kl"] for r in rows], color="C3", label="KL to reference (nats/reply)")
-    b.set_xlabel("PPO iteration")
-    b.set_ylabel("KL")
-    b.legend(fontsize=8)
-    _save(fig, out_dir / "ppo.png")
-    if evals:
-        kl_at = {0: 0.0, **{r["step"]: r["kl"] for r in rows}}
-        fig, ax = _pyplot().subplots(figsize=(6, 4))
-        x = [max(0.0, kl_at[r["step"]]) ** 0.5 for r in evals]
-        ax.plot(x, [r["true_reward"] for r in evals], "s-", label="true reward")
-        ax.plot(x, [r["eval_rm_score"] for r in evals], "o-", label="RM score")
-        ax.set_xlabel("sqrt(KL to reference)")
-        ax.set_ylabel("reward (held-out)")
-        ax.legend()
-        _save(fig, out_dir / "overoptimization.png")
+    """ppo.png (``plot_rl``) and overoptimization.png of a PPO run."""
+    plot_rl(metrics, out_dir / "ppo.png", "PPO")
+    plot_overoptimization(metrics, out_dir / "overoptimization.png")
 
 
 def plot_eval(rows: dict[str, dict], out: Path) -> None:
@@ -94,7 +176,7 @@ def plot_eval(rows: dict[str, dict], out: Path) -> None:
     bars = [(k, label) for k, label in bars if any(r.get(k) is not None for r in rows.values())]
     if not rows or not bars:
         return
-    fig, ax = _pyplot().subplots(figsize=(7, 3.6))
+    fig, ax = _pyplot().subplots(figsize=(8.5, 3.6))
     width = 0.8 / len(bars)
     for i, (key, label) in enumerate(bars):
         values = [100 * (r.get(key) or 0.0) for r in rows.values()]
@@ -103,7 +185,7 @@ def plot_eval(rows: dict[str, dict], out: Path) -> None:
     ax.set_xticks(range(len(rows)), list(rows))
     ax.set_ylabel("% of held-out questions")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, out)
 
 

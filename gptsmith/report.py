@@ -12,9 +12,11 @@ import json
 from html import escape
 from pathlib import Path
 
+from gptsmith.errors import GptsmithError
 from gptsmith.runs import atomic_write_text
 
-NAMES = {"pretrain": "base", "sft": "SFT", "ppo": "RLHF"}
+NAMES = {"pretrain": "base", "sft": "SFT", "ppo": "PPO", "grpo": "GRPO", "dpo": "DPO"}
+RL = ("ppo", "grpo", "dpo")
 
 
 def _count(n: float) -> str:
@@ -57,6 +59,8 @@ DATA = {
                        "comparisons",
     "rm": lambda m: f"{_count(m['train_pairs'])} comparisons",
     "ppo": lambda m: f"{m['steps']} iterations x {m['rollouts']} rollouts",
+    "grpo": lambda m: f"{m['steps']} iterations x {m['rollouts']} replies",
+    "dpo": lambda m: f"{_count(m['train_pairs'])} comparisons",
     "eval": lambda m: f"{m['questions']} questions x {len(m['models'])} models",
 }
 HEADLINE = {
@@ -71,6 +75,10 @@ HEADLINE = {
     "rm": lambda m, r: f"held-out pairwise accuracy {m['val_accuracy']:.1%}",
     "ppo": lambda m, r: f"RM score {m['rm_score']:.2f}, true accuracy "
                         f"{m['true_accuracy']:.1%} (held-out), KL {m['kl']:.2f} nats",
+    "grpo": lambda m, r: f"reward {m['reward']:.2f}, true accuracy {m['true_accuracy']:.1%} "
+                         f"(held-out), KL {m['kl']:.2f} nats",
+    "dpo": lambda m, r: f"held-out preference accuracy {m['val_accuracy']:.1%}, margin "
+                        f"{m['val_margin']:.2f}",
     "eval": lambda m, r: _eval(m),
 }
 
@@ -133,8 +141,9 @@ SECTIONS = [  # (title, caption, images relative to the pipeline directory)
      "A GPT learns to predict the next token of a large, noisy corpus (the built-in one: "
      "Shakespeare mixed with arithmetic prose that repeats a myth for some facts). It learns "
      "the language and the facts, myths included, but not to answer: asked a question, it "
-     "continues the text. Training loss, and validation bits per byte: below the unigram "
-     "baseline of the table, the model uses context.", ["pretrain/loss.png"]),
+     "continues the text. Left: training loss per step (faint) and smoothed; right: "
+     "validation bits per byte, below the unigram baseline of the table when the model uses "
+     "context.", ["pretrain/loss.png"]),
     ("Supervised fine-tuning (SFT): the assistant",
      "The base model is trained further on demonstrations: a user asks, an assistant answers "
      "briefly. Only the assistant's tokens count in the loss. It learns the chat format, to "
@@ -144,20 +153,103 @@ SECTIONS = [  # (title, caption, images relative to the pipeline directory)
      "The SFT model samples several replies per prompt and a labeler ranks them (with the "
      "built-in data, a program that knows the truth stands in for people: right beats wrong, "
      "then brief and finished). A reward model, the SFT transformer with a scalar head, "
-     "learns to score the preferred reply higher; held-out pairwise accuracy says how often "
-     "it agrees with the labeler on prompts it never saw.", ["rm/loss.png"]),
+     "learns to score the preferred reply higher. Right: how often it agrees with the "
+     "labeler on held-out prompts (0.5 is chance), measured where it was evaluated.",
+     ["rm/loss.png"]),
     ("RLHF with PPO",
      "PPO changes the SFT model to raise the reward model's score of its replies, while a KL "
-     "penalty keeps it close to the SFT model. Top: reward per iteration (the RM's score of "
-     "rollouts, and the true reward and accuracy of greedy held-out answers); bottom: KL to "
-     "the SFT model. Second plot: true reward and RM score against sqrt(KL). Where the RM "
-     "score keeps rising while the true reward falls, the policy exploits the reward model's "
-     "errors (over-optimisation, Gao et al. 2022).", ["ppo/ppo.png", "ppo/overoptimization.png"]),
+     "penalty keeps it close to the SFT model. One quantity per panel: the RM score of the "
+     "sampled replies, the held-out greedy scores, KL, entropy, reply length and end rate. "
+     "The second plot puts the held-out true reward and RM score against sqrt(KL): where the "
+     "RM score keeps rising while the true reward falls, the policy exploits the reward "
+     "model's errors (over-optimisation, Gao et al. 2022).",
+     ["ppo/ppo.png", "ppo/overoptimization.png"]),
+    ("GRPO: a group of replies per prompt, no reward model",
+     "For each prompt GRPO samples a group of replies, scores them with the reward (here the "
+     "truth: a program that knows each prompt's answer), and pushes up the replies that beat "
+     "their group's mean. No value model and no reward model; a KL penalty keeps it near the "
+     "SFT model.", ["grpo/grpo.png"]),
+    ("DPO: the comparisons, no reward model and no sampling",
+     "DPO trains the SFT model directly on the labeler's comparisons: it raises the "
+     "likelihood of the chosen reply relative to the rejected one, measured against the "
+     "frozen SFT model. Right: held-out preference accuracy.", ["dpo/loss.png"]),
     ("Evaluation: the same held-out questions for every model",
      "Each model answers held-out questions whose facts it met only in pre-training: greedy "
      "and sampled accuracy, how often it states the corpus's myth, and how often it ends its "
      "turn.", ["eval.png"]),
 ]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _points(a: float, b: float) -> str:
+    d = round(100 * (b - a))
+    return "unchanged" if d == 0 else f"{'up' if d > 0 else 'down'} {abs(d)} points"
+
+
+def story(records: dict) -> list[str]:
+    """The findings in words, from the numbers the phases recorded: what SFT changed, what
+    each RL method changed (greedy and sampled), what nothing changed."""
+    models = (records.get("eval") or {}).get("numbers", {}).get("models", {})
+    numbers = {k: (v or {}).get("numbers", {}) for k, v in records.items()}
+    out = []
+    pre = numbers.get("pretrain", {})
+    if "val_bpb" in pre and "unigram_bpb" in pre:
+        out.append(f"Pre-training brought the validation loss to {pre['val_bpb']:.2f} bits per "
+                   f"byte, against {pre['unigram_bpb']:.2f} for a model that ignores context: "
+                   "the base model learned the language and the facts of its corpus.")
+    base, sft = models.get("pretrain"), models.get("sft")
+    if base and sft:
+        out.append(
+            f"SFT taught the assistant's manners: replies that end their turn went from "
+            f"{_pct(base['end_rate'])} (base) to {_pct(sft['end_rate'])}, and held-out "
+            f"accuracy from {_pct(base['accuracy'])} to {_pct(sft['accuracy'])} greedy"
+            + (f", {_pct(base.get('sampled_accuracy'))} to "
+               f"{_pct(sft.get('sampled_accuracy'))} sampled at temperature 1"
+               if sft.get("sampled_accuracy") is not None else "")
+            + ". The facts still come from pre-training.")
+    if "val_accuracy" in numbers.get("rm", {}):
+        out.append(f"The reward model agrees with the labeler on "
+                   f"{_pct(numbers['rm']['val_accuracy'])} of held-out comparisons.")
+    sharpened = []
+    for m in RL:
+        row = models.get(m)
+        if not (row and sft):
+            continue
+        kl = numbers.get(m, {}).get("kl")
+        line = (f"{NAMES[m]} moved greedy accuracy from {_pct(sft['accuracy'])} to "
+                f"{_pct(row['accuracy'])} ({_points(sft['accuracy'], row['accuracy'])})")
+        if row.get("sampled_accuracy") is not None and sft.get("sampled_accuracy") is not None:
+            line += (f" and sampled accuracy from {_pct(sft['sampled_accuracy'])} to "
+                     f"{_pct(row['sampled_accuracy'])} "
+                     f"({_points(sft['sampled_accuracy'], row['sampled_accuracy'])})")
+            if (row["sampled_accuracy"] - sft["sampled_accuracy"]
+                    > row["accuracy"] - sft["accuracy"] + 0.02):
+                sharpened.append(NAMES[m])
+        out.append(line + (f", {kl:.2f} nats of KL from the SFT model." if kl is not None
+                           else "."))
+    if sharpened:
+        out.append(f"{' and '.join(sharpened)} raised the sampled answers more than the greedy "
+                   "one: RL here mostly makes the model choose, more often, an answer it "
+                   "already gave sometimes; the best answer gains less than the typical one.")
+    talk = {m: r.get("talk_number_rate") for m, r in models.items()
+            if r.get("talk_number_rate") is not None}
+    if talk and sft and any(m in talk for m in RL):
+        n = (records.get("eval") or {}).get("numbers", {}).get("open_prompts")
+        out.append("Ordinary conversation (" + (f"{n} prompts" if n else "open prompts")
+                   + ", e.g. \"Hello, how are you?\"), share answered with a number: "
+                   + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}" for m, v in talk.items())
+                   + ". The RL prompts are all arithmetic; a rise here is RL's cost to the "
+                     "conversation.")
+    if models:
+        best = max(r["accuracy"] for r in models.values())
+        out.append(f"What no phase changed: the best model still gets {_pct(1 - best)} of "
+                   "held-out questions wrong greedily. Their facts appear only in the "
+                   "pre-training corpus, among myths; fine-tuning and RL re-weight what the "
+                   "model already says, they do not teach it new facts.")
+    return out
 
 
 def _img(root: Path, rel: str) -> str:
@@ -185,43 +277,98 @@ def _answers(answers: dict) -> str:
               *(_reply(r) for r in q["replies"])] for q in answers["questions"]]
     free = [[f"<td>{escape(q['prompt'])}</td>", *(_reply(r) for r in q["replies"])]
             for q in answers["open"]]
-    return ("<h3>Held-out questions, greedy replies</h3>"
-            "<p class=cap>&#10003; exactly right, &#10007; wrong. The base model continues "
-            "the text; SFT answers and stops; RLHF's replies are those PPO moved towards what the "
-            "reward model scores high.</p>"
+    return ("<h2>Where the models differ</h2>"
+            "<h3>Held-out questions, greedy replies</h3>"
+            "<p class=cap>The questions where the models disagree most (some right, some "
+            "wrong) come first. &#10003; exactly right, &#10007; wrong. The base model "
+            "continues the text; SFT answers and stops; the RL models' replies are those their "
+            "method moved towards.</p>"
             + _table(["question", "truth", *models], known)
-            + "<h3>Open prompts (no known answer)</h3>"
+            + "<h3>Ordinary conversation (no right answer)</h3>"
             + _table(["prompt", *models], free))
 
 
-def write_report(root: Path, rows: list[dict]) -> Path:
-    """``root/report.html`` from what the pipeline left in ``root``."""
+def _settings(root: Path, records: dict) -> str:
+    """Each phase's settings as it ran them, with the real paths ({out} is the directory)."""
+    parts = []
+    for name, rec in records.items():
+        settings = (rec or {}).get("settings")
+        if settings:
+            text = json.dumps(settings, indent=1).replace("{out}", str(root))
+            parts.append(f"<h4>{escape(name)}</h4><pre>{escape(text)}</pre>")
+    if not parts:
+        return ""
+    return ("<details><summary>Settings of each phase, as they ran</summary>"
+            + "".join(parts) + "</details>")
+
+
+def _next_steps(root: Path) -> str:
+    last = next((root / m for m in RL if (root / m / "model.safetensors").exists()),
+                root / "sft")
+    named = " ".join(f"{NAMES.get(m, m).lower()}={root / m}" for m in ("pretrain", "sft", *RL)
+                     if (root / m / "model.safetensors").exists())
+    lines = [("Chat with the assistant in the terminal", f"gptsmith chat {last}"),
+             ("Serve the models (OpenAI-compatible API and a chat page with a model picker)",
+              f"gptsmith serve {named}"),
+             ("Compare them on your own questions (a .jsonl of prompt and answer)",
+              f"gptsmith eval {root / 'sft'} {last} --questions my_questions.jsonl"),
+             ("Bring your own data (each file replaces a built-in one)",
+              "gptsmith pipeline --out runs/mine --corpus my_corpus.txt --demos my_demos.jsonl "
+              "--comparisons my_rankings.jsonl --rl-prompts my_prompts.jsonl"),
+             ("Try the other RL methods on the same SFT model",
+              f"gptsmith pipeline --out {root} --rl all"),
+             ("Rebuild this page", f"gptsmith report {root}")]
+    return "<h2>What next</h2>" + "".join(f"<p class=cap>{escape(what)}:</p><pre>"
+                                          f"{escape(cmd)}</pre>" for what, cmd in lines)
+
+
+def write_report(root: Path, rows: list[dict], records: dict | None = None) -> Path:
+    """``root/report.html`` from what the pipeline left in ``root`` (``records``: the phases
+    of pipeline.json, for the findings and the settings)."""
+    records = records or {}
+    found = story(records)
     parts = [f"<h1>gptsmith pipeline: {escape(str(root))}</h1>",
              "<p class=cap>How a ChatGPT-style assistant is built, phase by phase: pre-training "
-             "on raw text, supervised fine-tuning on demonstrations, a reward model trained on "
-             "rankings of the model's own replies, then reinforcement learning (PPO) against "
-             "that reward model.</p>", "<h2>Summary</h2>",
-             _table(list(COLUMNS), [[f"<td>{escape(r[c])}</td>" for c in COLUMNS]
-                                    for r in rows]),
-             "<p class=note>Time and peak resident memory of the run that did each phase "
-             "(* the process's peak so far, where it cannot be reset per phase).</p>"]
+             "on raw text, supervised fine-tuning on demonstrations, then preference learning "
+             "on rankings of the model's own replies (a reward model and PPO, or GRPO, or "
+             "DPO).</p>"]
+    if found:
+        parts += ["<h2>What happened</h2><ul>",
+                  *(f"<li>{escape(line)}</li>" for line in found), "</ul>"]
+    if (root / "answers.json").exists():
+        parts.append(_answers(json.loads((root / "answers.json").read_text())))
+    parts += ["<h2>Summary</h2>",
+              _table(list(COLUMNS), [[f"<td>{escape(r[c])}</td>" for c in COLUMNS]
+                                     for r in rows]),
+              "<p class=note>Time and peak resident memory of the run that did each phase "
+              "(* the process's peak so far, where it cannot be reset per phase).</p>"]
     for title, caption, images in SECTIONS:
-        found = [rel for rel in images if (root / rel).exists()]
-        if not found:
+        present = [rel for rel in images if (root / rel).exists()]
+        if not present:
             continue
         parts += [f"<h2>{escape(title)}</h2>", f"<p class=cap>{escape(caption)}</p>",
-                  *(_img(root, rel) for rel in found)]
+                  *(_img(root, rel) for rel in present)]
         if images[0] == "pretrain/loss.png" and (root / "pretrain/samples.txt").exists():
             parts += ["<p class=cap>What the base model writes after the start of a text:</p>",
                       f"<pre>{escape((root / 'pretrain/samples.txt').read_text())}</pre>"]
-    if (root / "answers.json").exists():
-        parts.append(_answers(json.loads((root / "answers.json").read_text())))
-    if (root / "config.yaml").exists():
-        parts.append("<details><summary>Settings (config.yaml)</summary>"
-                     f"<pre>{escape((root / 'config.yaml').read_text())}</pre></details>")
+    parts += [_next_steps(root), _settings(root, records)]
     page = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<title>gptsmith report: {escape(str(root))}</title><style>{STYLE}</style>"
             "</head><body>" + "\n".join(parts) + "</body></html>\n")
     out = root / "report.html"
     atomic_write_text(out, page)
     return out
+
+
+def rebuild_report(root: Path) -> Path:
+    """report.html of a pipeline directory again, from its pipeline.json and files."""
+    book = root / "pipeline.json"
+    if not book.exists():
+        raise GptsmithError(f"{root}: no pipeline.json here; give a directory that "
+                            "`gptsmith pipeline --out` made")
+    try:
+        records = json.loads(book.read_text())["phases"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise GptsmithError(f"{book}: not a pipeline record ({e})") from None
+    phases = list(records)
+    return write_report(root, summary_rows(records, phases, set(phases)), records)

@@ -19,6 +19,7 @@ from gptsmith.config import to_dict
 from gptsmith.device import autocast
 from gptsmith.errors import GptsmithError
 from gptsmith.evaluate import is_correct, load_questions
+from gptsmith.plots import plot_rl
 from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
@@ -235,5 +236,6 @@ def grpo(cfg: GRPOConfig) -> dict:
 
     summary = trainer.train_and_save(f"{cfg.advantage.upper()}: {out}",
                                      finalize=last_iterations)
+    plot_rl(out / "metrics.jsonl", out / "grpo.png", cfg.advantage.upper())
     print(f"done in {summary['train_seconds']:.0f}s: reward {summary.get('reward', 0):.3f}")
     return summary
