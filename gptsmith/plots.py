@@ -53,7 +53,7 @@ def _legend(ax) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles, labels, fontsize=8, frameon=False, loc="upper center",
-                  bbox_to_anchor=(0.5, -0.18), ncol=2)
+                  bbox_to_anchor=(0.5, -0.2), ncol=3)
 
 
 VALIDATION = (("val_bpb", "validation bits/byte"), ("val_loss", "validation loss"))
@@ -86,9 +86,11 @@ def plot_metrics(metrics: Path, out: Path, title: str = "") -> None:
         acc.set_ylim(0, 1.02)
         acc.axhline(0.5, color="grey", lw=0.8, ls=":")
         acc.set_title("pairwise accuracy (0.5: chance)")
+    last = max(r["step"] for r in rows)
     for ax in axes:
-        ax.set_xlabel("step")
-        ax.margins(x=0.05, y=0.1)
+        ax.set_xlim(0, last * 1.04 + 1)  # one scale of steps: few points are not stretched
+        ax.margins(y=0.1)
+        ax.set_title(f"{ax.get_title()}, by step", fontsize=10)
         _legend(ax)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -96,10 +98,11 @@ def plot_metrics(metrics: Path, out: Path, title: str = "") -> None:
 
 
 RL_PANELS = (  # (title, [(key, label)], y from 0 to 1)
-    ("reward of the sampled replies", [("rm_score", "RM score"), ("reward", "reward")], False),
-    ("held-out questions, greedy", [("true_accuracy", "exactly right"),
-                                    ("true_reward", "true reward"),
-                                    ("eval_rm_score", "RM score")], False),
+    ("reward model's score", [("rm_score", "sampled replies"),
+                              ("eval_rm_score", "held-out, greedy")], False),
+    ("reward of the sampled replies", [("reward", "reward")], False),
+    ("held-out questions, greedy", [("true_accuracy", "share exactly right"),
+                                    ("true_reward", "true reward")], False),
     ("KL to the SFT model (nats per reply)", [("kl", "KL")], False),
     ("entropy of the policy (nats per token)", [("entropy", "entropy")], False),
     ("reply length (tokens)", [("reply_tokens", "reply length")], False),
@@ -117,9 +120,10 @@ def plot_rl(metrics: Path, out: Path, title: str = "") -> None:
     panels = [p for p in panels if p[1]]
     if not panels:
         return
+    last = max(r["step"] for r in rows)
     plt = _pyplot()
     cols = 2
-    fig, axes = plt.subplots((len(panels) + 1) // cols, cols, figsize=(10, 2.9 * (
+    fig, axes = plt.subplots((len(panels) + 1) // cols, cols, figsize=(10, 3.1 * (
         (len(panels) + 1) // cols)), squeeze=False)
     for ax, (name, keys, unit) in zip(axes.flat, panels, strict=False):
         for i, (key, label) in enumerate(keys):
@@ -129,9 +133,8 @@ def plot_rl(metrics: Path, out: Path, title: str = "") -> None:
                    smooth=not key.startswith(("true", "eval")))
         if unit:
             ax.set_ylim(0, 1.02)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("iteration")
-        ax.margins(x=0.03)
+        ax.set_title(f"{name}, by iteration", fontsize=10)
+        ax.set_xlim(0, last * 1.03 + 1)
         _legend(ax)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
