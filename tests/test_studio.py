@@ -173,6 +173,23 @@ def test_sqlite_settings_and_bad_urls(tmp_path):
             Database(url)
 
 
+def test_unknown_database_urls_directories_and_other_files_are_refused(tmp_path, monkeypatch,
+                                                                        capsys):
+    """Issue 18: --db mysql://... made an SQLite file under a directory named 'mysql:'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a database, " * 20)
+    for url, words in (("mysql://user:secret@host/db", "unknown database 'mysql'"),
+                       ("mongodb+srv://h/db", "unknown database 'mongodb+srv'"),
+                       ("sqlite:relative.db", "give a file"),
+                       (str(tmp_path), "a directory"),
+                       ("notes.txt", "cannot open it as an SQLite database")):
+        assert main(["studio", "init", "--db", url]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "secret" not in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert main(["studio", "init", "--db", "sqlite:///ok.db"]) == 0
+
+
 # -- the whole loop over the API -----------------------------------------------------------
 
 def test_annotators_answer_over_http_and_the_export_feeds_sft_and_rm_readers(
@@ -375,6 +392,78 @@ def test_bad_answers_are_refused_with_the_reason(studio):
     status, text, _ = call(url, "POST", f"/api/assignments/{demo}/answer", None, studio["alice"],
                            {"Content-Type": "application/json"})
     assert status == 400 and "not valid JSON" in text
+
+
+def stored(db: Database) -> dict[str, list]:
+    """Every row of every table: what a refused request must leave as it was."""
+    tables = ("settings", "projects", "items", "annotators", "assignments", "answers", "drafts")
+    with db.transaction() as tx:
+        return {t: tx.all(f"SELECT * FROM {t} ORDER BY 1") for t in tables}
+
+
+def raw(base: str, method: str, path: str, data: bytes, token: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=60)
+    try:
+        conn.request(method, path, data, {"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def test_huge_ids_deep_json_lone_surrogates_and_unknown_annotators_get_4xx(studio):
+    """Issue 18: each of these was a 500 with a traceback in the server log."""
+    url, alice, admin = studio["url"], studio["alice"], studio["admin"]
+    demo = next(a["id"] for a in queue_of(studio, "alice") if a["kind"] == "demonstrate")
+    answer = {"submission_id": uuid.uuid4().hex, "response": "fine"}
+    before = stored(studio["db"])
+    cases = []
+    for big in (2**63, 2**64, 2**70, -(2**63) - 1, 10**400):
+        cases += [(alice, "GET", f"/api/assignments/{big}", None, 403),
+                  (alice, "PUT", f"/api/assignments/{big}/draft", {"body": "x"}, 403),
+                  (alice, "POST", f"/api/assignments/{big}/answer", answer, 403),
+                  (alice, "GET", f"/item/{big}", None, 403),
+                  (admin, "GET", f"/api/admin/export/{big}", None, 404),
+                  (admin, "POST", "/api/admin/assign",
+                   {"project": "demos", "annotators": [big], "per_item": 1}, 404),
+                  (admin, "POST", "/api/admin/assign",
+                   {"project": str(big), "annotators": [studio["alice_id"]]}, 404)]
+    cases += [
+        (alice, "GET", "/api/assignments/abc", None, 400),
+        (admin, "GET", "/api/admin/export/1.5", None, 400),
+        (admin, "GET", "/api/admin/export/%C2%B2", None, 400),
+        (admin, "POST", "/api/admin/assign",  # "²" is a digit to str.isdigit, not to int()
+         {"project": "²", "annotators": [studio["alice_id"]]}, 404),
+        (admin, "POST", "/api/admin/assign",  # a foreign-key error before
+         {"project": "demos", "annotators": [studio["alice_id"], 999], "per_item": 2}, 404),
+        (alice, "POST", f"/api/assignments/{demo}/answer", {**answer, "comment": "\ud800"}, 400),
+        (alice, "POST", f"/api/assignments/{demo}/answer",
+         {**answer, "response": "a \udfff b"}, 400),
+        (alice, "PUT", f"/api/assignments/{demo}/draft", {"body": "\ud800 hi"}, 400),
+        (alice, "PUT", f"/api/assignments/{demo}/draft", {"body": "x", "\ud800": 1}, 400),
+        (admin, "POST", "/api/admin/annotators", {"name": "eve\ud800"}, 400),
+        (admin, "POST", "/api/admin/annotators", {"name": {"a": 1}}, 400),
+        (admin, "POST", "/api/admin/projects",
+         {"name": "p", "kind": "demonstrate", "prompts": '{"prompt": "\\ud800"}'}, 400),
+        (admin, "POST", "/api/admin/projects", {"name": "p", "kind": "rank", "model": "m",
+                                                "prompts": '{"prompt": "q"}', "seed": 2**64},
+         400),
+    ]
+    for token, method, path, body, status in cases:
+        got, text, _ = call(url, method, path, body, token)
+        assert got == status, (method, path, body, got, text)
+        assert json.loads(text)["error"]["message"] if path.startswith("/api/") else text
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for data in (deep, b'{"body": ' + deep + b"}", b'{"body": "x", "y": ' + b"[" * 40 + b"]" * 40
+                 + b"}", b'{"comment": "\\ud800", "submission_id": "abcdefghij"}'):
+        for method, path in (("PUT", f"/api/assignments/{demo}/draft"),
+                             ("POST", f"/api/assignments/{demo}/answer")):
+            status, text = raw(url, method, path, data, alice)
+            assert status == 400, (path, data[:60], status, text)
+    status, text = raw(url, "POST", "/api/admin/annotators", b'{"name": ' + deep + b"}", admin)
+    assert status == 400 and "nested" in text
+    assert stored(studio["db"]) == before  # nothing partial stored
 
 
 # -- reliability ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -114,6 +115,13 @@ async def user_error(request: Request, e: GptsmithError):
     return fail(request, 400, str(e))
 
 
+async def invalid_request(request: Request, e: RequestValidationError):
+    """A path or query value of the wrong type (``/api/assignments/abc``): 400, naming it."""
+    problems = "; ".join(f"{'/'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
+                         for err in e.errors()[:3])
+    return fail(request, 400, f"{request.method} {request.url.path}: {problems}")
+
+
 async def http_error(request: Request, e: StarletteHTTPException):
     return fail(request, e.status_code, f"{request.method} {request.url.path}: {e.detail}")
 
@@ -174,11 +182,43 @@ async def admin(request: Request) -> str:
     return token
 
 
+MAX_DEPTH = 16  # the deepest a real request goes is 2 (a list inside the object)
+
+
+def check_json(value, depth: int = MAX_DEPTH) -> None:
+    """Refuse (400) a parsed body nested deeper than ``depth`` or holding a string that is
+    not valid Unicode (a lone surrogate such as ``"\\ud800"``), naming where. Walks without
+    recursion, so no body can exhaust the stack."""
+    todo = [(value, "", 0)]
+    while todo:
+        v, where, level = todo.pop()
+        if level > depth:
+            raise Refused(400, f"{where}: the JSON is nested deeper than {depth} levels")
+        if isinstance(v, dict):
+            for key, item in v.items():
+                check_json_text(key, f"a key of {where or 'the body'}")
+                key = key if len(key) <= 40 else key[:40] + "…"
+                todo.append((item, f"{where}.{key}" if where else key, level + 1))
+        elif isinstance(v, list):
+            todo.extend((item, f"{where}[{i}]", level + 1) for i, item in enumerate(v))
+        elif isinstance(v, str):
+            check_json_text(v, where)
+
+
+def check_json_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise Refused(400, f"{where}: not valid Unicode (a lone surrogate, "
+                      f"{text[e.start]!r}, at character {e.start})") from None
+
+
 async def json_body(request: Request) -> dict:
-    """The body as a JSON object, refused past the size limit before it is all read."""
+    """The body as a JSON object, refused past the size limit before it is all read, and
+    refused when nested too deep or holding text that is not valid Unicode."""
     max_body = studio(request).max_body
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > max_body:
+    size = request.headers.get("content-length", "")
+    if size.isascii() and size.isdigit() and int(size) > max_body:
         raise Refused(413, f"the request body exceeds {max_body} bytes")
     data = bytearray()
     async for chunk in request.stream():
@@ -189,9 +229,23 @@ async def json_body(request: Request) -> dict:
         body = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise Refused(400, "the request body is not valid JSON") from None
+    except RecursionError:
+        raise Refused(400, f"the request body is nested deeper than {MAX_DEPTH} levels") \
+            from None
     if not isinstance(body, dict):
         raise Refused(400, "the request body must be a JSON object")
+    check_json(body)
     return body
+
+
+def text_field(body: dict, name: str, default: str = "") -> str:
+    """``body[name]`` as a string (``default`` when absent or null); 400 for another type."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise Refused(400, f"{name}: a string, not {type(value).__name__}")
+    return value
 
 
 UseStudio = Annotated[Studio, Depends(studio)]
@@ -279,7 +333,8 @@ async def get_assignment(aid: int, who: Annotator, s: UseStudio):
 
 @annotating.put("/assignments/{aid}/draft")
 async def put_draft(aid: int, who: Annotator, body: Body, s: UseStudio):
-    saved = await run_in_threadpool(store.save_draft, s.db, who["id"], aid, body.get("body"))
+    saved = await run_in_threadpool(store.save_draft, s.db, who["id"], aid,
+                                    text_field(body, "body", None))
     return {"saved": saved}
 
 
@@ -307,30 +362,39 @@ async def state(token: AdminToken, s: UseStudio):
 
 @administering.post("/projects")
 async def new_project(token: AdminToken, body: Body, s: UseStudio):
-    kind, model = body.get("kind"), body.get("model") or None
-    items = parse_prompts(str(body.get("prompts") or ""), "prompts")
+    kind, model = text_field(body, "kind"), text_field(body, "model") or None
+    name, instructions = text_field(body, "name"), text_field(body, "instructions")
+    items = parse_prompts(text_field(body, "prompts"), "prompts")
     dropped = 0
     if kind == "rank":
         await sample_missing(s, body, items, model)
         dropped = sum(len(it["responses"]) < 2 for it in items)
         items = [it for it in items if len(it["responses"]) >= 2]
-    pid = await run_in_threadpool(store.create_project, s.db, str(body.get("name") or ""),
-                                  kind, items, model, str(body.get("instructions") or ""))
+    pid = await run_in_threadpool(store.create_project, s.db, name, kind, items, model,
+                                  instructions)
     return {"id": pid, "items": len(items), "dropped": dropped}
+
+
+def number(body: dict, name: str, default, low, high, whole: bool = True):
+    """``body[name]`` checked to be a number from ``low`` to ``high`` (a whole one if
+    ``whole``); ``default`` when absent or null."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and
+                                       (value.is_integer() or not whole)) \
+            or not low <= value <= high:
+        raise Refused(400, f"{name}: {'a whole number' if whole else 'a number'} from {low} "
+                      f"to {high}, got {json.dumps(value)[:40]}")
+    return int(value) if whole else float(value)
 
 
 def sampling_settings(body: dict) -> tuple[int, int, float, int]:
     """(k, max_tokens, temperature, seed) of a rank project's request, checked."""
-    try:
-        k, max_tokens = int(body.get("k") or 4), int(body.get("max_tokens") or 64)
-        temperature, seed = float(body.get("temperature", 1.0)), int(body.get("seed") or 0)
-    except (TypeError, ValueError):
-        raise Refused(400, "k, max_tokens, temperature and seed are numbers") from None
-    if not 2 <= k <= 9:  # the number keys 1..9 rank them
-        raise Refused(400, "k: 2 to 9 responses per prompt")
-    if not 1 <= max_tokens <= 4096 or not 0 <= temperature <= 2:
-        raise Refused(400, "max_tokens: 1 to 4096; temperature: 0 to 2")
-    return k, max_tokens, temperature, seed
+    return (number(body, "k", 4, 2, 9),  # the number keys 1..9 rank them
+            number(body, "max_tokens", 64, 1, 4096),
+            number(body, "temperature", 1.0, 0, 2, whole=False),
+            number(body, "seed", 0, 0, 2**63 - 1))
 
 
 async def sample_missing(s: Studio, body: dict, items: list[dict], model: str | None) -> None:
@@ -338,10 +402,10 @@ async def sample_missing(s: Studio, body: dict, items: list[dict], model: str | 
     todo = [it["prompt"] for it in items if not it["responses"]]
     if not todo:
         return
+    k, max_tokens, temperature, seed = sampling_settings(body)
     if model not in s.models:
         raise Refused(400, f"choose a model to sample the responses from "
                       f"({', '.join(s.models) or 'start the studio with --model'})")
-    k, max_tokens, temperature, seed = sampling_settings(body)
     sampled = iter(await run_in_threadpool(
         sample_responses, s.models[model], todo, k, max_tokens, temperature, seed))
     for it in items:
@@ -350,7 +414,7 @@ async def sample_missing(s: Studio, body: dict, items: list[dict], model: str | 
 
 @administering.post("/annotators")
 async def new_annotator(request: Request, token: AdminToken, body: Body, s: UseStudio):
-    name = str(body.get("name") or "").strip()
+    name = text_field(body, "name").strip()
     aid, secret = await run_in_threadpool(store.create_annotator, s.db, name)
     return {"id": aid, "name": name, "link": f"{request.base_url}a/{secret}"}
 
@@ -361,7 +425,10 @@ async def assign(token: AdminToken, body: Body, s: UseStudio):
     if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids) \
             or type(per_item) is not int:
         raise Refused(400, "annotators: a list of annotator ids; per_item: a number")
-    p = await run_in_threadpool(store.find_project, s.db, str(body.get("project")))
+    project = body.get("project")
+    if type(project) not in (str, int):
+        raise Refused(400, "project: a project's name or id")
+    p = await run_in_threadpool(store.find_project, s.db, project)
     added = await run_in_threadpool(store.assign, s.db, p["id"], ids, per_item)
     return {"added": added}
 
@@ -382,6 +449,7 @@ def create_app(db: Database, models: dict[str, str] | None = None,
     app.state.studio = Studio(db, dict(models or {}), csrf_secret(db), max_body)
     app.add_exception_handler(Refused, refused)
     app.add_exception_handler(GptsmithError, user_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
     app.middleware("http")(security_headers)

@@ -18,6 +18,7 @@ the missing ones are applied at start inside one transaction.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -60,6 +61,11 @@ DIALECT = {"sqlite": {"pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "REAL"
            "postgres": {"pk": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION"}}
 
 
+def redacted(url: str) -> str:
+    """``url`` without the password (``mysql://user:pw@host/db`` -> ``mysql://…@host/db``)."""
+    return re.sub(r"//[^@/]*@", "//…@", url)
+
+
 class Tx:
     """One transaction: queries with ``?`` placeholders, rows as dicts. Every ``?`` is a
     placeholder (on PostgreSQL it becomes ``%s``): pass values as parameters, never inline."""
@@ -71,7 +77,11 @@ class Tx:
         if self.kind == "postgres":
             sql = sql.replace("%", "%%").replace("?", "%s")
         cur = self.conn.cursor()
-        cur.execute(sql, tuple(params))
+        try:
+            cur.execute(sql, tuple(params))
+        except UnicodeEncodeError:  # a lone surrogate that got past the checks at the edge
+            raise GptsmithError("text that is not valid Unicode (a lone surrogate) cannot be "
+                                "stored") from None
         return cur
 
     def all(self, sql: str, params: tuple | list = ()) -> list[dict]:
@@ -114,11 +124,20 @@ class Database:
                 ) from None
             self.integrity_error: tuple = (psycopg.IntegrityError,)
         else:
+            scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", url)
+            if scheme and scheme[1] != "sqlite":
+                raise GptsmithError(
+                    f"--db {redacted(url)}: unknown database {scheme[1]!r}; the studio "
+                    "keeps its data in SQLite (a path, or sqlite:///studio.db) or PostgreSQL "
+                    "(postgresql://user:password@host/dbname)")
             path = url.removeprefix("sqlite:///") if url.startswith("sqlite:") else url
-            if not path or path == ":memory:" or url.startswith("sqlite://") and \
+            if not path or path == ":memory:" or url.startswith("sqlite:") and \
                     not url.startswith("sqlite:///"):
                 raise GptsmithError(f"--db {url}: give a file, e.g. sqlite:///studio.db or "
                                     "postgresql://user:password@host/dbname")
+            if Path(path).is_dir():
+                raise GptsmithError(f"--db {path}: a directory; give a database file, e.g. "
+                                    f"{Path(path) / 'studio.db'}")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.kind, self.target = "sqlite", path
             self.integrity_error = (sqlite3.IntegrityError,)
@@ -126,7 +145,12 @@ class Database:
         self.lock = threading.Lock()
         self.conns: list = []
         if migrate:
-            self.migrate(upto)
+            try:
+                self.migrate(upto)
+            except sqlite3.DatabaseError as e:  # e.g. a file that is not a database
+                self.close()
+                raise GptsmithError(f"--db {self.target}: cannot open it as an SQLite "
+                                    f"database ({e})") from None
 
     def _connect(self):
         if self.kind == "postgres":

@@ -24,8 +24,14 @@ def parse_prompts(text: str, source: str) -> list[dict]:
             continue
         try:
             rec = json.loads(line)
+            json.dumps(rec, ensure_ascii=False).encode("utf-8")
         except json.JSONDecodeError as e:
             raise located(source, n, f"not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise located(source, n, "the JSON is nested too deeply") from None
+        except UnicodeEncodeError:
+            raise located(source, n, "not valid Unicode (a lone surrogate such as "
+                          "\\ud800)") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) \
                 or not rec["prompt"].strip():
             raise located(source, n, 'each line needs a non-empty "prompt" string, e.g. '

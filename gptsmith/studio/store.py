@@ -24,6 +24,7 @@ MAX_RESPONSE_CHARS = 20_000
 MAX_COMMENT_CHARS = 5_000
 MAX_DRAFT_CHARS = 100_000
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-]{8,100}")
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in both databases
 
 
 class Refused(GptsmithError):
@@ -96,9 +97,10 @@ def create_project(db: Database, name: str, kind: str, items: list[dict],
 
 def find_project(db: Database, ref: str | int) -> dict:
     """A project by id or by name."""
+    ref = str(ref)
     with db.transaction() as tx:
-        row = tx.one("SELECT * FROM projects WHERE name = ?", (str(ref),))
-        if row is None and str(ref).isdigit():
+        row = tx.one("SELECT * FROM projects WHERE name = ?", (ref,))
+        if row is None and ref.isascii() and ref.isdigit() and 0 < int(ref) <= MAX_ID:
             row = tx.one("SELECT * FROM projects WHERE id = ?", (int(ref),))
     if row is None:
         raise Refused(404, f"no project {ref!r}; `gptsmith studio report` lists them")
@@ -155,6 +157,10 @@ def assign(db: Database, project_id: int, annotator_ids: list[int], per_item: in
                       f"not {per_item}")
     added = 0
     with db.transaction(write=True) as tx:
+        known = {r["id"] for r in tx.all("SELECT id FROM annotators")}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise Refused(404, f"no annotator with id {', '.join(map(str, missing[:10]))}")
         items = [r["id"] for r in tx.all("SELECT id FROM items WHERE project_id = ? "
                                          "ORDER BY position", (project_id,))]
         if not items:
@@ -183,6 +189,8 @@ def queue(db: Database, annotator_id: int) -> list[dict]:
 
 
 def _owned(tx, annotator_id: int, assignment_id: int, lock: bool = False) -> None:
+    if not 0 < assignment_id <= MAX_ID:  # no such id: the same answer as another's
+        raise Refused(403, "this assignment is not yours")
     row = tx.one("SELECT annotator_id FROM assignments WHERE id = ?"
                  + (tx.for_update if lock else ""), (assignment_id,))
     if row is None or row["annotator_id"] != annotator_id:
