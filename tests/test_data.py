@@ -150,3 +150,24 @@ def test_world_states_the_documented_share_of_myths():
             stated += 1
             wrong += c != a + b
     assert stated > 200 and 0.05 < wrong / stated < 0.15
+
+
+# -- comparisons -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("record, field", [
+    ({"prompt": "p", "responses": ["a", "b"], "ranking": [True, False]}, "ranking"),
+    ({"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, True, 2]}, "ranking"),
+    ({"prompt": "p", "responses": ["a", "\ud800"], "ranking": [0, 1]}, "responses"),
+    ({"prompt": "\ud800 hi", "chosen": "a", "rejected": "b"}, "prompt"),
+])
+def test_comparisons_refuse_booleans_as_indices_and_lone_surrogates(record, field, tmp_path):
+    from gptsmith.data.comparisons import read_comparisons
+    from gptsmith.errors import GptsmithError
+
+    path = tmp_path / "c.jsonl"
+    good = {"prompt": "q", "responses": ["x", "y"], "ranking": [1, 0]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(GptsmithError, match=rf"c\.jsonl:2: field '{field}'"):
+        read_comparisons(path)
+    groups, skipped = read_comparisons(path, skip_bad=True)
+    assert len(groups) == 1 and skipped == 1

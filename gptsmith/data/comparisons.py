@@ -20,6 +20,7 @@ prompt with many pairs is not over-weighted (InstructGPT).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -91,10 +92,21 @@ def parse_hh(transcript: str, field: str) -> tuple[list[dict], str]:
     return messages, parts[-1].strip()
 
 
+def _check_unicode(rec: dict) -> None:
+    """JSON may escape a lone surrogate (``"\\ud800"``), which no tokenizer can encode."""
+    for name in ("prompt", "responses", "chosen", "rejected"):
+        try:
+            json.dumps(rec.get(name), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"field {name!r} is not valid Unicode (a lone surrogate such as "
+                             "\\ud800)") from None
+
+
 def to_group(rec: dict, source: str) -> PromptGroup:
     """One record of any comparison format as a prompt group; ValueError names the field."""
     if not isinstance(rec, dict):
         raise ValueError("record must be a JSON object")
+    _check_unicode(rec)
     if "responses" in rec or "ranking" in rec:
         prompt = _prompt_messages(rec.get("prompt"), "prompt")
         responses, ranking = rec.get("responses"), rec.get("ranking")
@@ -102,8 +114,8 @@ def to_group(rec: dict, source: str) -> PromptGroup:
             raise ValueError("field 'responses' must be a list of strings")
         if len(responses) < 2:
             raise ValueError("field 'responses' needs at least 2 replies to compare")
-        if (not isinstance(ranking, list) or not all(isinstance(i, int) for i in ranking)
-                or sorted(ranking) != list(range(len(responses)))):
+        if (not isinstance(ranking, list) or not all(type(i) is int for i in ranking)
+                or sorted(ranking) != list(range(len(responses)))):  # true/false are not ints
             raise ValueError(f"field 'ranking' must be a permutation of 0..{len(responses) - 1} "
                              f"(best first), got {ranking!r}")
         if len(set(responses)) < len(responses):
