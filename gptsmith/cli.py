@@ -184,6 +184,9 @@ def add_training_command(sub, name: str, config_cls, train_fn, help: str, descri
     c.add_argument("--config", help="YAML file of settings (flags override it)")
     c.add_argument("--overwrite", action="store_true", help="delete --out first")
     add_arguments(c, config_cls())
+    c.add_argument("--log", dest="train.log", default=argparse.SUPPRESS, metavar="WRITERS",
+                   help="the same as --train.log: tensorboard, wandb or both, comma-separated "
+                   "(metrics.jsonl is always written)")
     c.set_defaults(func=cmd_train, config_cls=config_cls, train_fn=train_fn)
 
 

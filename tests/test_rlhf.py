@@ -262,7 +262,7 @@ def tiny_trainer(tiny_run, root, prompts, **overrides):
     train = {"steps": 2, "batch_size": len(prompts), "precision": "fp32", "device": "cpu",
              "progress": False, **overrides.pop("train", {})}
     cfg = PPOConfig(policy=str(tiny_run), reward=str(root / "rm"), prompts="unused",
-                    out=str(root / "out"), max_tokens=6, **overrides,
+                    out=overrides.pop("out", str(root / "out")), max_tokens=6, **overrides,
                     train=TrainConfig(**train))
     return build_trainer(cfg, prompts)
 
@@ -329,6 +329,39 @@ def test_first_minibatch_has_ratio_one(tiny_run, tiny_ppo):
     out = tr.update(tr.rollout())
     assert out["approx_kl"] == 0.0 and out["clipfrac"] == 0.0
     assert out["grad_norm_policy"] > 0 and out["grad_norm_value"] > 0
+
+
+def test_the_progress_bar_shows_reward_kl_and_accuracy(tiny_run, tiny_ppo, tmp_path,
+                                                       monkeypatch):
+    import gptsmith.train.loop as loop
+
+    shown = []
+
+    class Bar:  # tqdm, recording what the bar would show after each step
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def set_postfix(self, **fields):
+            shown.append(fields)
+
+        def update(self, n):
+            pass
+
+        def write(self, text):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(loop, "tqdm", Bar)
+    graded = [{**q, "answer": "9"} for q in PROMPTS]
+    tr = tiny_trainer(tiny_run, tiny_ppo, graded, out=str(tmp_path / "ppo"))
+    tr.run()
+    assert len(shown) == 2
+    assert {"loss", "reward", "kl", "acc", "tok_s"} <= set(shown[-1])
+    rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert shown[-1]["reward"] == f"{rows[-1]['rm_score']:.3f}"
+    assert shown[-1]["acc"] == f"{rows[-1]['train_accuracy']:.3f}"
 
 
 def test_policy_loss_clips_in_the_advantage_direction():

@@ -188,6 +188,7 @@ def dpo(cfg: DPOConfig) -> dict:
     trainer = Trainer(policy, t, out, EpochBatches(train_pairs, t.batch_size, t.seed), loss_fn,
                       evaluate, phase_config=to_dict(cfg), tokenizer=tokenizer)
     trainer.lora, trainer.lora_base, trainer.eval_at_start = cfg.lora, cfg.policy, True
+    trainer.progress_keys = {"val_accuracy": "val_acc", "val_margin": "margin"}
     if cfg.loss != "simpo":
         target = ref_model.to(trainer.device) if ref_model is not None else trainer.model
 

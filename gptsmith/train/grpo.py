@@ -226,6 +226,8 @@ def grpo(cfg: GRPOConfig) -> dict:
                           tokenizer=tokenizer)
     trainer.setup(cfg, ref, tokenizer, terms)
     trainer.lora, trainer.lora_base, trainer.eval_at_start = cfg.lora, cfg.policy, bool(questions)
+    trainer.progress_keys = {"reward": "reward", "kl": "kl", "train_accuracy": "acc",
+                             "true_accuracy": "eval_acc"}
     print(f"{cfg.advantage.upper()}: policy {cfg.policy}, reward {cfg.reward}, "
           f"{len(prompts)} prompts; {t.steps} iterations of {t.batch_size} prompts x "
           f"{cfg.group_size} replies on {trainer.device}; {trainable_summary(policy)}")

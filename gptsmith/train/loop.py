@@ -35,11 +35,12 @@ from gptsmith.errors import GptsmithError
 from gptsmith.plots import plot_metrics
 from gptsmith.runs import atomic_path, atomic_write_text, save_model, write_config
 from gptsmith.tokenizer import Tokenizer
+from gptsmith.tracking import Trackers
 from gptsmith.train.lora import LoRAConfig, lora_layers, merged_state_dict, save_adapter
 
 # Fields that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = {"log_every", "eval_every", "checkpoint_every", "threads", "compile",
-                     "progress"}
+                     "progress", "log"}
 
 
 @dataclass
@@ -63,6 +64,13 @@ class TrainConfig:
     eval_every: int = field(default=250, metadata={"help": "evaluate every N steps (and last)"})
     checkpoint_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    log: str = field(default="", metadata={
+        "help": "also log metrics to tensorboard and/or wandb (comma-separated)"})
+
+    def __post_init__(self):
+        from gptsmith.tracking import parse
+
+        parse(self.log)  # an unknown writer or a missing package, before any work
 
 
 class LossSum(NamedTuple):
@@ -157,6 +165,9 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = 0
+        # metrics shown on the progress bar beside the loss when a step logs them: key -> label
+        self.progress_keys: dict[str, str] = {}
+        self.trackers = None  # TensorBoard / W&B writers (gptsmith/tracking.py), from run()
 
     # -- checkpoints ------------------------------------------------------------------
     def _resume(self) -> None:
@@ -211,6 +222,8 @@ class Trainer:
     def log(self, record: dict) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.write(record)
 
     def evaluate(self) -> dict:
         if self.evaluate_fn is None:
@@ -276,8 +289,10 @@ class Trainer:
         if self.tokenizer is not None:
             self.tokenizer.save(self.run_dir / "tokenizer.json")
         self._resume()
+        self.trackers = Trackers(cfg.log, self.run_dir, self.phase_config, self.step)
         self.model.train()
         last_eval: dict = {}
+        shown: dict[str, str] = {}
         bar = tqdm(total=cfg.steps, initial=self.step, disable=None if cfg.progress else True,
                    unit="step", dynamic_ncols=True)
         if self.step == 0 and self.eval_at_start:
@@ -305,11 +320,14 @@ class Trainer:
                     f"{k} {v:.4f}" for k, v in last_eval.items()))
             if evaluating or self.step % cfg.log_every == 0:
                 self.log(record)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tok_per_s']:,}")
+            shown.update({label: f"{record[k]:.3f}" for k, label in self.progress_keys.items()
+                          if k in record})
+            bar.set_postfix(loss=f"{loss:.3f}", **shown, tok_s=f"{record['tok_per_s']:,}")
             bar.update(1)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
+        self.trackers.close()
         return last_eval
 
     def train_and_save(self, title: str, extra: dict | None = None,

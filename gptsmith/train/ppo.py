@@ -303,6 +303,8 @@ def build_trainer(cfg: PPOConfig, prompts: list[dict], questions: list[dict] = (
                          parts={"policy": (policy, 1.0), "value": (value, value_scale)})
     trainer.setup(cfg, ref, reward, tokenizer, reward_fn)
     trainer.export, trainer.eval_at_start = policy, bool(questions)
+    trainer.progress_keys = {"rm_score": "reward", "kl": "kl", "train_accuracy": "acc",
+                             "true_accuracy": "eval_acc"}
     trainer.lora, trainer.lora_base = cfg.lora, cfg.policy
     return trainer
 
