@@ -107,6 +107,7 @@ class Reply:
     ended: bool   # the model closed its turn with <|end|>
     tokens: int   # tokens generated, <|end|> included
     ids: list[int] = dataclasses.field(default_factory=list)  # generated, without <|end|>
+    stopped: bool = False  # interrupted (Ctrl-C) before it ended
 
 
 def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], s: Sampling,
@@ -128,73 +129,114 @@ def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], 
     return replies
 
 
-HELP = """commands: /reset (forget the conversation), /system TEXT (set the system prompt and
-reset), /system (clear it), /help, /quit (or Ctrl-D)"""
+COMMANDS = {
+    "/reset": "forget the conversation",
+    "/system TEXT": "set the system prompt and reset; /system alone clears it",
+    "/help": "show this",
+    "/quit": "leave (or /exit, Ctrl-D, or Ctrl-C at the prompt)",
+}
+HELP = ("commands: " + "; ".join(f"{c} ({what})" for c, what in COMMANDS.items())
+        + ". Ctrl-C during a reply stops it; the conversation goes on.")
 
 
 def stream_reply(model: GPT, tokenizer: Tokenizer, messages: list[dict], s: Sampling,
                  write) -> Reply:
-    """Generate the next assistant turn, passing text pieces to ``write`` as they come."""
+    """Generate the next assistant turn, passing text pieces to ``write`` as they come.
+    Ctrl-C (KeyboardInterrupt) stops it: the reply so far comes back with ``stopped`` set."""
     decoder = IncrementalDecoder(tokenizer, skip_special=True)
     s = dataclasses.replace(s, stop_ids=tokenizer.stop_ids)
     ids: list[int] = []
-    for (token,) in stream(model, [prompt_ids(tokenizer, messages)], s):
-        ids.append(token)
-        if token not in tokenizer.stop_ids:
-            write(decoder.push(token))
+    stopped = False
+    try:
+        for (token,) in stream(model, [prompt_ids(tokenizer, messages)], s):
+            ids.append(token)
+            if token not in tokenizer.stop_ids:
+                write(decoder.push(token))
+    except KeyboardInterrupt:
+        stopped = True
     write(decoder.flush())
     ended = bool(ids) and ids[-1] in tokenizer.stop_ids
     body = ids[:-1] if ended else ids
-    return Reply(tokenizer.decode(body, skip_special=True), ended, len(ids), body)
+    return Reply(tokenizer.decode(body, skip_special=True), ended, len(ids), body, stopped)
+
+
+def wrap(text: str, width: int | None = None) -> str:
+    """``text`` broken into lines at word boundaries, as wide as the terminal (at most 100)."""
+    import shutil
+    import textwrap
+
+    width = width or min(100, shutil.get_terminal_size((80, 24)).columns)
+    return textwrap.fill(text, width=max(20, width - 1), break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def repl(model: GPT, tokenizer: Tokenizer, s: Sampling, system: str = "",
-         read=input, write=None) -> None:
-    """An interactive multi-turn chat: read a line, stream the reply, keep the history."""
+         read=input, write=None, width: int | None = None) -> None:
+    """An interactive multi-turn chat: read a line, stream the reply, keep the history.
+
+    Ctrl-C during a reply stops the reply and keeps the conversation (with the reply as far
+    as it went); Ctrl-C or Ctrl-D at the prompt leaves. A line starting with / is a command:
+    an unknown one is refused with the list (// sends a message that starts with /).
+    """
     import sys
 
     def out(text: str) -> None:
         (write or sys.stdout.write)(text)
         sys.stdout.flush()
 
+    def conversation() -> list[dict]:
+        return ([{"role": "system", "content": system}] if system else []) + history
+
     history: list[dict] = []
-    out(f"chatting with a {model.num_params() / 1e6:.1f}M-parameter model. {HELP}\n")
+    out(wrap(f"chatting with a {model.num_params() / 1e6:.1f}M-parameter model. {HELP}", width)
+        + "\n")
     turn = 0
     while True:
         try:
             line = read("you> ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
             out("\n")
             return
         text = line.strip()
         if not text:
             continue
-        if text in ("/quit", "/exit"):
+        command = text.split(maxsplit=1)[0]
+        if command in ("/quit", "/exit"):
             return
-        if text == "/help":
-            out(HELP + "\n")
+        if command == "/help":
+            out(wrap(HELP, width) + "\n")
             continue
-        if text == "/reset":
+        if command == "/reset":
             history = []
             out("(conversation reset)\n")
             continue
-        if text == "/system" or text.startswith("/system "):
+        if command == "/system":
             system, history = text[len("/system"):].strip(), []
             out(f"(system prompt {'set' if system else 'cleared'}; conversation reset)\n")
             continue
+        if text.startswith("//"):
+            text = text[1:]
+        elif text.startswith("/"):
+            out(wrap(f"(unknown command {command}; nothing was sent to the model. {HELP} To "
+                     "send a message that starts with /, begin it with //)", width) + "\n")
+            continue
         history.append({"role": "user", "content": text})
-        messages = ([{"role": "system", "content": system}] if system else []) + history
-        if len(prompt_ids(tokenizer, messages)) >= model.cfg.seq_len - 1:
+        if len(prompt_ids(tokenizer, conversation())) >= model.cfg.seq_len - 1:
             history = [history[-1]]  # keep the newest turn; older ones no longer fit
-            messages = ([{"role": "system", "content": system}] if system else []) + history
             out("(older turns dropped: the context is full)\n")
-            if len(prompt_ids(tokenizer, messages)) >= model.cfg.seq_len - 1:
+            if len(prompt_ids(tokenizer, conversation())) >= model.cfg.seq_len - 1:
                 out(f"(that message is too long for a context of {model.cfg.seq_len})\n")
                 history = []
                 continue
         out("assistant> ")
-        reply = stream_reply(model, tokenizer, messages,
+        reply = stream_reply(model, tokenizer, conversation(),
                              dataclasses.replace(s, seed=s.seed + turn), out)
-        out("\n" if reply.ended else " [no end of turn]\n")
+        if reply.stopped:
+            out(" [stopped; Ctrl-C again at the prompt or Ctrl-D leaves]\n")
+            if not reply.text.strip():
+                history.pop()  # nothing said: as if the message was never sent
+                continue
+        else:
+            out("\n" if reply.ended else " [no end of turn]\n")
         history.append({"role": "assistant", "content": reply.text})
         turn += 1

@@ -317,7 +317,8 @@ def cmd_chat(args) -> None:
 def register_chat(sub) -> None:
     c = sub.add_parser("chat", help="talk to a model in the terminal",
                        description="Multi-turn chat with streamed replies. Commands: /reset, "
-                       "/system TEXT, /help, /quit.")
+                       "/system TEXT, /help, /quit. Ctrl-C stops a reply and keeps the "
+                       "conversation; Ctrl-C at the prompt or Ctrl-D leaves.")
     c.add_argument("run", help="run directory (base, SFT or RLHF)")
     c.add_argument("--system", default="", help="system prompt")
     add_sampling_flags(c, temperature=0.7, max_tokens=200)
@@ -649,8 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     except GptsmithError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # only a training command can be resumed
+        resumable = args.func in (cmd_train, cmd_pipeline)
+        print("\ninterrupted" + ("; run the same command again to resume" if resumable else ""),
+              file=sys.stderr)
         return 130
     return 0
 
