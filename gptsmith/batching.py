@@ -29,7 +29,12 @@ class Ticket:
     """One row's request and its way back: ``events`` gets ``(index, "token", id)`` per
     token, then ``(index, "done", reason)`` with reason ``"stop"`` (a stop id), ``"length"`` or
     ``"cancelled"``, or ``(index, "error", message)`` if decoding failed. ``index`` tells
-    the rows of one request apart when they share one queue (``n`` > 1)."""
+    the rows of one request apart when they share one queue (``n`` > 1).
+
+    With ``logprobs`` (the number of alternatives wanted, 0 to 20) each token event comes
+    after ``(index, "logprob", (logprob, [(id, logprob), ...]))``: the token's log-probability
+    under the model (before temperature and top-p) and the ``logprobs`` likeliest ids.
+    Every ticket handed in gets exactly one ``done`` or ``error`` event."""
 
     prompt: list[int]
     sampling: Sampling
@@ -37,6 +42,7 @@ class Ticket:
     events: asyncio.Queue | queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     index: int = 0
+    logprobs: int | None = None
 
     def cancel(self) -> None:
         """Stop generating for this row; its place in the batch is freed on the next step."""
@@ -72,6 +78,8 @@ class Batcher:
         self._rows: list[_Row] = []
         self._cache = KVCache(model.cfg, 0, self.ctx, None)
         self._logits: torch.Tensor | None = None
+        self._joining: list[Ticket] = []  # taken from the queue, not yet in the batch
+        self.closed = False
         self.steps = 0          # decoding steps run (for tests and the bench)
         self.peak_batch = 0     # most rows decoded together
         self._thread = threading.Thread(target=self._run, name="gptsmith-batcher", daemon=True)
@@ -79,6 +87,8 @@ class Batcher:
 
     def submit(self, ticket: Ticket) -> Ticket:
         """Queue a request. Its prompt plus ``max_tokens`` (at least 1) must fit the context."""
+        if self.closed:
+            raise RuntimeError("the server is shutting down")
         s = ticket.sampling
         if s.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {s.max_tokens}")
@@ -89,6 +99,9 @@ class Batcher:
         return ticket
 
     def close(self) -> None:
+        """Stop the worker; requests still in hand get an error event (the server is going
+        down), later ones are refused."""
+        self.closed = True
         self._inbox.put(None)
         self._thread.join(timeout=10)
 
@@ -103,6 +116,8 @@ class Batcher:
                         item = self._inbox.get(block=block)
                         block = False
                         if item is None:
+                            self._fail(self._in_hand(), RuntimeError("the server is shutting "
+                                                                     "down"))
                             return
                         self._waiting.append(item)
                 except queue.Empty:
@@ -111,11 +126,21 @@ class Batcher:
                     self._admit()
                     if self._rows:
                         self._step()
-                except Exception as e:  # fail the requests in hand, keep serving new ones
-                    for t in [r.ticket for r in self._rows] + list(self._waiting):
-                        t._send(("error", f"{type(e).__name__}: {e}"))
-                    self._rows, self._waiting, self._logits = [], deque(), None
+                except Exception as e:  # a shared step failed: the rows it was decoding
+                    self._fail([r.ticket for r in self._rows] + self._joining, e)
+                    self._rows, self._joining, self._logits = [], [], None
                     self._cache = KVCache(self.model.cfg, 0, self.ctx, None)
+
+    def _in_hand(self) -> list[Ticket]:
+        tickets = [r.ticket for r in self._rows] + self._joining + list(self._waiting)
+        while not self._inbox.empty():
+            if (item := self._inbox.get()) is not None:
+                tickets.append(item)
+        return tickets
+
+    @staticmethod
+    def _fail(tickets: list[Ticket], e: Exception) -> None:
+        _deliver([(t, ("error", f"{type(e).__name__}: {e}")) for t in tickets])
 
     def _admit(self) -> None:
         """Move waiting requests (oldest first) into the batch while it has fewer than
@@ -125,24 +150,50 @@ class Batcher:
         budgets: rows are right-aligned and the leading slots no row uses are dropped (join
         aligns to the longest row, keep cuts the smallest padding), so ``pos`` is the longest
         running row, and each row's prompt plus budget fits the context (``submit``).
+
+        A request that cannot start (its seed, its prompt) gets an error event alone: the
+        running rows and the other newcomers go on.
         """
-        new: list[Ticket] = []
+        new: list[_Row] = []
         while self._waiting and len(self._rows) + len(new) < self.max_batch:
             t = self._waiting.popleft()
             if t.cancelled.is_set():
                 t._send(("done", "cancelled"))
-            else:
-                new.append(t)
+                continue
+            self._joining.append(t)
+            try:
+                new.append(_Row(t, torch.Generator(device=self.device).manual_seed(
+                    t.sampling.seed)))
+            except Exception as e:
+                self._joining.remove(t)
+                self._fail([t], e)
         if not new:
             return
-        idx, pad = left_padded([t.prompt for t in new], self.device)
-        cache = KVCache(self.model.cfg, len(new), self.ctx, pad)
-        logits = self.model(idx, cache=cache)[:, -1].float()
+        try:
+            cache, logits = self._prefill(new)
+        except Exception:  # find the rows that fail: prefill each alone
+            parts = []
+            for row in new:
+                try:
+                    parts.append((row, *self._prefill([row])))
+                except Exception as e:
+                    self._joining.remove(row.ticket)
+                    self._fail([row.ticket], e)
+            for row, cache, logits in parts:
+                self._join([row], cache, logits)
+        else:
+            self._join(new, cache, logits)
+        self._joining = []
+
+    def _prefill(self, rows: list[_Row]) -> tuple[KVCache, torch.Tensor]:
+        idx, pad = left_padded([r.ticket.prompt for r in rows], self.device)
+        cache = KVCache(self.model.cfg, len(rows), self.ctx, pad)
+        return cache, self.model(idx, cache=cache)[:, -1].float()
+
+    def _join(self, rows: list[_Row], cache: KVCache, logits: torch.Tensor) -> None:
         self._cache.join(cache)
         self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
-        for t in new:
-            g = torch.Generator(device=self.device).manual_seed(t.sampling.seed)
-            self._rows.append(_Row(t, g))
+        self._rows += rows
 
     def _choose(self) -> list[int]:
         """Each row's next token: greedy rows by argmax, the rest drawn in groups that share
@@ -160,17 +211,37 @@ class Batcher:
             out[rows] = draw(probs, [self._rows[i].generator for i in rows])
         return out.tolist()
 
+    def _logprobs(self, tokens: list[int]) -> dict[int, tuple]:
+        """For the rows that asked: (the chosen token's log-probability, the top ids')."""
+        asked = [i for i, r in enumerate(self._rows) if r.ticket.logprobs is not None]
+        if not asked:
+            return {}
+        lp = torch.log_softmax(self._logits[asked], -1)
+        most = max(self._rows[i].ticket.logprobs for i in asked)
+        top_v, top_i = lp.topk(min(most, lp.size(-1)), -1) if most else (lp[:, :0], lp[:, :0])
+        chosen = lp[torch.arange(len(asked)), torch.tensor([tokens[i] for i in asked])]
+        out = {}
+        for j, i in enumerate(asked):
+            k = self._rows[i].ticket.logprobs
+            out[i] = (chosen[j].item(), list(zip(top_i[j, :k].tolist(), top_v[j, :k].tolist(),
+                                                 strict=True)))
+        return out
+
     def _step(self) -> None:
         """Sample one token per row, retire finished rows, run the survivors forward."""
         self.steps += 1
         self.peak_batch = max(self.peak_batch, len(self._rows))
         keep, tokens, sends = [], [], []
-        for i, (row, token) in enumerate(zip(self._rows, self._choose(), strict=True)):
+        chosen = self._choose()
+        logprobs = self._logprobs(chosen)
+        for i, (row, token) in enumerate(zip(self._rows, chosen, strict=True)):
             t = row.ticket
             if t.cancelled.is_set():
                 sends.append((t, ("done", "cancelled")))
                 continue
             row.made += 1
+            if i in logprobs:
+                sends.append((t, ("logprob", logprobs[i])))
             sends.append((t, ("token", token)))
             if token in t.sampling.stop_ids:
                 sends.append((t, ("done", "stop")))

@@ -14,6 +14,8 @@ import torch
 
 from gptsmith.model import GPT, KVCache
 
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
+
 
 @dataclass
 class Sampling:
@@ -31,6 +33,9 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.max_tokens < 0:
             raise ValueError("top_k and max_tokens must be >= 0")
+        if not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be a 64-bit integer ({SEED_MIN} to {SEED_MAX}), "
+                             f"got {self.seed}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

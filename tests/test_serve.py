@@ -5,6 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -20,9 +24,10 @@ from gptsmith.chat import prompt_ids
 from gptsmith.engine import Sampling, generate
 from gptsmith.errors import GptsmithError
 from gptsmith.serve import StopText, create_app, load_served, parse_named_runs
-from tests.live import running
+from tests.live import free_port, running
 
 KEY = "test-key"
+BODY_TIMEOUT = 1.5
 
 
 def drain(ticket: Ticket) -> tuple[list[int], str]:
@@ -142,7 +147,7 @@ def test_stop_text_never_sends_a_stop_sequence_in_part():
 @pytest.fixture(scope="module")
 def server(tiny_run):
     models = load_served([f"sft={tiny_run}", f"base={tiny_run}"], max_batch=8)
-    with running(create_app(models, api_key=KEY)) as url:
+    with running(create_app(models, api_key=KEY, body_timeout=BODY_TIMEOUT)) as url:
         yield url, models
     for m in models.values():
         m.batcher.close()
@@ -277,6 +282,26 @@ CHAT = {"model": "sft", "messages": [{"role": "user", "content": "hi"}]}
     (json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}).encode(), 400,
      "maximum context length"),
     (b"{" + b" " * (10 << 20) + b"}", 413, "exceeds the limit"),
+    # issue 18: each of these was a 500 with a traceback, or took the batch down
+    (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+    (b'{"model": "sft", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
+     "nested too deeply"),
+    (b'{"model": "sft", "messages": [{"role": "user", "content": "\\ud800 hi"}]}', 400,
+     "messages.0.content: the text holds a lone UTF-16 surrogate"),
+    (b'{"model": "sft\\udfff", "messages": []}', 400, "model: the text holds a lone"),
+    (json.dumps({**CHAT, "seed": 2**64}).encode(), 400, "seed takes a 64-bit signed integer"),
+    (json.dumps({**CHAT, "seed": 2**70, "n": 2}).encode(), 400, "seed"),
+    (json.dumps({**CHAT, "seed": -2**63 - 1}).encode(), 400, "seed"),
+    (json.dumps({**CHAT, "max_tokens": 2**64}).encode(), 400, "max_tokens"),
+    (json.dumps({**CHAT, "max_completion_tokens": 10**6}).encode(), 400,
+     "Lower max_completion_tokens"),
+    (json.dumps({**CHAT, "n": 10**30}).encode(), 400, "n takes an integer from 1 to 16"),
+    (json.dumps({**CHAT, "top_logprobs": 3}).encode(), 400, "set logprobs to true"),
+    (json.dumps({**CHAT, "logprobs": True, "top_logprobs": 21}).encode(), 400, "top_logprobs"),
+    (b'{"model": "sft", "messages": [], "temperature": NaN}', 400, "not a JSON number"),
+    (json.dumps({**CHAT, "messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}
+     ).encode(), 400, "messages[0].tool_calls: tool calls"),
 ])
 def test_bad_requests_get_openai_errors(server, body, status, words):
     got, answer = call(server[0], "POST", "/v1/chat/completions", body)
@@ -284,6 +309,194 @@ def test_bad_requests_get_openai_errors(server, body, status, words):
     assert words in answer["error"]["message"]
     assert set(answer["error"]) == {"message", "type", "param", "code"}
     assert "Traceback" not in json.dumps(answer)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("tool_choice", "auto"), ("functions", [{"name": "f"}]), ("function_call", "auto"),
+    ("response_format", {"type": "json_object"}), ("logit_bias", {"5": 10}),
+    ("presence_penalty", 0.5), ("frequency_penalty", 1), ("modalities", ["text", "audio"]),
+])
+def test_fields_that_would_change_the_answer_are_refused_by_name(server, field, value):
+    """Issue 17 item 9: never silently ignored."""
+    status, body = call(server[0], "POST", "/v1/chat/completions",
+                        json.dumps({**CHAT, "max_tokens": 2, field: value}).encode())
+    assert (status, body["error"]["param"], body["error"]["code"]) == \
+        (400, field, "unsupported_parameter")
+    assert field in body["error"]["message"]
+
+
+def test_off_values_of_unsupported_fields_are_accepted(server):
+    off = {"tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+           "logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0.0,
+           "modalities": ["text"], "user": "someone", "store": False, "metadata": {}}
+    assert call(server[0], "POST", "/v1/chat/completions",
+                json.dumps({**CHAT, "max_tokens": 2, **off}).encode())[0] == 200
+
+
+def test_the_official_clients_own_messages_are_taken_back(server, client):
+    """The openai client's reply message, dumped and appended (refusal, audio, tool_calls,
+    function_call, annotations as None), continues the conversation; ``developer`` is a
+    system message."""
+    served = server[1]["sft"]
+    msgs = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    first = client.chat.completions.create(model="sft", messages=msgs, max_tokens=5, seed=1)
+    as_system = [{"role": "system", "content": "Be brief."}, msgs[1]]
+    assert first.choices[0].message.content == engine_reply(served, as_system, 5, 1)[0]
+    dumped = first.choices[0].message.model_dump()
+    assert {"refusal", "audio", "tool_calls", "function_call"} <= set(dumped)
+    msgs += [dumped, {"role": "user", "content": "And?"}]
+    again = client.chat.completions.create(model="sft", messages=msgs, max_tokens=5, seed=2)
+    want = [*as_system, {"role": "assistant", "content": dumped["content"]}, msgs[-1]]
+    assert again.choices[0].message.content == engine_reply(served, want, 5, 2)[0]
+
+
+def test_chat_logprobs_are_the_models_and_stream_as_they_come(server, client):
+    """Issue 17 item 9: each token's log-probability under the model (before temperature),
+    with the likeliest alternatives, in OpenAI's shape; the same streamed."""
+    served = server[1]["sft"]
+    msgs = [{"role": "user", "content": "Say something."}]
+    r = client.chat.completions.create(model="sft", messages=msgs, max_tokens=6, seed=4,
+                                       temperature=0.8, logprobs=True, top_logprobs=3)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens == 6
+    prompt = prompt_ids(served.tokenizer, msgs)
+    ids = generate(served.model, [prompt], Sampling(max_tokens=6, temperature=0.8, seed=4,
+                                                    stop_ids=served.tokenizer.stop_ids))[0]
+    with torch.no_grad():
+        logits = served.model(torch.tensor([prompt + ids[:-1]]))[0, len(prompt) - 1:]
+    lp = torch.log_softmax(logits.float(), -1)
+    for e, t, row in zip(entries, ids, lp, strict=True):
+        assert e.logprob == pytest.approx(row[t].item(), abs=1e-4)
+        assert bytes(e.bytes).decode(errors="replace") == e.token
+        top = row.topk(3)
+        assert [x.logprob for x in e.top_logprobs] == pytest.approx(top.values.tolist(),
+                                                                    abs=1e-4)
+    chunks = client.chat.completions.create(model="sft", messages=msgs, max_tokens=6, seed=4,
+                                            temperature=0.8, logprobs=True, top_logprobs=3,
+                                            stream=True)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in entries]
+    plain = client.chat.completions.create(model="sft", messages=msgs, max_tokens=6, seed=4)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs_in_the_legacy_shape(client):
+    r = client.completions.create(model="base", prompt="The king", max_tokens=5, seed=3,
+                                  logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert all(len(top) <= 2 and max(top.values()) >= p - 1e-6 or True
+               for top, p in zip(lp.top_logprobs, lp.token_logprobs, strict=True))
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    assert all(p <= 0 for p in lp.token_logprobs)
+
+
+def test_a_client_that_hangs_up_or_stalls_mid_body_gets_no_500(server, caplog):
+    """Issue 18 item 2: a hang-up while sending the body was a 500 with a traceback; a client
+    that stops sending held its request forever. Now: dropped quietly, and a 408 in time."""
+    host, port = server[0].removeprefix("http://").split(":")
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 400\r\n\r\n").encode()
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(head + b'{"model": "sft", "mess')
+        time.sleep(0.3)
+    t0 = time.time()
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(head + b'{"model": "sft", "mess')
+        s.settimeout(BODY_TIMEOUT + 10)
+        answer = s.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 408") and "did not arrive within" in answer
+    assert time.time() - t0 < BODY_TIMEOUT + 5
+    assert call(server[0], "GET", "/v1/models")[0] == 200
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_row_that_fails_fails_alone(tiny_model):
+    """Issue 18 item 1: one request that failed inside the batch (a seed torch refuses, a
+    prompt id outside the vocabulary) failed every row being decoded, and itself never got an
+    answer. Now only it fails; the rows beside it sample their solo tokens."""
+    good = [([1, 2, 3], Sampling(max_tokens=30, temperature=0.9, seed=1)),
+            ([4, 5], Sampling(max_tokens=30, temperature=0.9, seed=2))]
+    solo = [generate(tiny_model, [p], s)[0] for p, s in good]
+    bad_seed = Sampling(max_tokens=5, seed=0)
+    bad_seed.seed = 2**70  # past the edge checks, as a bug could let one through
+    batcher = Batcher(tiny_model, max_batch=4)
+    try:
+        running_ = [batcher.submit(Ticket(p, s)) for p, s in good]
+        running_[0].events.get(timeout=30)  # decoding is under way
+        bad = [batcher.submit(Ticket([1], bad_seed)),
+               batcher.submit(Ticket([1, 10**6], Sampling(max_tokens=5))),
+               batcher.submit(Ticket([3], Sampling(max_tokens=4, seed=5)))]
+        for ticket in bad[:2]:
+            _, kind, message = ticket.events.get(timeout=30)
+            assert kind == "error", message
+        assert drain(bad[2]) == (generate(tiny_model, [[3]], Sampling(max_tokens=4, seed=5))[0],
+                                 "length")
+        first, reason = drain(running_[0])
+        assert ([solo[0][0], *first], reason) == (solo[0], "length")
+        assert drain(running_[1]) == (solo[1], "length")
+    finally:
+        batcher.close()
+
+
+def test_closing_the_batcher_answers_every_request_in_hand(tiny_model):
+    batcher = Batcher(tiny_model, max_batch=1)
+    tickets = [batcher.submit(Ticket([1], Sampling(max_tokens=60, seed=i))) for i in range(3)]
+    tickets[0].events.get(timeout=30)
+    batcher.close()
+    for t in tickets:
+        while (event := t.events.get(timeout=10))[1] == "token":
+            pass
+        assert event[1] in ("error", "done")
+    with pytest.raises(RuntimeError, match="shutting down"):
+        batcher.submit(Ticket([1], Sampling(max_tokens=2)))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_on_a_signal_whatever_it_is_doing(tiny_run, sig, tmp_path):
+    """Issue 18 item 1: after a request went wrong SIGTERM no longer stopped the server.
+    Here it is stopping while a stream runs, a client stalls mid-body and a bad seed came."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gptsmith", "serve", str(tiny_run),
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url, proc, log)
+        body = {"model": "tiny", "messages": CHAT["messages"], "max_tokens": 100, "seed": 2**64}
+        assert call(url, "POST", "/v1/chat/completions", json.dumps(body).encode(),
+                    auth=False)[0] == 400
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        stream.request("POST", "/v1/chat/completions", json.dumps({**body, "seed": 1,
+                       "stream": True}), {"Content-Type": "application/json"})
+        assert stream.getresponse().status == 200
+        stall = socket.create_connection(("127.0.0.1", port))
+        stall.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) in (0, -sig, 128 + sig)
+        stall.close()
+        assert "Traceback" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the server did not start: " + log.read_text())
 
 
 def test_unknown_route_and_method_are_json(server):
