@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -126,7 +128,7 @@ def test_reply_streams_in_and_the_whole_conversation_is_sent(page, url):
         api_reply(url, bodies[0])
     assert page.locator(".msg.user .text").first.text_content() == "Hello there"
     assert page.input_value("#message") == ""
-    assert bodies[0]["stream"] is True and bodies[0]["model"] == "base"
+    assert bodies[0]["stream"] is True and bodies[0]["model"] == "sft"  # the last one given
     assert bodies[0]["messages"] == [{"role": "user", "content": "Hello there"}]
     assert bodies[0]["temperature"] == 0.7 and bodies[0]["max_tokens"] == 12
 
@@ -199,17 +201,18 @@ def test_model_picker_lists_the_served_models_and_shift_enter_makes_a_new_line(p
     open_chat(page, url)
     options = page.locator("#model option").all_text_contents()
     assert options == ["base", "sft"]
-    page.select_option("#model", "sft")
+    assert page.input_value("#model") == "sft"  # the last model given to serve
+    page.select_option("#model", "base")
     page.fill("#message", "Hi")
     page.press("#message", "Shift+Enter")  # a new line, not sent
     page.locator("#message").press_sequentially("there")
     assert page.locator(".msg").count() == 0
     page.press("#message", "Enter")
     expect(page.locator(".msg.assistant")).to_have_attribute("data-state", "done")
-    assert bodies[-1]["model"] == "sft"
+    assert bodies[-1]["model"] == "base"
     assert bodies[-1]["messages"] == [{"role": "user", "content": "Hi\nthere"}]
     assert page.locator(".msg.user .text").text_content() == "Hi\nthere"
-    assert page.locator(".msg.assistant .who").text_content() == "sft"
+    assert page.locator(".msg.assistant .who").text_content() == "base"
 
 
 def test_stop_keeps_the_partial_reply_and_reset_clears(page, models):
@@ -283,3 +286,31 @@ def test_api_key_is_asked_for_then_sent_and_kept(page, tiny_run):
         assert page.locator(".msg").count() == 0
         assert page.input_value("#message") == "Hello again"
         assert bodies[-1] == "Bearer stale"
+
+
+def test_ten_turns_fit_the_context_by_dropping_the_oldest(page, url, tmp_path):
+    """Issue 17 item 1: the page sent max_tokens 200 to a model of 256 tokens and was stuck
+    (400) on the fourth message. Now the default reply budget is a quarter of the model's
+    context, and the oldest turns leave (greyed, with a note) so that ten turns go on."""
+    bodies = chat_requests(page)
+    seeded(page)
+    page.goto(url)
+    expect(page.locator("#model option")).not_to_have_count(0)
+    for i in range(10):
+        say(page, f"Turn {i + 1}: tell me about the sea and the ships on it.")
+        assert page.locator("#error").is_hidden()
+    assert page.locator(".msg.assistant").count() == 10
+    assert all(b["max_tokens"] == 128 // 4 for b in bodies)  # the tiny run's context: 128
+    last = bodies[-1]["messages"]
+    assert last[-1]["content"].startswith("Turn 10:") and last[0]["role"] == "user"
+    assert len(last) < 19  # older turns were dropped ...
+    sent = page.locator(".msg:not(.dropped)")
+    assert sent.count() == len(last) + 1  # ... and are greyed out; the reply is not sent yet
+    assert sent.first.locator(".text").text_content() == last[0]["content"]
+    note = page.locator("#trimmed")
+    expect(note).to_be_visible()
+    assert "no longer sent" in note.text_content() and "128 tokens" in note.text_content()
+    page.screenshot(path=str(tmp_path / "ten-turns.png"), full_page=True)
+    shots = os.environ.get("GPTSMITH_SCREENSHOTS")
+    if shots:  # where a person looks at it
+        page.screenshot(path=str(Path(shots) / "chat-ten-turns.png"), full_page=True)
