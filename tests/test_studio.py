@@ -246,6 +246,60 @@ def test_annotators_answer_over_http_and_the_export_feeds_sft_and_rm_readers(
     assert "Kendall's tau 0.333" in capsys.readouterr().out
 
 
+def test_several_annotators_per_item_export_merged_and_split_by_prompt(db, tmp_path):
+    """Issue 17: an item ranked by three people is three records; rm's held-out split must
+    keep them (and any copy of the prompt) on one side, or the held-out score is inflated.
+    The export can also merge them: one record per item, by mean rank, ties said."""
+    from gptsmith.data.shards import split_held_out
+    from gptsmith.studio.export import export, export_records
+    from gptsmith.train.reward import group_key
+
+    items = [{"prompt": f"What is {i % 30} plus 1?", "responses": ["a", "b", "c"]}
+             for i in range(40)]  # 10 prompts appear twice, as two items
+    pid = store.create_project(db, "ranks", "rank", items)
+    people = [store.create_annotator(db, n)[0] for n in ("ann", "bob", "cid")]
+    store.assign(db, pid, people, per_item=3)
+    votes = {0: ([0, 1, 2], [1, 0, 2], [0, 2, 1]),  # mean ranks 4/3, 2, 8/3: 0 > 1 > 2
+             1: ([0, 1, 2], [1, 0, 2], None),  # 0 and 1 tie; both beat 2; cid: unacceptable
+             2: ([0, 1, 2], [2, 1, 0], None)}  # everything ties: nothing to learn
+    for who in people:
+        for a in store.queue(db, who):
+            given = votes.get(a["position"], ([2, 1, 0],) * 3)[people.index(who)]
+            answer = {"ranking": given} if given else {"unacceptable": True}
+            store.submit(db, who, a["id"], uuid.uuid4().hex, answer)
+
+    assert "118 rankings" in export(db, "ranks", tmp_path / "all.jsonl")
+    groups, _ = read_comparisons(tmp_path / "all.jsonl")
+    kept, held = split_held_out(groups, group_key, 0.3)  # exactly what `gptsmith rm` does
+    assert len(kept) > 30 and len(held) > 15
+    assert not {g.prompt[0]["content"] for g in kept} & {g.prompt[0]["content"] for g in held}
+
+    message = export(db, pid, tmp_path / "merged.jsonl", combine="mean-rank")
+    assert "39 items' rankings merged by mean-rank" in message
+    assert "2 marked all unacceptable left out" in message and "2 of items" in message
+    merged = [json.loads(line) for line in (tmp_path / "merged.jsonl").read_text().splitlines()]
+    first, second = merged[0], merged[1]
+    assert (first["ranking"], first["mean_rank"], first["annotators"], first["combined"]) == \
+        ([0, 1, 2], [1.3333, 2.0, 2.6667], ["ann", "bob", "cid"], "mean-rank")
+    assert "ties" not in first and (second["ranking"], second["ties"]) == ([0, 1, 2], [[0, 1]])
+    assert second["item_id"] != merged[2]["item_id"] and len({r["item_id"] for r in merged}) == 39
+    groups, _ = read_comparisons(tmp_path / "merged.jsonl")
+    assert groups[0].pairs == [(0, 1), (0, 2), (1, 2)] and groups[1].pairs == [(0, 2), (1, 2)]
+    kept, held = split_held_out(groups, group_key, 0.3)
+    assert not {g.prompt[0]["content"] for g in kept} & {g.prompt[0]["content"] for g in held}
+    with pytest.raises(store.Refused, match="combine: one of none, mean-rank"):
+        export_records(db, pid, "borda!")
+
+    admin = store.set_admin_token(db)
+    with running(create_app(db)) as url:
+        status, text, headers = call(url, "GET", f"/api/admin/export/{pid}?combine=mean-rank",
+                                     token=admin)
+        assert status == 200 and [json.loads(line) for line in text.splitlines()] == merged
+        assert f"project-{pid}-mean-rank.jsonl" in headers["content-disposition"]
+        status, text, _ = call(url, "GET", f"/api/admin/export/{pid}?combine=nope", token=admin)
+        assert status == 400 and "combine" in text
+
+
 def test_admin_creates_a_rank_project_sampled_from_a_model(db, tiny_run):
     admin = store.set_admin_token(db)
     prompts = "".join(json.dumps({"prompt": f"What is {i} plus 2?"}) + "\n" for i in range(2))

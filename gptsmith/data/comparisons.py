@@ -11,7 +11,9 @@ Formats, detected per record:
               best first: K ranked replies give K·(K−1)/2 comparisons. Optional, as the
               labeler writes them: "ended" [bool, ...] (whether each reply closed its turn;
               default all true) and "response_ids" [[int, ...], ...] (the sampled ids of
-              each reply, without <|end|>), so the reward model sees what the policy made
+              each reply, without <|end|>), so the reward model sees what the policy made;
+              "ties" [[i, j], ...] (replies ranked equal, e.g. by annotators split evenly
+              in a merged studio export: no pair is made of them)
 
 Every record becomes one ``PromptGroup``: a prompt conversation, its distinct replies and
 the (better, worse) index pairs among them. The reward model trains on whole groups, so a
@@ -58,6 +60,21 @@ def _per_reply(rec: dict, name: str, n: int, valid) -> list | None:
 def ranking_pairs(ranking: list[int]) -> list[tuple[int, int]]:
     """All (better, worse) pairs of a best-first ranking: K·(K−1)/2 of them."""
     return [(a, b) for a, b in combinations(ranking, 2)]
+
+
+def _without_ties(pairs: list[tuple[int, int]], ties, k: int) -> list[tuple[int, int]]:
+    """``pairs`` less those the optional field ``ties`` (pairs of reply indices) says are
+    equal."""
+    if not isinstance(ties, list) or not all(
+            isinstance(t, list) and len(t) == 2 and all(type(i) is int and 0 <= i < k for i in t)
+            and t[0] != t[1] for t in ties):
+        raise ValueError(f"field 'ties' must be a list of pairs [i, j] of two different reply "
+                         f"indices from 0 to {k - 1}, got {json.dumps(ties)[:80]}")
+    equal = {frozenset(t) for t in ties}
+    kept = [p for p in pairs if frozenset(p) not in equal]
+    if not kept:
+        raise ValueError("field 'ties' ties every pair of replies: nothing to compare")
+    return kept
 
 
 def _prompt_messages(value, field: str) -> list[dict]:
@@ -121,11 +138,13 @@ def to_group(rec: dict, source: str) -> PromptGroup:
         if len(set(responses)) < len(responses):
             raise ValueError("field 'responses' holds the same reply twice; a reply cannot "
                              "be ranked against itself")
+        pairs = ranking_pairs(ranking)
+        if rec.get("ties") is not None:
+            pairs = _without_ties(pairs, rec["ties"], len(responses))
         ended = _per_reply(rec, "ended", len(responses), lambda v: isinstance(v, bool))
         ids = _per_reply(rec, "response_ids", len(responses), lambda v: isinstance(v, list) and
                          all(isinstance(t, int) and not isinstance(t, bool) for t in v))
-        return PromptGroup(prompt, list(responses), ranking_pairs(ranking), source,
-                           ended or [], ids)
+        return PromptGroup(prompt, list(responses), pairs, source, ended or [], ids)
     if "chosen" not in rec or "rejected" not in rec:
         raise ValueError("record in no known comparison format (fields: "
                          f"{', '.join(sorted(rec)) or 'none'}); expected chosen/rejected or "

@@ -9,6 +9,7 @@ anything and is authenticated by cookie must also come from our origin (``Origin
 prompt and response on screen as text (``textContent``), and the CSP allows no inline script.
 
     GET  /a/TOKEN, /admin/TOKEN          sign in from a personal link
+    GET  /                               where to go (the links, where they come from)
     GET  /queue, /item/ID, /admin        pages
     GET  /api/me, /api/queue             the annotator and their queue
     GET  /api/assignments/ID             one assignment (403 if not yours)
@@ -17,7 +18,8 @@ prompt and response on screen as text (``textContent``), and the CSP allows no i
                                           "comment"}
     GET  /api/admin/state                projects, progress, agreement, annotators, models
     POST /api/admin/projects|annotators|assign
-    GET  /api/admin/export/ID            the project's answers as .jsonl
+    GET  /api/admin/export/ID            the project's answers as .jsonl (?combine=mean-rank:
+                                         one record per item, annotators' rankings merged)
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ class Studio:
     models: dict[str, str]
     secret: bytes
     max_body: int
-    pages: dict[str, str] = field(default_factory=lambda: _read(("admin.html", "annotate.html")))
+    pages: dict[str, str] = field(default_factory=lambda: _read(("admin.html", "annotate.html",
+                                                                 "index.html")))
     assets: dict[str, str] = field(default_factory=lambda: _read(ASSETS))
 
     def csrf_for(self, token: str) -> str:
@@ -104,7 +107,7 @@ def fail(request: Request, status: int, message: str):
         return JSONResponse({"error": {"message": message, "status": status}}, status,
                             headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
     return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{status}</title>"
-                        f"<p>{html.escape(message)}</p>", status)
+                        f"<p>{html.escape(message)}</p><p><a href=/>Where to go</a></p>", status)
 
 
 async def refused(request: Request, e: Refused):
@@ -263,6 +266,23 @@ def sign_in(request: Request, token: str, cookie: str, to: str):
     response.set_cookie(cookie, token, httponly=True, samesite="lax", path="/",
                         secure=request.url.scheme == "https")
     return response
+
+
+@pages.get("/")
+async def home(request: Request, s: UseStudio):
+    """Where to go: the links people sign in with, and where they come from; someone signed
+    in on this browser gets a link to their page."""
+    who = await run_in_threadpool(store.annotator_by_token, s.db,
+                                  request.cookies.get(ANNOTATOR_COOKIE))
+    admin = await run_in_threadpool(store.is_admin, s.db, request.cookies.get(ADMIN_COOKIE))
+    links = []
+    if who:
+        links.append(f'Signed in as {html.escape(who["name"])}: <a href="/queue" '
+                     'id="to-queue">your queue</a>')
+    if admin:
+        links.append('Signed in as the admin: <a href="/admin" id="to-admin">the admin page</a>')
+    signed_in = "".join(f'<p class="box">{line}</p>' for line in links)
+    return HTMLResponse(s.pages["index.html"].replace("<!--signed-in-->", signed_in))
 
 
 @pages.get("/health")
@@ -434,11 +454,12 @@ async def assign(token: AdminToken, body: Body, s: UseStudio):
 
 
 @administering.get("/export/{pid}")
-async def export(pid: int, token: AdminToken, s: UseStudio):
-    p, records, _ = await run_in_threadpool(export_records, s.db, pid)
+async def export(pid: int, token: AdminToken, s: UseStudio, combine: str = "none"):
+    p, records, _ = await run_in_threadpool(export_records, s.db, pid, combine)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    name = f"project-{p['id']}" + ("" if combine == "none" else f"-{combine}")
     return PlainTextResponse(text, media_type="application/jsonl", headers={
-        "Content-Disposition": f'attachment; filename="project-{p["id"]}.jsonl"'})
+        "Content-Disposition": f'attachment; filename="{name}.jsonl"'})
 
 
 def create_app(db: Database, models: dict[str, str] | None = None,
