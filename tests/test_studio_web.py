@@ -119,9 +119,10 @@ def test_two_annotators_with_the_keyboard_make_data_that_sft_and_rm_train_on(
             expect(page.locator("#progress")).to_have_text("2 of 4 done")
 
             # rankings by number keys; Backspace undoes; U marks all unacceptable
-            rank_with_keys(page, ["3", "Backspace", "2", "1"], "2 > 1 > 3")
+            rank_with_keys(page, ["3", "Backspace", "2", "1"],
+                           "response 2 > response 1 > response 3")
             if name == "alice":
-                rank_with_keys(page, ["1", "3"], "1 > 3 > 2")
+                rank_with_keys(page, ["1", "3"], "response 1 > response 3 > response 2")
             else:
                 expect(page.locator("#responses li")).to_have_count(3)
                 page.keyboard.press("u")
@@ -132,7 +133,7 @@ def test_two_annotators_with_the_keyboard_make_data_that_sft_and_rm_train_on(
             expect(page).to_have_url(f"{url}/queue")
             expect(page.locator("#queue-summary")).to_have_text("All 4 done. Thank you!")
             assert page.evaluate("typeof window.__pwned") == "undefined"
-            page.keyboard.press("Enter")  # one's own past answer
+            page.click("#queue li a")  # one's own past answer
             expect(page.locator("#answer")).to_have_text(f"Hello, I am {name}.")
             page.context.close()
 
@@ -181,9 +182,74 @@ def test_responses_with_html_show_as_text_and_a_bad_link_shows_nothing(browser, 
         assert page.locator("#item-view b, #item-view u, #item-view img, "
                             "#item-view script").count() == 0
         page.keyboard.press("2")  # the last one is implied
-        expect(page.locator("#order")).to_have_text("2 > 1")
+        expect(page.locator("#order")).to_have_text("response 2 > response 1")
         page.keyboard.press("Control+Enter")
         expect(page.locator("#queue-summary")).to_have_text("All 1 done. Thank you!")
         assert page.evaluate("typeof window.__pwned") == "undefined"
     assert store.answers(db, pid)[0]["ranking"] == [1, 0]
+    db.close()
+
+
+def effective_colors(page, selector: str) -> tuple[str, str]:
+    """(text colour, the first non-transparent background behind it) of an element."""
+    return tuple(page.evaluate("""(sel) => {
+        const el = document.querySelector(sel);
+        let bg = "rgba(0, 0, 0, 0)";
+        for (let e = el; e && bg === "rgba(0, 0, 0, 0)"; e = e.parentElement)
+            bg = getComputedStyle(e).backgroundColor;
+        return [getComputedStyle(el).color, bg];
+    }""", selector))
+
+
+def test_the_pages_say_where_to_go_and_what_is_ranked_where(browser, tmp_path):
+    """Issue 17: / was a bare 404; the Submit keycaps were white on white; the done queue
+    said "Enter opens it" with nothing to open; a rank showed as "#1 of 3" beside the
+    response's own number."""
+    db = Database(tmp_path / "studio.db")
+    pid = store.create_project(db, "r", "rank", [{"prompt": "2 plus 3?",
+                                                  "responses": ["5", "6", "7"]}])
+    aid, token = store.create_annotator(db, "ann")
+    store.assign(db, pid, [aid], 1)
+    admin = store.set_admin_token(db)
+    with running(create_app(db)) as url:
+        page = new_page(browser)
+        response = page.goto(f"{url}/")
+        assert response.status == 200
+        expect(page.locator("body")).to_contain_text("gptsmith studio init")
+        expect(page.locator("body")).to_contain_text("personal link")
+        assert page.locator("#to-queue, #to-admin").count() == 0
+        page.goto(f"{url}/admin/{admin}")
+        page.goto(f"{url}/a/{token}")
+        page.goto(f"{url}/")  # signed in: a link to each page
+        expect(page.locator("#to-queue")).to_have_attribute("href", "/queue")
+        expect(page.locator("#to-admin")).to_have_attribute("href", "/admin")
+        expect(page.locator("body")).to_contain_text("Signed in as ann")
+
+        page.goto(f"{url}/queue")
+        expect(page.locator("#queue-hint-todo")).to_be_visible()
+        page.keyboard.press("Enter")
+        expect(page.locator("#responses li")).to_have_count(3)
+        for key in ("2", "3"):
+            page.keyboard.press(key)
+        places = page.locator("#responses .place")
+        expect(places).to_have_text(["· ranked 3rd of 3 (worst)", "· ranked 1st of 3 (best)",
+                                     "· ranked 2nd of 3"])
+        expect(page.locator("#responses .label").nth(1)).to_have_text(
+            "Response 2 · ranked 1st of 3 (best)")
+        expect(page.locator("#order")).to_have_text("response 2 > response 3 > response 1")
+        for n in (1, 2):
+            color, background = effective_colors(page, f"#submit kbd:nth-of-type({n})")
+            assert color != background, (color, background)
+        page.keyboard.press("Control+Enter")
+        expect(page.locator("#queue-summary")).to_have_text("All 1 done. Thank you!")
+        expect(page.locator("#queue-hint-done")).to_be_visible()
+        assert "Enter" not in page.inner_text("#queue-view")  # what shows, not hidden text
+        page.click("#queue li a")
+        expect(page.locator("#answer")).to_have_text(
+            "Best first: response 2 > response 3 > response 1")
+        expect(page.locator("#rank-hint")).to_be_hidden()
+        response = page.goto(f"{url}/no/such/page")
+        assert response.status == 404
+        expect(page.locator("a[href='/']")).to_have_text("Where to go")
+        page.screenshot(path=str(tmp_path / "404.png"))
     db.close()

@@ -35,10 +35,19 @@ async function refresh() {
     cell(tr, !g ? `${p.items_answered_twice} items answered by 2+`
       : g.annotator_pairs ? `pairwise ${g.agreement.toFixed(2)}, Kendall's tau ` +
         `${g.kendall_tau.toFixed(2)} (${g.shared_items} shared items)` : "no shared items yet");
+    const exports = cell(tr, "");
     const link = document.createElement("a");
     link.href = `/api/admin/export/${p.id}`;
-    link.textContent = ".jsonl";
-    cell(tr, "").append(link);
+    link.textContent = p.kind === "rank" ? "each answer" : ".jsonl";
+    link.title = "one record per answer (.jsonl)";
+    exports.append(link);
+    if (p.kind === "rank") {  // one record per item: the annotators' rankings by mean rank
+      const merged = document.createElement("a");
+      merged.href = `/api/admin/export/${p.id}?combine=mean-rank`;
+      merged.textContent = "merged";
+      merged.title = "one record per item, the annotators' rankings merged by mean rank (.jsonl)";
+      exports.append(" · ", merged);
+    }
     rows.append(tr);
   }
   const models = $("p-model");

@@ -22,8 +22,11 @@ function showProgress(q) {
 
 function showQueue(q) {
   $("queue-view").hidden = false;
+  const allDone = q.total > 0 && q.done === q.total;
   $("queue-summary").textContent = q.total === 0 ? "Nothing is assigned to you yet."
-    : q.done === q.total ? `All ${q.total} done. Thank you!` : `${q.done} of ${q.total} done.`;
+    : allDone ? `All ${q.total} done. Thank you!` : `${q.done} of ${q.total} done.`;
+  $("queue-hint-todo").hidden = allDone || q.total === 0;
+  $("queue-hint-done").hidden = !allDone;
   const list = $("queue");
   list.replaceChildren();
   for (const a of q.assignments) {
@@ -35,7 +38,7 @@ function showQueue(q) {
     li.append(link);
     list.append(li);
   }
-  const next = list.querySelector("li.todo a") || list.querySelector("a");
+  const next = list.querySelector("li.todo a");
   if (next) next.focus();
 }
 
@@ -80,6 +83,10 @@ async function saveToServer() {
   }
 }
 
+const ORDINALS = ["1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th"];
+
+// Each response is named by its number (the key that picks it) and says where it was ranked
+// in words, so a response's number is never mistaken for its place.
 function renderRanking() {
   const k = item.responses.length;
   document.body.classList.toggle("unacceptable", state.unacceptable);
@@ -89,17 +96,19 @@ function renderRanking() {
     const place = state.ranking.indexOf(i);
     if (place >= 0) li.dataset.place = String(place + 1);
     else delete li.dataset.place;
-    li.querySelector(".place").textContent = place >= 0 ? `#${place + 1} of ${k}` : "";
+    li.querySelector(".place").textContent = place < 0 ? "" : `· ranked ${ORDINALS[place]} of ` +
+      `${k}` + (place === 0 ? " (best)" : place === k - 1 ? " (worst)" : "");
   }
   $("order").textContent = state.unacceptable ? "all unacceptable"
-    : state.ranking.length ? state.ranking.map((i) => i + 1).join(" > ") : "none yet";
+    : state.ranking.length ? state.ranking.map((i) => `response ${i + 1}`).join(" > ")
+    : "none yet";
 }
 
 function showAnswer(a) {
   $("answer-view").hidden = false;
   for (const id of ["demonstrate", "rank"]) $(id).hidden = id !== item.kind;
   $("response").readOnly = $("comment").readOnly = $("unacceptable").disabled = true;
-  $("submit").hidden = true;
+  $("submit").hidden = $("rank-hint").hidden = true;
   let text = a.response || "";
   if (item.kind === "rank") {
     text = a.unacceptable ? "All unacceptable."
@@ -129,13 +138,20 @@ async function showItem(id) {
       li.dataset.index = String(i);
       const key = document.createElement("span");
       key.className = "key";
-      key.textContent = `${i + 1}`;
+      key.title = `press ${i + 1} to pick this response`;
+      key.append(document.createElement("kbd"));
+      key.firstChild.textContent = `${i + 1}`;
+      const label = document.createElement("div");
+      label.className = "label";
       const place = document.createElement("span");
       place.className = "place";
+      label.append(`Response ${i + 1} `, place);
       const body = document.createElement("div");
       body.className = "text";
       body.textContent = text;
-      li.append(key, place, body);
+      const column = document.createElement("div");
+      column.append(label, body);
+      li.append(key, column);
       list.append(li);
     });
   }
