@@ -160,3 +160,28 @@ def test_grpo_learns_a_verifiable_reward(tiny_run, tmp_path):
 
 def starts_with_7(prompts, replies, **fields):
     return [float(r.lstrip().startswith("7")) for r in replies]
+
+
+def test_the_plot_is_drawn_before_the_run_is_marked_done(tiny_run, tmp_path, monkeypatch):
+    """summary.json marks a run as done (a rerun only says so): a kill between it and the
+    plot left a finished run without grpo.png for good."""
+    import gptsmith.train.loop as loop
+    from gptsmith.train.grpo import grpo
+    from gptsmith.train.loop import TrainConfig
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Pick a digit.", "answer": "7"}) + "\n")
+    plotted_when_done = []
+    real = loop.atomic_write_text
+
+    def write(path, text):
+        if path.name == "summary.json":
+            plotted_when_done.append((path.parent / "grpo.png").exists())
+        real(path, text)
+
+    monkeypatch.setattr(loop, "atomic_write_text", write)
+    grpo(GRPOConfig(policy=str(tiny_run), prompts=str(prompts), out=str(tmp_path / "run"),
+                    group_size=2, max_tokens=2,
+                    train=TrainConfig(steps=1, batch_size=1, precision="fp32", device="cpu",
+                                      progress=False)))
+    assert plotted_when_done == [True]

@@ -364,6 +364,31 @@ def test_the_progress_bar_shows_reward_kl_and_accuracy(tiny_run, tiny_ppo, tmp_p
     assert shown[-1]["acc"] == f"{rows[-1]['train_accuracy']:.3f}"
 
 
+def test_the_plots_are_drawn_before_the_run_is_marked_done(tiny_run, tiny_ppo, tmp_path,
+                                                           monkeypatch):
+    """summary.json marks a run as done (a rerun only says so): a kill between it and the
+    plots left a finished run without ppo.png for good."""
+    import gptsmith.train.loop as loop
+    from gptsmith.train.loop import TrainConfig
+    from gptsmith.train.ppo import PPOConfig, ppo
+
+    prompts = write(tmp_path / "p.jsonl", [{"prompt": "hi"}] * 2)
+    plotted_when_done = []
+    real = loop.atomic_write_text
+
+    def spy(path, text):
+        if path.name == "summary.json":
+            plotted_when_done.append((path.parent / "ppo.png").exists())
+        real(path, text)
+
+    monkeypatch.setattr(loop, "atomic_write_text", spy)
+    ppo(PPOConfig(policy=str(tiny_run), reward=str(tiny_ppo / "rm"), prompts=str(prompts),
+                  out=str(tmp_path / "ppo"), max_tokens=2, minibatches=1,
+                  train=TrainConfig(steps=1, batch_size=2, precision="fp32", device="cpu",
+                                    progress=False)))
+    assert plotted_when_done == [True]
+
+
 def test_policy_loss_clips_in_the_advantage_direction():
     from gptsmith.train.ppo import clipped_policy_loss
 

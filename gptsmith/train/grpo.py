@@ -233,11 +233,12 @@ def grpo(cfg: GRPOConfig) -> dict:
           f"{cfg.group_size} replies on {trainer.device}; {trainable_summary(policy)}")
 
     def last_iterations(_model) -> dict:
+        # before summary.json, which marks the run done: a kill in between redraws it
+        plot_rl(out / "metrics.jsonl", out / "grpo.png", cfg.advantage.upper())
         return recent_means(out / "metrics.jsonl", ("reward", "kl", "train_accuracy",
                                                     "entropy", "reply_tokens", "end_rate"))
 
     summary = trainer.train_and_save(f"{cfg.advantage.upper()}: {out}",
                                      finalize=last_iterations)
-    plot_rl(out / "metrics.jsonl", out / "grpo.png", cfg.advantage.upper())
     print(f"done in {summary['train_seconds']:.0f}s: reward {summary.get('reward', 0):.3f}")
     return summary

@@ -325,10 +325,10 @@ def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = N
           f"{t.steps} iterations of {t.batch_size} rollouts on {trainer.device}")
 
     def last_iterations(_model) -> dict:
+        plot_ppo(out / "metrics.jsonl", out)  # before summary.json, which marks it done
         return recent_means(out / "metrics.jsonl", ("rm_score", "kl", "train_accuracy",
                                                     "entropy", "reply_tokens", "end_rate"))
 
     summary = trainer.train_and_save(f"PPO: {out}", finalize=last_iterations)
-    plot_ppo(out / "metrics.jsonl", out)
     print(f"done in {summary['train_seconds']:.0f}s")
     return summary
