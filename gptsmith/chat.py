@@ -19,6 +19,14 @@ from gptsmith.tokenizer import IncrementalDecoder, Tokenizer
 
 ROLES = ("system", "user", "assistant")
 
+# The one default for sampling a conversation a person reads (gptsmith chat, generate,
+# sample, and the web chat page): a little below 1 so that replies stay on topic, sampled
+# rather than greedy so that they vary; top-k and top-p off. Elsewhere on purpose: eval is
+# greedy (the model's most likely answer, reproducible); label, studio, PPO and GRPO sample
+# at 1 (the policy's own distribution, which ranking and RL need); the API defaults to 1 as
+# OpenAI's does, because its clients expect that.
+CONVERSATION_TEMPERATURE = 0.7
+
 
 def check_conversation(messages: list[dict], for_generation: bool = False) -> str | None:
     """What is wrong with ``messages`` (None if nothing): roles, order, content, ending."""

@@ -12,21 +12,69 @@ import shutil
 import sys
 from pathlib import Path
 
-from gptsmith.config import add_arguments, build, load_yaml
+from gptsmith import __version__
+from gptsmith.chat import CONVERSATION_TEMPERATURE
+from gptsmith.config import add_arguments, build, check_device, finite_float, load_yaml
 from gptsmith.errors import GptsmithError, InvalidSetting, MissingFile, user_input
 
+# Files that mark a directory as a run (what a trainer writes first, or last).
+RUN_MARKERS = ("config.yaml", "summary.json", "model.safetensors", "checkpoints")
 
-def check_run(path: str | Path) -> None:
-    """Refuse a run directory that lacks a file the model loader reads (before any work)."""
+
+def check_run(path: str | Path, flag: str = "", head: str | None = "lm") -> None:
+    """Refuse, before any work, a run directory that lacks a file the model loader reads,
+    whose model.json is damaged, or that holds the other kind of model than ``head``
+    ("lm": a language model; "scalar": a reward model; None: either)."""
     from gptsmith.runs import check_run as check
 
-    check(path)
+    check(path, head, flag)
 
 
 def check_exists(path: str, flag: str) -> None:
-    """Refuse a user-given input path that does not exist, naming its flag."""
+    """Refuse a user-given input file that does not exist or is a directory, naming its flag."""
     if not Path(path).exists():
         raise MissingFile(f"{flag} {path}: no such file")
+    if Path(path).is_dir():
+        raise GptsmithError(f"{flag} {path}: a directory; a file is expected here")
+
+
+def _writable_parent(path: Path, flag: str) -> None:
+    """Refuse an output path under a file (its nearest existing ancestor must be a directory)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GptsmithError(f"{flag} {path}: {parent} is a file, not a directory")
+            return
+
+
+def check_out_file(path: str, flag: str) -> None:
+    """Refuse an output file path that is a directory or lies under a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise GptsmithError(f"{flag} {path}: a directory; give the path of a file to write")
+    _writable_parent(p, flag)
+
+
+def check_out_dir(path: str, flag: str = "--out") -> None:
+    """Refuse an output directory that is a file, lies under a file, or already holds files
+    that are not a gptsmith run (--overwrite replaces a run, never someone's other files)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise GptsmithError(f"{flag} {path}: a file; give a directory to write the run in")
+    _writable_parent(p, flag)
+    if p.is_dir() and not any((p / m).exists() for m in RUN_MARKERS):
+        others = sorted(x.name for x in p.iterdir())
+        if others:
+            raise GptsmithError(
+                f"{flag} {path}: holds files that are not a gptsmith run ("
+                f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); give a new or "
+                "empty directory (--overwrite replaces only a run)")
+
+
+def at_least(value: int | float, low: int | float, flag: str, why: str = "") -> None:
+    """Refuse a flag's number below ``low``, naming the flag."""
+    if value < low:
+        raise InvalidSetting(f"{flag} must be >= {low}{why}, got {value}")
 
 
 def _sampling(args, **overrides):
@@ -38,14 +86,18 @@ def _sampling(args, **overrides):
                         top_k=args.top_k, top_p=args.top_p, seed=args.seed, **overrides)
 
 
-def add_sampling_flags(c, temperature: float, max_tokens: int) -> None:
-    """--max-tokens, --temperature, --top-k, --top-p, --seed with this command's defaults."""
+CONVERSATION = "the conversation default, as in chat, generate, sample and the web page"
+
+
+def add_sampling_flags(c, temperature: float, max_tokens: int, why: str = CONVERSATION) -> None:
+    """--max-tokens, --temperature, --top-k, --top-p, --seed with this command's defaults;
+    ``why``: where this command's temperature comes from (see chat.CONVERSATION_TEMPERATURE)."""
     c.add_argument("--max-tokens", type=int, default=max_tokens,
                    help=f"most tokens to generate (default: {max_tokens})")
-    c.add_argument("--temperature", type=float, default=temperature,
-                   help=f"0 = greedy (default: {temperature})")
+    c.add_argument("--temperature", type=finite_float, default=temperature,
+                   help=f"0 = greedy; {why} (default: {temperature})")
     c.add_argument("--top-k", type=int, default=0, help="0 = off (default: 0)")
-    c.add_argument("--top-p", type=float, default=1.0, help="1 = off (default: 1.0)")
+    c.add_argument("--top-p", type=finite_float, default=1.0, help="1 = off (default: 1.0)")
     c.add_argument("--seed", type=int, default=0, help="row i samples with seed+i (default: 0)")
 
 
@@ -102,7 +154,14 @@ def cmd_data_fetch(args) -> None:
 def cmd_data_prepare(args) -> None:
     from gptsmith.data.build import prepare_data
 
+    if args.tokenizer and Path(args.tokenizer).is_dir():
+        args.tokenizer = str(Path(args.tokenizer) / "tokenizer.json")
     check_exists(args.tokenizer, "--tokenizer")
+    if not 0 < args.val_fraction < 1:
+        raise InvalidSetting(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    check_out_dir(args.out) if not args.overwrite else _writable_parent(Path(args.out), "--out")
+    if Path(args.out).is_file():
+        raise GptsmithError(f"--out {args.out}: a file; give a directory to write the data in")
     prepare_data(args.corpus, Path(args.tokenizer), Path(args.out), args.val_fraction,
                  overwrite=args.overwrite)
 
@@ -111,9 +170,20 @@ def cmd_data_demos(args) -> None:
     from gptsmith.data.default_demos import write_default_demos
     from gptsmith.data.world import World
 
+    at_least(args.arithmetic, 0, "--arithmetic")
     if args.world:
         check_exists(args.world, "--world")
-    world = World.load(Path(args.world)) if args.world else World()
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise GptsmithError(f"--out {args.out}: a file; give a directory to write the "
+                            "demonstrations in")
+    _writable_parent(Path(args.out), "--out")
+    world = World()
+    if args.world:
+        try:
+            world = World.load(Path(args.world))
+        except (ValueError, TypeError, KeyError) as e:  # JSON errors are ValueErrors
+            raise GptsmithError(f"--world {args.world}: not a world.json of `gptsmith data "
+                                f"prepare` ({e})") from None
     write_default_demos(world, Path(args.out), n_arithmetic=args.arithmetic)
 
 
@@ -130,7 +200,8 @@ def register_data(sub) -> None:
     c.add_argument("--corpus", default="default", help="'default' or a path (default: default)")
     c.add_argument("--tokenizer", required=True, help="tokenizer.json to encode with")
     c.add_argument("--out", required=True, help="data directory to create")
-    c.add_argument("--val-fraction", type=float, default=0.02, help="share held out (0.02)")
+    c.add_argument("--val-fraction", type=finite_float, default=0.02,
+                   help="share held out (default: 0.02)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     c.set_defaults(func=cmd_data_prepare)
     c = dsub.add_parser("demos", help="write the built-in SFT demonstrations and eval questions",
@@ -148,7 +219,12 @@ def register_data(sub) -> None:
 # -- tokenizer --------------------------------------------------------------------------------
 def cmd_tokenizer_train(args) -> None:
     from gptsmith.data.build import train_tokenizer_from
+    from gptsmith.tokenizer import SPECIAL_TOKENS
 
+    at_least(args.vocab_size, 257 + len(SPECIAL_TOKENS), "--vocab-size",
+             " (the 256 bytes, the special tokens and at least one merge)")
+    at_least(args.max_bytes, 1, "--max-bytes")
+    check_out_file(args.out, "--out")
     train_tokenizer_from(args.corpus, args.vocab_size, Path(args.out), args.max_bytes)
 
 
@@ -170,11 +246,46 @@ def register_tokenizer(sub) -> None:
 # -- the trainers: pretrain, sft, rm, ppo -----------------------------------------------------
 def cmd_train(args) -> None:
     """pretrain, sft, rm, ppo: defaults < --config YAML < flags, checked, then train."""
-    cfg = build(args.config_cls, args, load_yaml(args.config) if args.config else None,
-                where=args.config or args.command)
+    values = load_yaml(args.config) if args.config else None
+    cfg = build(args.config_cls, args, values, where=args.config or args.command)
+    check_training_paths(cfg)
+    vocab_given = "model.vocab_size" in vars(args) or "vocab_size" in ((values or {}).get(
+        "model") or {})
+    if args.command == "pretrain" and vocab_given and cfg.data:
+        check_vocab_size(cfg)
     if args.overwrite and Path(cfg.out).exists():
         shutil.rmtree(cfg.out)
     args.train_fn(cfg)
+
+
+def check_training_paths(cfg) -> None:
+    """Before any work: the runs a trainer reads hold the kind of model it needs, its input
+    files are files, and its --out can become a run directory."""
+    for name in ("base", "policy"):
+        if getattr(cfg, name, ""):
+            check_run(getattr(cfg, name), f"--{name}", head="lm")
+    if type(cfg).__name__ == "PPOConfig" and cfg.reward:
+        check_run(cfg.reward, "--reward", head="scalar")
+    files = ("val_data", "prompts", "eval_questions") if type(cfg).__name__ == \
+        "PretrainConfig" else ("data", "val_data", "prompts", "eval_questions")
+    for name in files:
+        if getattr(cfg, name, ""):
+            check_exists(getattr(cfg, name), "--" + name.replace("_", "-"))
+    check_out_dir(cfg.out)
+
+
+def check_vocab_size(cfg) -> None:
+    """Refuse a --model.vocab-size other than the tokenizer's: pretrain would replace it."""
+    from gptsmith.tokenizer import Tokenizer
+
+    path = Path(cfg.data) / "tokenizer.json"
+    if path.is_file():
+        ids = Tokenizer.load(path).vocab_size
+        if cfg.model.vocab_size != ids:
+            raise InvalidSetting(f"--model.vocab-size {cfg.model.vocab_size}: the model's "
+                                 f"vocabulary is its tokenizer's, {ids} ids ({path}); leave "
+                                 "it out (a new vocabulary needs `gptsmith tokenizer train` "
+                                 "and `gptsmith data prepare`)")
 
 
 def add_training_command(sub, name: str, config_cls, train_fn, help: str, description: str):
@@ -278,7 +389,14 @@ def register_import(sub) -> None:
 def cmd_export(args) -> None:
     from gptsmith.interop.convert import export_model
 
-    check_run(args.run)
+    check_run(args.run, head=None)
+    out = Path(args.out)
+    if args.format == "hf" and out.exists() and not out.is_dir():
+        raise GptsmithError(f"--out {args.out}: a file; --format hf writes a directory")
+    if args.format != "hf" and out.is_dir():
+        raise GptsmithError(f"--out {args.out}: a directory; --format {args.format} writes "
+                            "one .gguf file")
+    _writable_parent(out, "--out")
     done = export_model(args.run, args.out, args.format, args.overwrite)
     kind = "reward model (LlamaForSequenceClassification)" if done.get("reward_model") \
         else "model"
@@ -294,7 +412,8 @@ def register_export(sub) -> None:
     c.add_argument("run", help="run directory")
     c.add_argument("--out", required=True, help="directory (hf) or .gguf file to write")
     c.add_argument("--format", default="hf", choices=["hf", "gguf", "gguf-q8"],
-                   help="(default: hf)")
+                   help="hf: a Hugging Face directory; gguf: one file, f16 weights; "
+                   "gguf-q8: one file, 8-bit (Q8_0) weights (default: hf)")
     c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=cmd_export)
 
@@ -321,11 +440,16 @@ def register_chat(sub) -> None:
                        "conversation; Ctrl-C at the prompt or Ctrl-D leaves.")
     c.add_argument("run", help="run directory (base, SFT or RLHF)")
     c.add_argument("--system", default="", help="system prompt")
-    add_sampling_flags(c, temperature=0.7, max_tokens=200)
+    add_sampling_flags(c, temperature=CONVERSATION_TEMPERATURE, max_tokens=200)
     c.set_defaults(func=cmd_chat)
 
 
 # -- serve ------------------------------------------------------------------------------------
+def check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise InvalidSetting(f"--port must be between 0 and 65535, got {port}")
+
+
 def cmd_serve(args) -> None:
     import os
 
@@ -333,6 +457,12 @@ def cmd_serve(args) -> None:
 
     if args.max_batch < 1:
         raise InvalidSetting(f"--max-batch must be >= 1, got {args.max_batch}")
+    check_port(args.port)
+    check_device(args.device, "--device")
+    from gptsmith.serve import parse_named_runs
+
+    for path in parse_named_runs(args.run).values():
+        check_run(path)
     key = args.api_key or os.environ.get("GPTSMITH_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach "
@@ -349,12 +479,16 @@ def register_serve(sub) -> None:
     c.add_argument("run", nargs="+", help="run directories, each RUN_DIR or NAME=RUN_DIR; "
                    "several give a model picker (e.g. base, SFT and RLHF side by side)")
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     c.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every API request "
                    "(default: $GPTSMITH_API_KEY if set)")
     c.add_argument("--max-batch", type=int, default=16,
-                   help="requests decoded together per model (1 = one at a time)")
-    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
+                   help="requests decoded together per model; 1: one at a time (default: 16)")
+    c.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N (default: auto)")
+    c.epilog = ("Sampling: a request without 'temperature' samples at 1, as OpenAI's API does "
+                f"(its clients expect it); the web chat page sends {CONVERSATION_TEMPERATURE}, "
+                "the conversation default of chat, generate and sample.")
     c.set_defaults(func=cmd_serve)
 
 
@@ -370,6 +504,7 @@ def cmd_studio(args) -> None:
         from gptsmith.serve import parse_named_runs
         from gptsmith.studio.app import serve_studio
 
+        check_port(args.port)
         models = {name: str(path) for name, path in parse_named_runs(args.model).items()}
         serve_studio(args.db, args.host, args.port,
                      args.admin_token or os.environ.get("GPTSMITH_STUDIO_ADMIN_TOKEN"), models)
@@ -471,7 +606,7 @@ def _register_studio_admin(ssub) -> None:
     c.add_argument("--url", default="http://127.0.0.1:8100", help=STUDIO_URL_HELP)
     c = ssub.add_parser("serve", help="run the studio's web application")
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    c.add_argument("--port", type=int, default=8100)
+    c.add_argument("--port", type=int, default=8100, help="port to listen on (default: 8100)")
     c.add_argument("--admin-token", help="the admin's secret (default: "
                    "$GPTSMITH_STUDIO_ADMIN_TOKEN, else the stored one, else a new one printed)")
     c.add_argument("--model", action="append", default=[], help="RUN_DIR or NAME=RUN_DIR to "
@@ -481,15 +616,19 @@ def _register_studio_admin(ssub) -> None:
 def _register_studio_projects(ssub) -> None:
     """studio project, annotator, assign, report and export: the work and its results."""
     c = ssub.add_parser("project", help="create a project from a .jsonl of prompts")
-    c.add_argument("--name", required=True)
-    c.add_argument("--kind", required=True, choices=["demonstrate", "rank"])
+    c.add_argument("--name", required=True, help="the project's name (unique)")
+    c.add_argument("--kind", required=True, choices=["demonstrate", "rank"],
+                   help="demonstrate: annotators write replies; rank: they order K sampled ones")
     c.add_argument("--prompts", required=True, help='.jsonl, one {"prompt": ...} a line '
                    '(rank: optionally with its own "responses")')
     c.add_argument("--model", help="rank: run directory to sample the K responses from")
     c.add_argument("-k", type=int, default=4, help="rank: responses per prompt (default: 4)")
-    c.add_argument("--max-tokens", type=int, default=64)
-    c.add_argument("--temperature", type=float, default=1.0)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-tokens", type=int, default=64,
+                   help="rank: longest sampled response (default: 64)")
+    c.add_argument("--temperature", type=finite_float, default=1.0,
+                   help="rank: 1 by default, the model's own spread of replies, which ranking "
+                   "needs (default: 1.0)")
+    c.add_argument("--seed", type=int, default=0, help="rank: first sampling seed (default: 0)")
     c.add_argument("--instructions", default="", help="shown to annotators above each item")
     c = ssub.add_parser("annotator", help="add annotators; prints each one's personal link")
     c.add_argument("--name", action="append", required=True, help="repeatable")
@@ -509,7 +648,10 @@ def cmd_generate(args) -> None:
     from gptsmith.generate import generate_file
 
     s = _sampling(args)
-    check_run(args.model)
+    at_least(args.batch_size, 1, "--batch-size")
+    check_run(args.model, "--model")
+    check_exists(args.input, "--input")
+    check_out_file(args.output, "--output")
     generate_file(args.model, args.input, args.output, s, args.batch_size, args.skip_bad)
 
 
@@ -520,9 +662,10 @@ def register_generate(sub) -> None:
     c.add_argument("--model", required=True, help="run directory")
     c.add_argument("--input", required=True, help=".jsonl of prompts")
     c.add_argument("--output", required=True, help=".jsonl to write")
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--batch-size", type=int, default=32,
+                   help="prompts decoded together (default: 32)")
     c.add_argument("--skip-bad", action="store_true", help="skip and count unusable records")
-    add_sampling_flags(c, temperature=0.7, max_tokens=200)
+    add_sampling_flags(c, temperature=CONVERSATION_TEMPERATURE, max_tokens=200)
     c.set_defaults(func=cmd_generate)
 
 
@@ -532,8 +675,13 @@ def cmd_eval(args) -> None:
     from gptsmith.evaluate import load_questions, report, score_model
 
     s = _sampling(args)
+    for flag in ("--limit", "--show", "--samples"):
+        at_least(getattr(args, flag[2:]), 0, flag)
     for model in args.model:
-        check_run(model)
+        check_run(model, "--model")
+    check_exists(args.questions, "--questions")
+    if args.out:
+        check_out_file(args.out, "--out")
     questions = load_questions(args.questions, args.limit)
     scores = [score_model(m, questions, s, args.samples) for m in args.model]
     print(report(scores, questions, args.show))
@@ -556,7 +704,8 @@ def register_eval(sub) -> None:
     c.add_argument("--samples", type=int, default=0,
                    help="also score N replies per question sampled at temperature 1")
     c.add_argument("--out", help="write the scores as JSON here")
-    add_sampling_flags(c, temperature=0.0, max_tokens=48)
+    add_sampling_flags(c, temperature=0.0, max_tokens=48, why="greedy by default: the "
+                       "model's most likely answer, reproducible")
     c.set_defaults(func=cmd_eval)
 
 
@@ -564,7 +713,11 @@ def cmd_label(args) -> None:
     from gptsmith.label import label
 
     s = _sampling(args)
-    check_run(args.model)
+    at_least(args.k, 2, "-k", " (a ranking needs two replies to compare)")
+    at_least(args.limit, 0, "--limit")
+    check_run(args.model, "--model")
+    check_exists(args.prompts, "--prompts")
+    check_out_file(args.out, "--out")
     label(args.model, args.prompts, args.out, k=args.k, s=s, limit=args.limit)
 
 
@@ -579,7 +732,8 @@ def register_label(sub) -> None:
     c.add_argument("--out", required=True, help="rankings .jsonl to write")
     c.add_argument("-k", type=int, default=4, help="replies sampled per prompt (default: 4)")
     c.add_argument("--limit", type=int, default=0, help="use the first N prompts (0 = all)")
-    add_sampling_flags(c, temperature=1.0, max_tokens=32)
+    add_sampling_flags(c, temperature=1.0, max_tokens=32, why="1 by default: the model's own "
+                       "spread of replies, which the ranking needs")
     c.set_defaults(func=cmd_label)
 
 
@@ -592,6 +746,7 @@ def cmd_sample(args) -> None:
     from gptsmith.tokenizer import IncrementalDecoder
 
     s = _sampling(args)
+    at_least(args.n, 1, "-n")
     check_run(args.run)
     model, tokenizer = load_model(args.run, "cuda" if torch.cuda.is_available() else "cpu")
     s.stop_ids = tuple(dict.fromkeys((*tokenizer.bos_ids, *tokenizer.stop_ids)))
@@ -614,11 +769,7 @@ def register_sample(sub) -> None:
     c = sub.add_parser("sample", help="complete a prompt with a trained model, streamed")
     c.add_argument("run", help="run directory holding model.safetensors")
     c.add_argument("--prompt", default="", help="text to continue")
-    c.add_argument("--max-tokens", type=int, default=200)
-    c.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
-    c.add_argument("--top-k", type=int, default=50, help="0 = off (default: 50)")
-    c.add_argument("--top-p", type=float, default=1.0, help="1 = off (default: 1.0)")
-    c.add_argument("--seed", type=int, default=0)
+    add_sampling_flags(c, temperature=CONVERSATION_TEMPERATURE, max_tokens=200)
     c.add_argument("-n", type=int, default=1, help="number of samples (seeds seed, seed+1 ...)")
     c.set_defaults(func=cmd_sample)
 
@@ -636,6 +787,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptsmith", description=(
         "Build a ChatGPT-style assistant end to end: tokenizer, pre-training, SFT, "
         "reward model, PPO."))
+    p.add_argument("--version", action="version", version=f"gptsmith {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in REGISTER:
         register(sub)

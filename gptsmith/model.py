@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
@@ -21,24 +21,32 @@ class GPTConfig:
     at 0 are derived from it by ``resolved()`` (width 48·depth, one head per layer of depth,
     two query heads per key/value head, SwiGLU hidden ≈ 8/3·width)."""
 
-    vocab_size: int = 2048
-    depth: int = 4
-    seq_len: int = 256
-    n_embd: int = 0
-    n_head: int = 0
-    n_kv_head: int = 0
-    mlp_hidden: int = 0
-    head_dim: int = 0          # 0: n_embd / n_head (imported models may differ)
-    rope_theta: float = 10000.0
-    rope_scaling: str = ""     # "" | "linear" | "llama3" (Llama 3.1+ long-context RoPE)
-    rope_factor: float = 1.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_context: int = 0
-    norm_eps: float = 1e-5
-    qkv_bias: bool = False     # biases on the query/key/value projections (Qwen2)
-    tie_embeddings: bool = True
-    head: str = "lm"  # "lm": next-token logits; "scalar": one value per position (RM, value)
+    vocab_size: int = field(default=2048, metadata={
+        "help": "ids in the vocabulary (pretrain: always the tokenizer's)"})
+    depth: int = field(default=4, metadata={"help": "transformer blocks; sets the defaults "
+                                                    "of the fields left at 0"})
+    seq_len: int = field(default=256, metadata={"help": "context length in tokens"})
+    n_embd: int = field(default=0, metadata={"help": "width; 0: 48 x depth"})
+    n_head: int = field(default=0, metadata={"help": "query heads; 0: derived from the width"})
+    n_kv_head: int = field(default=0, metadata={"help": "key/value heads (GQA); 0: n_head/2"})
+    mlp_hidden: int = field(default=0, metadata={"help": "SwiGLU hidden size; 0: ~8/3 width"})
+    head_dim: int = field(default=0, metadata={
+        "help": "0: n_embd / n_head (imported models may differ)"})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base frequency"})
+    rope_scaling: str = field(default="", metadata={
+        "help": "'' | linear | llama3 (Llama 3.1+ long-context RoPE)"})
+    rope_factor: float = field(default=1.0, metadata={"help": "RoPE scaling factor"})
+    rope_low_freq_factor: float = field(default=1.0, metadata={"help": "llama3 RoPE scaling"})
+    rope_high_freq_factor: float = field(default=4.0, metadata={"help": "llama3 RoPE scaling"})
+    rope_original_context: int = field(default=0, metadata={
+        "help": "llama3 RoPE scaling: the context the model was trained with"})
+    norm_eps: float = field(default=1e-5, metadata={"help": "RMSNorm epsilon"})
+    qkv_bias: bool = field(default=False, metadata={
+        "help": "biases on the query/key/value projections (Qwen2)"})
+    tie_embeddings: bool = field(default=True, metadata={
+        "help": "the output matrix is the embedding matrix"})
+    head: str = field(default="lm", metadata={
+        "help": "lm: next-token logits; scalar: one value per position (reward, value)"})
 
     def resolved(self) -> GPTConfig:
         """This config with every derived field filled in, validated."""
@@ -67,6 +75,20 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def num_params(self) -> int:
+        """Parameters of a model of this (resolved) shape, counted without building it."""
+        e, h, kv, d = self.n_embd, self.n_head, self.n_kv_head, self.head_dim
+        attention = e * h * d * 2 + e * kv * d * 2 + (self.qkv_bias and (h + 2 * kv) * d)
+        block = attention + 3 * e * self.mlp_hidden + 2 * e
+        head = e + 1 if self.head == "scalar" else (0 if self.tie_embeddings else
+                                                    e * self.vocab_size)
+        return self.vocab_size * e + self.depth * block + e + head
+
+    def training_bytes(self) -> int:
+        """A floor on the memory training needs: fp32 weights, gradients and AdamW's two
+        moments (16 bytes a parameter), and the RoPE tables (built in float64)."""
+        return 16 * self.num_params() + self.seq_len * self.head_dim * (8 * 2 + 4 * 2)
 
 
 def rope_frequencies(cfg: GPTConfig) -> torch.Tensor:

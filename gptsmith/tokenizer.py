@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from gptsmith.errors import InvalidSetting, MissingFile
+from gptsmith.errors import GptsmithError, InvalidSetting, MissingFile
 from gptsmith.templates import OURS
 
 BOS, USER, ASSISTANT, SYSTEM, END, PAD = (
@@ -100,9 +100,29 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.exists():
             raise MissingFile(f"{path}: no tokenizer here (run `gptsmith tokenizer train`)")
+        if not path.is_file():
+            raise GptsmithError(f"{path}: a directory, not a tokenizer.json")
         config_path = path.parent / CONFIG_FILE
-        config = json.loads(config_path.read_text()) if config_path.exists() else None
-        return cls(HFTokenizer.from_file(str(path)), config)
+        config = None
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise GptsmithError(f"{config_path}: not valid JSON ({e})") from None
+            problem = _config_problem(config)
+            if problem:
+                raise GptsmithError(f"{config_path}: {problem}")
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the Rust library raises a bare Exception for a bad file
+            raise GptsmithError(f"{path}: not a readable tokenizer file ({e}); make one with "
+                                "`gptsmith tokenizer train`") from None
+        import jinja2
+
+        try:
+            return cls(hf, config)
+        except (ValueError, jinja2.TemplateError) as e:
+            raise GptsmithError(f"{path}: {e}") from None
 
     def save(self, path: str | Path) -> None:
         """``tokenizer.json`` and, beside it, ``tokenizer_config.json`` (chat template and
@@ -146,6 +166,19 @@ class Tokenizer:
             if i not in specials:
                 out[i] = len(tok)  # the byte-level alphabet spells each byte as one character
         return out
+
+
+def _config_problem(config) -> str:
+    """What is wrong with a ``tokenizer_config.json``'s contents, or ''."""
+    if not isinstance(config, dict):
+        return "must hold a JSON object"
+    for key in ("chat_template", "bos_token", "eos_token", "pad_token", "unk_token"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            return f"field {key!r} must be a string, got {type(config[key]).__name__}"
+    ids = config.get("eos_token_ids", [])
+    if not isinstance(ids, list):
+        return "field 'eos_token_ids' must be a list of ids"
+    return ""
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, show_progress: bool = True) -> Tokenizer:

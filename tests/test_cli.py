@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_pipeline_runs_then_skips_and_sample_streams(tmp_path, tiny_pipeline_arg
 
 def test_sample_on_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nope")]) == 2
-    assert "no model.safetensors" in capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: no such run directory" in capsys.readouterr().err
 
 
 def _subparser(name: str):
@@ -93,8 +94,10 @@ def _training_configs():
 @pytest.mark.parametrize("command", ["pretrain", "sft", "rm", "ppo", "pipeline"])
 def test_every_setting_flag_shows_the_default_the_command_uses(command):
     config = _training_configs()[command]()
-    flags = [a for a in _subparser(command)._actions if "." in a.dest
-             or a.dest in {f.name for f in __import__("dataclasses").fields(config)}]
+    flags = [a for a in _subparser(command)._actions if ("." in a.dest
+             or a.dest in {f.name for f in __import__("dataclasses").fields(config)})
+             and a.option_strings[0] in (f"--{a.dest.replace('_', '-')}",
+                                         f"--no-{a.dest.replace('_', '-')}")]  # no aliases
     assert len(flags) > 20
     for action in flags:
         value = config
@@ -226,3 +229,292 @@ def test_sample_prints_the_prompt_and_its_greedy_completion_n_times(tiny_run, ca
                       Sampling(max_tokens=6, temperature=0, stop_ids=(tok.bos_id, tok.end_id)))
     text = "The king" + tok.decode(ids, skip_special=True)
     assert capsys.readouterr().out == (text + "\n" + "-" * 40 + "\n") * 2
+
+
+# -- hostile input: one message naming the flag or file, exit 2, nothing written ------------------
+def _subparsers(parser, path=()):
+    """(command words, parser) for every command and subcommand."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _subparsers(sub, (*path, name))
+
+
+def test_every_flag_of_every_command_has_a_description():
+    import argparse
+    import re
+
+    from gptsmith.cli import make_parser
+
+    bare = []
+    for words, parser in _subparsers(make_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):  # its commands have their own
+                continue
+            text = re.sub(r"\(default: [^)]*\)$", "", action.help or "").strip()
+            if action.dest != "help" and not text:
+                bare.append(f"{' '.join(words)} {(action.option_strings or [action.dest])[0]}")
+    assert bare == []
+
+
+def test_version(capsys):
+    from gptsmith import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gptsmith {__version__}"
+
+
+@pytest.mark.parametrize("words, shown", [
+    (["serve"], ["--port PORT  port to listen on (default: 8000)", "(default: 16)",
+                 "(default: auto)", "samples at 1, as OpenAI's API does"]),
+    (["studio", "serve"], ["port to listen on (default: 8100)"]),
+])
+def test_serve_help_shows_the_defaults(words, shown, capsys):
+    with pytest.raises(SystemExit):
+        main([*words, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for piece in shown:
+        assert " ".join(piece.split()) in text, piece
+
+
+def test_conversation_commands_share_one_sampling_default():
+    from gptsmith.chat import CONVERSATION_TEMPERATURE
+    from gptsmith.cli import make_parser
+
+    parsers = dict(_subparsers(make_parser()))
+    for command in ("chat", "generate", "sample"):
+        args = parsers[(command,)].parse_args(["RUN"] if command != "generate" else
+                                               ["--model", "R", "--input", "I", "--output", "O"])
+        assert (args.temperature, args.top_k, args.top_p) == (CONVERSATION_TEMPERATURE, 0, 1.0)
+    page = (Path(__file__).parents[1] / "gptsmith" / "static" / "chat.html").read_text()
+    assert f'id="temperature" type="number" min="0" max="2" step="0.1" ' \
+           f'value="{CONVERSATION_TEMPERATURE}"' in page
+    # the others differ on purpose, and say why in their --help
+    assert parsers[("eval",)].get_default("temperature") == 0.0
+    assert parsers[("label",)].get_default("temperature") == 1.0
+
+
+def test_yaml_numbers_read_as_a_person_means_them(tmp_path):
+    import argparse
+
+    from gptsmith.config import build, load_yaml
+    from gptsmith.train.sft import SFTConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  steps: 1e3\n  weight_decay: 0\nepochs: 2\n")
+    cfg = build(SFTConfig, argparse.Namespace(), load_yaml(path), str(path))
+    assert (cfg.train.lr, cfg.train.steps, cfg.train.weight_decay, cfg.epochs) == \
+        (0.001, 1000, 0.0, 2.0)
+    assert isinstance(cfg.train.steps, int)
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("train:\n  lr: .nan\n", "'lr' must be a finite number, got nan"),
+    ("train:\n  steps: 2.5\n", "'steps' must be a whole number, got 2.5"),
+    ("train:\n  steps: true\n", "'steps' must be int, got True"),
+    ("train: 3\n", "'train' must be a mapping of settings"),  # even with --train.* flags
+])
+def test_yaml_values_that_are_not_numbers_are_named(yaml_text, message, tiny_run, tmp_path,
+                                                    capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    assert main(["sft", "--config", str(path), "--base", str(tiny_run), "--data", "d.jsonl",
+                 "--train.batch-size", "2", "--out", str(tmp_path / "o")]) == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def _demos(tmp_path, n=20):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "response": "a"}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train.batch-size", "0"], "--train.batch-size must be >= 1, got 0"),
+    (["--train.steps", "-3"], "--train.steps must be >= 0, got -3"),
+    (["--train.eval-every", "-1"], "--train.eval-every must be >= 0, got -1"),
+    (["--train.device", "tpu"], "--train.device 'tpu': not a device; use auto, cpu, cuda or"),
+    (["--train.lr", "nan"], "argument --train.lr: expected a finite number, got 'nan'"),
+    (["--epochs", "0"], "--epochs must be > 0, got 0.0"),
+])
+def test_bad_sft_settings_name_the_flag(flags, message, tiny_run, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = _exit_code(["sft", "--base", str(tiny_run), "--data", str(_demos(tmp_path)),
+                       "--out", str(out), *flags])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _exit_code(argv) -> int:
+    """main's exit code, argparse's usage errors (SystemExit) included."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train.steps", "-1"], "--train.steps must be >= 0, got -1"),
+    (["--train.steps", "0"], "--train.steps must be >= 1 (0, 'by epochs', applies only to"),
+    (["--model.vocab-size", "100"], "--model.vocab-size 100: the model's vocabulary is its "
+                                    "tokenizer's, 400 ids"),
+    (["--model.seq-len", "100000000000"], "more than this machine's"),
+    (["--model.head", "scalar"], "--model.head scalar: pretrain trains a language model"),
+])
+def test_pretrain_refuses_what_it_used_to_replace_or_crash_on(flags, message, data_dir,
+                                                             tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["pretrain", "--data", str(data_dir), "--out", str(out), "--model.depth", "1",
+                 "--no-train.progress", *flags]) == 2
+    assert message in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_ppo_minibatches_0_is_named_before_any_work(tiny_run, tmp_path, capsys):
+    assert main(["ppo", "--policy", str(tiny_run), "--reward", str(tiny_run), "--prompts",
+                 "p.jsonl", "--out", str(tmp_path / "o"), "--minibatches", "0"]) == 2
+    assert "--minibatches must be >= 1, got 0" in _one_line_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def reward_run(tiny_run, tmp_path_factory):
+    """The tiny run with a scalar head: what `gptsmith rm` writes."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path_factory.mktemp("rm") / "rm"
+    shutil.copytree(tiny_run, run)
+    cfg = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**cfg, "head": "scalar"}))
+    state = load_file(str(run / "model.safetensors"))
+    state.pop("lm_head.weight", None)
+    state["score.weight"], state["score.bias"] = torch.zeros(1, cfg["n_embd"]), torch.zeros(1)
+    save_file(state, str(run / "model.safetensors"))
+    return run
+
+
+@pytest.mark.parametrize("argv", [
+    ["sft", "--base", "{rm}", "--data", "{demos}"], ["rm", "--base", "{rm}", "--data", "{demos}"],
+    ["dpo", "--policy", "{rm}", "--data", "{demos}"],
+    ["ppo", "--policy", "{rm}", "--reward", "{rm}", "--prompts", "{demos}"],
+    ["grpo", "--policy", "{rm}", "--prompts", "{demos}"],
+    ["generate", "--model", "{rm}", "--input", "{demos}", "--output", "{out}"],
+    ["sample", "{rm}"], ["eval", "--model", "{rm}", "--questions", "{demos}"],
+    ["label", "--model", "{rm}", "--prompts", "{demos}", "--out", "{out}"], ["chat", "{rm}"],
+])
+def test_a_reward_model_where_a_language_model_goes_is_named(argv, reward_run, tmp_path,
+                                                              capsys):
+    fill = {"{rm}": str(reward_run), "{demos}": str(_demos(tmp_path)),
+            "{out}": str(tmp_path / "o")}
+    argv = [fill.get(a, a) for a in argv]
+    if argv[0] in ("sft", "rm", "dpo", "ppo", "grpo"):
+        argv += ["--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert (f"{reward_run}: holds a reward model (rm run), but a language model (base, SFT or "
+            "RLHF run) is needed here") in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_ppo_names_a_language_model_given_as_its_reward(tiny_run, tmp_path, capsys):
+    assert main(["ppo", "--policy", str(tiny_run), "--reward", str(tiny_run), "--prompts",
+                 str(_demos(tmp_path)), "--out", str(tmp_path / "o")]) == 2
+    assert f"--reward {tiny_run}: holds a language model" in _one_line_error(capsys)
+
+
+def _damage(run, how):
+    path = run / {"weights": "model.safetensors", "truncated": "model.safetensors",
+                  "tokenizer": "tokenizer.json"}.get(how, "model.json")
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    elif how in ("weights", "tokenizer", "model.json"):
+        path.write_bytes(b"{garbage")
+    else:
+        cfg = json.loads(path.read_text())
+        cfg.update({"unknown key": {"colour": "blue"}, "wrong depth": {"depth": 3},
+                    "wrong type": {"n_head": "four"}}[how])
+        path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.mark.parametrize("how, message", [
+    ("weights", "model.safetensors: not a readable safetensors file"),
+    ("truncated", "model.safetensors: not a readable safetensors file"),
+    ("tokenizer", "tokenizer.json: not a readable tokenizer file"),
+    ("model.json", "model.json: not valid JSON"),
+    ("unknown key", "model.json: unknown setting 'colour'"),
+    ("wrong depth", "model.safetensors: the weights do not match"),
+    ("wrong type", "model.json: 'n_head' must be int, got 'four'"),
+])
+@pytest.mark.parametrize("command", ["sample", "sft"])
+def test_a_damaged_run_is_named_not_a_traceback(how, message, command, tiny_run, tmp_path,
+                                                capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    _damage(run, how)
+    argv = ["sample", str(run)] if command == "sample" else \
+        ["sft", "--base", str(run), "--data", str(_demos(tmp_path)), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "a directory that is not a run", "under a file"])
+def test_sft_out_must_be_a_run_directory(where, tiny_run, tmp_path, capsys):
+    other = tmp_path / "mine.txt"
+    other.write_text("keep me")
+    if where == "a file":
+        out, message = other, "a file; give a directory to write the run in"
+    elif where == "under a file":
+        out, message = other / "run", f"{other} is a file, not a directory"
+    else:
+        out, message = tmp_path, "holds files that are not a gptsmith run (d.jsonl, mine.txt)"
+    argv = ["sft", "--base", str(tiny_run), "--data", str(_demos(tmp_path)), "--out", str(out)]
+    for extra in ([], ["--overwrite"]):  # --overwrite never deletes what is not a run
+        assert main([*argv, *extra]) == 2
+        assert f"--out {out}: {message}" in _one_line_error(capsys)
+        assert other.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--model", "{run}", "--input", "{demos}", "--output", "{dir}"],
+     "--output {dir}: a directory; give the path of a file to write"),
+    (["generate", "--model", "{run}", "--input", "{dir}", "--output", "{out}"],
+     "--input {dir}: a directory; a file is expected here"),
+    (["sft", "--base", "{run}", "--data", "{dir}", "--out", "{out}"],
+     "--data {dir}: a directory; a file is expected here"),
+    (["label", "--model", "{run}", "--prompts", "{demos}", "--out", "{out}", "-k", "1"],
+     "-k must be >= 2 (a ranking needs two replies to compare), got 1"),
+    (["label", "--model", "{run}", "--prompts", "{demos}", "--out", "{out}", "-k", "0"],
+     "-k must be >= 2"),
+    (["tokenizer", "train", "--corpus", "{demos}", "--out", "{out}", "--max-bytes", "0"],
+     "--max-bytes must be >= 1, got 0"),
+    (["sample", "{run}", "--temperature", "nan"],
+     "argument --temperature: expected a finite number, got 'nan'"),
+    (["generate", "--model", "{run}", "--input", "{demos}", "--output", "{out}", "--top-p",
+      "nan"], "argument --top-p: expected a finite number, got 'nan'"),
+    (["chat", "{run}", "--temperature", "inf"],
+     "argument --temperature: expected a finite number, got 'inf'"),
+    (["serve", "{run}", "--port", "70000"], "--port must be between 0 and 65535, got 70000"),
+    (["serve", "{run}", "--device", "tpu"], "--device 'tpu': not a device; use auto, cpu"),
+])
+def test_bad_paths_and_numbers_name_their_flag(argv, message, tiny_run, tmp_path, capsys):
+    fill = {"{run}": str(tiny_run), "{demos}": str(_demos(tmp_path)), "{dir}": str(tmp_path),
+            "{out}": str(tmp_path / "new" / "o.jsonl")}
+    argv = [fill.get(a, a) for a in argv]
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{dir}", str(tmp_path)) in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "new").exists()

@@ -54,11 +54,18 @@ def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
             raise located(str(path), n, "invalid UTF-8; convert the file to UTF-8") from None
         except json.JSONDecodeError as e:
             raise located(str(path), n, f"not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise located(str(path), n, "JSON nested too deeply") from None
         if not isinstance(record, dict) or field not in record:
             raise located(str(path), n, f"record has no {field!r} field")
         if not isinstance(record[field], str):
             kind = type(record[field]).__name__
             raise located(str(path), n, f"field {field!r} must be a string, got {kind}")
+        try:
+            record[field].encode("utf-8")
+        except UnicodeEncodeError:
+            raise located(str(path), n, f"field {field!r} holds a lone surrogate (half a "
+                          "character); it is not text") from None
         if record[field]:
             yield Document(record[field], f"{path}:{n}")
 

@@ -92,13 +92,19 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(line or row number, record) from a .jsonl, .json or .parquet file."""
     if not path.exists():
         raise GptsmithError(f"{path}: no such file")
+    if not path.is_file():
+        raise GptsmithError(f"{path}: a directory; a .jsonl, .json or .parquet file is expected")
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise GptsmithError(f"{path}: reading Parquet needs pyarrow") from None
-        for n, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield n, row
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for unreadable files
+            raise located(str(path), None, f"not a readable Parquet file ({e})") from None
+        for n, row in enumerate(rows, start=1):
+            yield n, checked_text(row, path, n)
         return
     raw = path.read_bytes()
     if not raw.strip():
@@ -112,16 +118,52 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise located(str(path), e.lineno, f"not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise located(str(path), None, "JSON nested too deeply") from None
         if not isinstance(records, list):
             raise located(str(path), None, "a .json file must hold a list of records")
-        yield from enumerate(records, start=1)
+        for n, record in enumerate(records, start=1):
+            yield n, checked_text(record, path, n)
         return
     for n, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
-                yield n, json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise located(str(path), n, f"not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise located(str(path), n, "JSON nested too deeply") from None
+            yield n, checked_text(record, path, n)
+
+
+def lone_surrogate(value, where: str = "") -> str | None:
+    """The field (dotted path) of the first string in ``value`` that is not text: a lone
+    UTF-16 surrogate such as ``"\\ud800"``, which JSON allows and no tokenizer encodes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "value"
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found = lone_surrogate(v, f"{where}.{k}".lstrip("."))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = lone_surrogate(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def checked_text(record, path: Path, n: int):
+    """``record``, refused (naming file, line and field) if a string in it is not text."""
+    field = lone_surrogate(record)
+    if field:
+        raise located(str(path), n, f"field {field!r} holds a lone surrogate (an escape such "
+                      "as \\ud800 that is half a character); it is not text")
+    return record
 
 
 def read_demos(path: str | Path, fmt: str = "auto", skip_bad: bool = False,

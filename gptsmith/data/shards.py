@@ -162,7 +162,18 @@ def read_meta(data_dir: Path) -> dict:
     if not path.exists():
         raise GptsmithError(f"{data_dir}: not a data directory (no meta.json); "
                             "make one with `gptsmith data prepare`")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_bytes())
+        shards = [s["file"] for split in ("train", "val") for s in meta[split]["shards"]]
+        np.dtype(meta["dtype"])
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise GptsmithError(f"{path}: not the meta.json `gptsmith data prepare` writes ({e}); "
+                            "prepare the data again") from None
+    for name in shards:
+        if not (Path(data_dir) / name).is_file():
+            raise GptsmithError(f"{data_dir}: shard {name} (listed in meta.json) is missing; "
+                                "prepare the data again")
+    return meta
 
 
 @dataclass

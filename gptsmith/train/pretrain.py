@@ -11,7 +11,7 @@ import torch
 
 from gptsmith.config import to_dict
 from gptsmith.data.shards import TokenWindows, read_meta
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import GptsmithError, InvalidSetting
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.tokenizer import Tokenizer
 from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary
@@ -49,6 +49,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
     checkpoint of the same settings. Returns a summary (also saved as summary.json)."""
     if not cfg.data:
         raise GptsmithError("pretrain needs --data DIR (make one with `gptsmith data prepare`)")
+    if cfg.model.head != "lm":
+        raise InvalidSetting(f"--model.head {cfg.model.head}: pretrain trains a language model "
+                             "(lm); a reward model comes from `gptsmith rm`")
     data, out = Path(cfg.data), Path(cfg.out)
     meta = read_meta(data)
     tokenizer = Tokenizer.load(data / "tokenizer.json")
