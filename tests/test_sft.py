@@ -68,3 +68,23 @@ def test_sft_starts_from_the_base_weights(tiny_run, tmp_path):
     tuned, _ = load_model(tmp_path / "sft")
     for (name, p), q in zip(base.named_parameters(), tuned.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+
+
+def test_two_demonstrations_say_how_to_proceed(tiny_run, tmp_path, capsys):
+    from gptsmith.cli import main
+
+    data = demos_file(tmp_path / "two.jsonl", 2)
+    out = tmp_path / "sft"
+    assert main(["sft", "--base", str(tiny_run), "--data", str(data), "--out", str(out),
+                 "--no-train.progress"]) == 2
+    err = capsys.readouterr().err
+    assert "2 demonstrations and none held out" in err
+    assert "--val-data FILE" in err and "--val-fraction 0" in err
+    assert not out.exists()
+    # the advice works: all of them trained on, no validation loss
+    assert main(["sft", "--base", str(tiny_run), "--data", str(data), "--out", str(out),
+                 "--val-fraction", "0", "--train.steps", "2", "--no-train.progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_examples"] == 2 and summary["val_examples"] == 0
+    assert "val_loss" not in summary
+    assert "no validation loss (--val-fraction 0)" in capsys.readouterr().out

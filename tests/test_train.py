@@ -169,3 +169,75 @@ def test_each_part_is_clipped_on_its_own(tiny_model, tmp_path):
     value_grads = seen[0][len(policy_grads):]
     value_norm = float(torch.cat([g.flatten() for g in value_grads]).norm())
     assert value_norm == pytest.approx(1.0, rel=1e-3)
+
+
+def _sft_interrupted_at_step_3(tiny_run, tmp_path, monkeypatch):
+    """An SFT run stopped after step 3 (checkpoint at 2), as a kill would; its data file."""
+    import gptsmith.train.loop as loop
+    from gptsmith.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i} plus 2?",
+                                        "response": f"It is {i + 2}."}) + "\n"
+                            for i in range(30)))
+    argv = ["sft", "--base", str(tiny_run), "--data", str(data), "--out", str(tmp_path / "sft"),
+            "--val-fraction", "0.2", "--train.steps", "6", "--train.batch-size", "2",
+            "--train.checkpoint-every", "2", "--no-train.progress"]
+
+    def fault(point, step):
+        if (point, step) == ("after-step", 3):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "fault", fault)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    return argv, data
+
+
+@pytest.mark.parametrize("change", ["shrunk", "same length"])
+def test_resume_on_changed_data_is_refused_naming_the_file(change, tiny_run, tmp_path,
+                                                           monkeypatch, capsys):
+    from gptsmith.cli import main
+
+    argv, data = _sft_interrupted_at_step_3(tiny_run, tmp_path, monkeypatch)
+    text = data.read_text()
+    if change == "shrunk":  # resumed before: IndexError in the batches
+        data.write_text("".join(text.splitlines(keepends=True)[:10]))
+    else:  # resumed before: silently trained on old data first, new data after
+        data.write_text(text.replace("plus 2?", "plus 3?"))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert "this checkpoint was made on other data" in err
+    detail = "bytes, was" if change == "shrunk" else "has other contents (same size"
+    assert f"{data} {'is ' if change == 'shrunk' else ''}" in err and detail in err
+    assert "--overwrite" in err
+    assert main([*argv, "--overwrite"]) == 0  # starting over is the way out
+
+
+def test_resume_on_the_same_data_goes_on(tiny_run, tmp_path, monkeypatch, capsys):
+    from gptsmith.cli import main
+    from gptsmith.runs import fingerprint
+
+    argv, data = _sft_interrupted_at_step_3(tiny_run, tmp_path, monkeypatch)
+    ckpt = torch.load(tmp_path / "sft" / "checkpoints" / "latest.pt", weights_only=False)
+    assert ckpt["data_files"]["data"]["files"] == fingerprint(data)
+    data.touch()  # a new mtime alone is no change
+    assert main(argv) == 0
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_eval_every_0_evaluates_only_after_the_last_step(tiny_run, tmp_path):
+    from gptsmith.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "response": "a"}) + "\n"
+                            for i in range(30)))
+    out = tmp_path / "sft"
+    assert main(["sft", "--base", str(tiny_run), "--data", str(data), "--out", str(out),
+                 "--val-fraction", "0.3", "--train.steps", "4", "--train.batch-size", "2",
+                 "--train.eval-every", "0", "--train.log-every", "1",
+                 "--no-train.progress"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [4]

@@ -33,7 +33,14 @@ from tqdm import tqdm
 from gptsmith.device import autocast, pick_device, resolve_precision, set_threads
 from gptsmith.errors import GptsmithError
 from gptsmith.plots import plot_metrics
-from gptsmith.runs import atomic_path, atomic_write_text, save_model, write_config
+from gptsmith.runs import (
+    atomic_path,
+    atomic_write_text,
+    data_changes,
+    data_fingerprints,
+    save_model,
+    write_config,
+)
 from gptsmith.tokenizer import Tokenizer
 from gptsmith.tracking import Trackers
 from gptsmith.train.lora import LoRAConfig, lora_layers, merged_state_dict, save_adapter
@@ -52,16 +59,18 @@ class TrainConfig:
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a share of peak"})
     warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay (matrices only)"})
-    beta1: float = 0.9
-    beta2: float = 0.95
+    beta1: float = field(default=0.9, metadata={"help": "AdamW β1 (momentum)"})
+    beta2: float = field(default=0.95, metadata={"help": "AdamW β2 (second-moment decay)"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm; 0 disables"})
     precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp32"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     threads: int = field(default=0, metadata={"help": "CPU threads; 0 keeps PyTorch's choice"})
-    seed: int = 1337
-    log_every: int = 10
-    eval_every: int = field(default=250, metadata={"help": "evaluate every N steps (and last)"})
+    seed: int = field(default=1337, metadata={"help": "seed of the initialisation, data "
+                                                      "order and sampling"})
+    log_every: int = field(default=10, metadata={"help": "write metrics every N steps"})
+    eval_every: int = field(default=250, metadata={
+        "help": "evaluate every N steps and after the last; 0: only after the last"})
     checkpoint_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     log: str = field(default="", metadata={
@@ -165,6 +174,7 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = 0
+        self._data_fingerprints: dict | None = None  # of the data the settings name, once
         # metrics shown on the progress bar beside the loss when a step logs them: key -> label
         self.progress_keys: dict[str, str] = {}
         self.trackers = None  # TensorBoard / W&B writers (gptsmith/tracking.py), from run()
@@ -185,6 +195,11 @@ class Trainer:
                 f"({'; '.join(changed)}); rerun with the same settings to resume, or start over "
                 "with --overwrite"
             )
+        changed = data_changes(ckpt.get("data_files", {}), self.data_fingerprints())
+        if changed:
+            raise GptsmithError(
+                f"{self.ckpt_path}: this checkpoint was made on other data ({'; '.join(changed)})"
+                "; put the original data back to resume, or start over with --overwrite")
         missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
         trained = set(self._trained_state())
         if unexpected or trained & set(missing):
@@ -208,11 +223,18 @@ class Trainer:
         trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.model.state_dict().items() if k in trained}
 
+    def data_fingerprints(self) -> dict:
+        """Size and SHA-256 of the data files the settings name, computed once a process."""
+        if self._data_fingerprints is None:
+            self._data_fingerprints = data_fingerprints(self.phase_config)
+        return self._data_fingerprints
+
     def save_checkpoint(self) -> None:
         state = {
             "step": self.step, "model": self._trained_state(),
             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
             "rng": _rng_state(), "phase_config": self.phase_config, "extra": self.extra_state(),
+            "data_files": self.data_fingerprints(),
         }
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(state, tmp)
@@ -312,7 +334,8 @@ class Trainer:
                       **{k: round(v, 6) if isinstance(v, float) else v
                          for k, v in metrics.items()},
                       "tok_per_s": round(tokens_seen / train_time)}
-            evaluating = self.step % cfg.eval_every == 0 or self.step == cfg.steps
+            evaluating = (cfg.eval_every and self.step % cfg.eval_every == 0) or \
+                self.step == cfg.steps
             if evaluating:
                 last_eval = self.evaluate()
                 record.update(last_eval)

@@ -32,7 +32,9 @@ class SFTConfig:
     data: str = field(default="", metadata={"help": "demonstrations (.jsonl, .json, .parquet)"})
     val_data: str = field(default="", metadata={
         "help": "held-out demonstrations; empty: hold out val_fraction of --data"})
-    val_fraction: float = 0.05
+    val_fraction: float = field(default=0.05, metadata={
+        "help": "share of prompts held out when --val-data is not given; 0: none (no "
+                "validation loss)"})
     format: str = field(default="auto", metadata={
         "help": "auto | pairs | messages | alpaca | sharegpt"})
     skip_bad: bool = field(default=False, metadata={
@@ -74,6 +76,24 @@ def conversation_key(c: Conversation) -> str:
     return json.dumps(c.messages[:-1], sort_keys=True)
 
 
+def check_split(cfg: SFTConfig, n_train: int, n_val: int) -> None:
+    """Refuse a split with nothing to train on, or nothing held out when something should
+    be, saying how to proceed."""
+    if n_train and (n_val or not (cfg.val_data or cfg.val_fraction)):
+        return
+    if not n_train:
+        where = cfg.data if not cfg.val_data else f"{cfg.data} (beside --val-data)"
+        raise GptsmithError(f"{where}: no demonstrations left to train on ({n_val} held out); "
+                            "give more, or pass --val-fraction 0 to train on all of them")
+    if cfg.val_data:
+        raise GptsmithError(f"{cfg.val_data}: no usable held-out demonstrations")
+    raise GptsmithError(
+        f"{cfg.data}: {n_train} demonstrations and none held out: --val-fraction "
+        f"{cfg.val_fraction} of so few prompts rounds to none (the split keeps each prompt on "
+        "one side). To proceed: give held-out demonstrations with --val-data FILE, or train "
+        "on all of them without a validation loss with --val-fraction 0")
+
+
 def sft(cfg: SFTConfig) -> dict:
     """Fine-tune ``cfg.base`` on ``cfg.data``; resumable like every phase."""
     if not cfg.base or not cfg.data:
@@ -81,7 +101,8 @@ def sft(cfg: SFTConfig) -> dict:
     out = Path(cfg.out)
     done = finished_summary(out, to_dict(cfg))
     if done:
-        print(f"{out}: already fine-tuned with these settings (val loss {done['val_loss']:.4f})")
+        print(f"{out}: already fine-tuned with these settings" + (
+            f" (val loss {done['val_loss']:.4f})" if "val_loss" in done else ""))
         return done
     model, tokenizer = load_model(cfg.base)
     seq_len = model.cfg.seq_len
@@ -89,15 +110,14 @@ def sft(cfg: SFTConfig) -> dict:
     if cfg.val_data:
         val_convs, val_skipped = read_demos(cfg.val_data, cfg.format, cfg.skip_bad)
         skipped += val_skipped
-    else:
+    elif cfg.val_fraction:
         convs, val_convs = split_held_out(convs, conversation_key, cfg.val_fraction)
+    else:
+        val_convs = []  # --val-fraction 0: train on every demonstration, no validation loss
     train_ex, s1 = encode_conversations(convs, tokenizer, seq_len, cfg.skip_bad)
     val_ex, s2 = encode_conversations(val_convs, tokenizer, seq_len, cfg.skip_bad)
     skipped += s1 + s2
-    if not train_ex or not val_ex:
-        raise GptsmithError(f"{cfg.data}: need demonstrations both to train on and to hold out "
-                            f"(got {len(train_ex)} and {len(val_ex)}; the split keeps each "
-                            "prompt on one side): give held-out ones with --val-data")
+    check_split(cfg, len(train_ex), len(val_ex))
     if skipped:
         print(f"skipped {skipped} unusable records (--skip-bad)")
     # resolved here, not in cfg: the saved config keeps "0 = by epochs"
@@ -113,6 +133,8 @@ def sft(cfg: SFTConfig) -> dict:
         return LossSum(m(x.to(trainer.device), y.to(trainer.device), reduction="sum"), n, n)
 
     def evaluate(m):
+        if not val_batches:
+            return {}
         total, count = 0.0, 0
         for x, y in val_batches:
             losses = m(x.to(trainer.device), y.to(trainer.device), reduction="none")
@@ -135,6 +157,7 @@ def sft(cfg: SFTConfig) -> dict:
     summary = trainer.train_and_save(f"SFT: {out}", {
         "train_examples": len(train_ex), "val_examples": len(val_ex), "skipped": skipped,
         "learned_token_share": round(learned / padded, 3)})
-    print(f"done in {summary['train_seconds']:.0f}s: validation loss {summary['val_loss']:.4f} "
-          "nats per assistant token")
+    print(f"done in {summary['train_seconds']:.0f}s: " + (
+        f"validation loss {summary['val_loss']:.4f} nats per assistant token"
+        if "val_loss" in summary else "no validation loss (--val-fraction 0)"))
     return summary
