@@ -251,33 +251,37 @@ def main(argv: list[str] | None = None) -> int:
                   "grpo": ["pretrain", "sft"], "ppo": ["pretrain", "sft", "rm"]}
         todo = [ph for ph in PHASES if ph in phases or
                 any(ph in needed.get(x, []) for x in phases)]
-        failed = 0
+        refs = {}  # phase -> (args, outcome, (training start, end) in seconds)
         for phase in todo:
             args = phase_args(phase, files, ref)
             shutil.rmtree(ref / phase, ignore_errors=True)
             start = time.perf_counter()
             code, err, trained = run(command(phase, args, ref / phase),
                                      watch=ref / phase / "metrics.jsonl")
-            seconds = time.perf_counter() - start
             if code != 0:
                 print(f"{phase}: the uninterrupted run failed ({code}): {err[-2000:]}")
                 return 1
-            if phase not in phases:
-                continue
-            reference = outcome(ref / phase)
-            times = (trained or 0.0, seconds)
-            points = [kill_point(phase, args, root / phase / f"point{i}", times, reference,
-                                 rng, by_step=i % 2 == 0) for i in range(a.points)]
-            bad = [pt for pt in points if pt.problems]
-            failed += len(bad)
-            landed = sum(pt.killed for pt in points)
-            print(f"{phase}: {len(points)} points ({landed} kills landed; reference run "
-                  f"{seconds:.1f}s, training from {times[0]:.1f}s), {len(points) - len(bad)} "
-                  f"ended equal to the uninterrupted run, {len(bad)} did not", flush=True)
-            for pt in points:
+            refs[phase] = args, outcome(ref / phase), (trained or 0.0,
+                                                       time.perf_counter() - start)
+        points: dict[str, list[Point]] = {phase: [] for phase in phases}
+        for i in range(a.points):  # round by round: every phase gets its share early
+            for phase in phases:
+                args, reference, times = refs[phase]
+                pt = kill_point(phase, args, root / phase / f"point{i}", times, reference, rng,
+                                by_step=i % 2 == 0)
+                points[phase].append(pt)
                 state = "equal" if not pt.problems else "; ".join(pt.problems)
-                print(f"  {pt.how:>20}  {'killed' if pt.killed else 'finished first':>14}  "
+                print(f"  {phase:>8} {pt.how:>20}  "
+                      f"{'killed' if pt.killed else 'finished first':>14}  "
                       f"resumed from {pt.resumed_from or '-':>5}  {state}", flush=True)
+        failed = 0
+        for phase, pts in points.items():
+            bad = sum(bool(pt.problems) for pt in pts)
+            failed += bad
+            trained, seconds = refs[phase][2]
+            print(f"{phase}: {len(pts)} points ({sum(pt.killed for pt in pts)} kills landed; "
+                  f"reference run {seconds:.1f}s, training from {trained:.1f}s), "
+                  f"{len(pts) - bad} ended equal to the uninterrupted run, {bad} did not")
         print(f"kill: {failed} of the points ended differently" if failed else
               "kill: every point ended equal to the uninterrupted run")
         return 1 if failed else 0
