@@ -503,6 +503,17 @@ def test_huge_ids_deep_json_lone_surrogates_and_unknown_annotators_get_4xx(studi
         (admin, "POST", "/api/admin/projects", {"name": "p", "kind": "rank", "model": "m",
                                                 "prompts": '{"prompt": "q"}', "seed": 2**64},
          400),
+        # found by checks/fuzz_studio.py: a comment of false was stored as no comment; NUL
+        # (which PostgreSQL cannot store), 5000-digit numbers, endless instructions
+        (alice, "POST", f"/api/assignments/{demo}/answer", {**answer, "comment": False}, 400),
+        (alice, "PUT", f"/api/assignments/{demo}/draft", {"body": "a\x00b"}, 400),
+        (admin, "POST", "/api/admin/projects",
+         {"name": "p", "kind": "demonstrate", "prompts": '{"prompt": "a\\u0000b"}'}, 400),
+        (admin, "POST", "/api/admin/projects",
+         {"name": "p", "kind": "demonstrate", "prompts": '{"prompt": ' + "9" * 5000 + "}"}, 400),
+        (admin, "POST", "/api/admin/projects", {"name": "p", "kind": "demonstrate",
+                                                "prompts": '{"prompt": "q"}',
+                                                "instructions": "x" * 6000}, 400),
     ]
     for token, method, path, body, status in cases:
         got, text, _ = call(url, method, path, body, token)
@@ -510,7 +521,8 @@ def test_huge_ids_deep_json_lone_surrogates_and_unknown_annotators_get_4xx(studi
         assert json.loads(text)["error"]["message"] if path.startswith("/api/") else text
     deep = b"[" * 100_000 + b"]" * 100_000
     for data in (deep, b'{"body": ' + deep + b"}", b'{"body": "x", "y": ' + b"[" * 40 + b"]" * 40
-                 + b"}", b'{"comment": "\\ud800", "submission_id": "abcdefghij"}'):
+                 + b"}", b'{"comment": "\\ud800", "submission_id": "abcdefghij"}',
+                 b'{"body": "x", "n": ' + b"9" * 5000 + b"}"):
         for method, path in (("PUT", f"/api/assignments/{demo}/draft"),
                              ("POST", f"/api/assignments/{demo}/answer")):
             status, text = raw(url, method, path, data, alice)

@@ -209,16 +209,20 @@ def check_json(value, depth: int = MAX_DEPTH) -> None:
 
 
 def check_json_text(text: str, where: str) -> None:
+    """Text both databases can store: valid Unicode, no NUL (PostgreSQL refuses it)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise Refused(400, f"{where}: not valid Unicode (a lone surrogate, "
                       f"{text[e.start]!r}, at character {e.start})") from None
+    if "\x00" in text:
+        raise Refused(400, f"{where}: holds a NUL character (\\u0000) at character "
+                      f"{text.index(chr(0))}")
 
 
 async def json_body(request: Request) -> dict:
     """The body as a JSON object, refused past the size limit before it is all read, and
-    refused when nested too deep or holding text that is not valid Unicode."""
+    refused when nested too deep or holding text that is not valid Unicode or holds NUL."""
     max_body = studio(request).max_body
     size = request.headers.get("content-length", "")
     if size.isascii() and size.isdigit() and int(size) > max_body:
@@ -232,6 +236,8 @@ async def json_body(request: Request) -> dict:
         body = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise Refused(400, "the request body is not valid JSON") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise Refused(400, f"the request body cannot be read: {e}"[:200]) from None
     except RecursionError:
         raise Refused(400, f"the request body is nested deeper than {MAX_DEPTH} levels") \
             from None

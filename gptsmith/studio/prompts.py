@@ -32,6 +32,8 @@ def parse_prompts(text: str, source: str) -> list[dict]:
         except UnicodeEncodeError:
             raise located(source, n, "not valid Unicode (a lone surrogate such as "
                           "\\ud800)") from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise located(source, n, f"cannot be read ({e})"[:200]) from None
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) \
                 or not rec["prompt"].strip():
             raise located(source, n, 'each line needs a non-empty "prompt" string, e.g. '
@@ -43,6 +45,8 @@ def parse_prompts(text: str, source: str) -> list[dict]:
                                       or not all(isinstance(r, str) for r in responses)
                                       or len(set(responses)) < len(responses)):
             raise located(source, n, 'field "responses" must list at least 2 different strings')
+        if any("\x00" in t for t in [rec["prompt"], *(responses or [])]):
+            raise located(source, n, "holds a NUL character (\\u0000), which is not text")
         out.append({"prompt": rec["prompt"], "responses": responses})
     if not out:
         raise GptsmithError(f"{source}: no prompts found")

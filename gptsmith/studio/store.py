@@ -23,6 +23,7 @@ KINDS = ("demonstrate", "rank")
 MAX_RESPONSE_CHARS = 20_000
 MAX_COMMENT_CHARS = 5_000
 MAX_DRAFT_CHARS = 100_000
+MAX_INSTRUCTIONS_CHARS = 5_000
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-]{8,100}")
 MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in both databases
 
@@ -75,6 +76,8 @@ def create_project(db: Database, name: str, kind: str, items: list[dict],
         raise Refused(400, "a project needs a name of 1 to 100 characters")
     if kind not in KINDS:
         raise Refused(400, f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if len(instructions) > MAX_INSTRUCTIONS_CHARS:
+        raise Refused(400, f"instructions: at most {MAX_INSTRUCTIONS_CHARS} characters")
     if not items:
         raise Refused(400, "a project needs at least one prompt")
     if kind == "rank" and any(len(it.get("responses") or []) < 2 for it in items):
@@ -233,7 +236,8 @@ def save_draft(db: Database, annotator_id: int, assignment_id: int, body: str) -
 
 def _checked_answer(kind: str, responses: list[str] | None, answer: dict) -> tuple:
     """(response, ranking JSON, unacceptable, comment) of a valid answer, else Refused 400."""
-    comment = answer.get("comment") or ""
+    comment = answer.get("comment")
+    comment = "" if comment is None else comment  # false, 0, [] are not comments
     if not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS:
         raise Refused(400, f"comment: a string of at most {MAX_COMMENT_CHARS} characters")
     if kind == "demonstrate":
