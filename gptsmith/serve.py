@@ -100,6 +100,7 @@ def load_served(specs: list[str], max_batch: int = 16,
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None,
                  code: str | None = None, type: str = "invalid_request_error"):
+        message, param = _printable(message), param and _printable(param)
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = \
             status, message, param, code, type
@@ -107,8 +108,16 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.code in ("request_timeout", "client_disconnected"):
+            headers["Connection"] = "close"  # the body was not read to its end
         return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def _printable(text: str) -> str:
+    """``text`` that can be sent as UTF-8: what it echoes of a request (a field name with a
+    lone surrogate) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -657,11 +666,18 @@ async def chat_completions(request: Request, srv: UseServer):
     served = srv.lookup(req.model)
     if not req.messages:
         raise APIError(400, "messages must not be empty", "messages")
+    ctx = served.model.cfg.seq_len
+    if len(req.messages) >= ctx:  # each message takes a token at least: no need to render
+        raise APIError(400, f"This model's maximum context length is {ctx} tokens; the "
+                       f"conversation has {len(req.messages)} messages.", "messages",
+                       "context_length_exceeded")
     messages = [_request_message(m, i) for i, m in enumerate(req.messages)]
     problem = check_conversation(messages, for_generation=True)
     if problem:
         raise APIError(400, problem, "messages")
-    return await respond(request, served, req, [prompt_ids(served.tokenizer, messages)], "chat")
+    # rendering a long conversation takes a while: off the event loop, which serves everyone
+    prompt = await asyncio.to_thread(prompt_ids, served.tokenizer, messages)
+    return await respond(request, served, req, [prompt], "chat")
 
 
 @api.post("/completions")
@@ -775,15 +791,16 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None,
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, max_batch: int = 16, device: str = "auto",
-          grace: float = 5.0) -> None:
+          grace: float = 5.0, body_timeout: float = 30.0) -> None:
     """Serve until SIGTERM or SIGINT: replies under way get ``grace`` seconds to finish,
-    then are cut, whatever state the server is in."""
+    then are cut, whatever state the server is in. A request body must arrive within
+    ``body_timeout`` seconds."""
     import uvicorn
 
     from gptsmith.device import pick_device
 
     models = load_served(specs, max_batch, str(pick_device(device)))
-    app = create_app(models, api_key)
+    app = create_app(models, api_key, body_timeout=body_timeout)
     where = f"http://{host}:{port}"
     print(f"serving {', '.join(models)} at {where} (chat page: {where}/ , API: {where}/v1)"
           + (" with an API key" if api_key else ""), flush=True)
