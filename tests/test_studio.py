@@ -300,6 +300,16 @@ def test_several_annotators_per_item_export_merged_and_split_by_prompt(db, tmp_p
         assert status == 400 and "combine" in text
 
 
+def test_sampling_settings_out_of_range_are_refused(tmp_path, tiny_run, capsys):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "q"}\n')
+    for flags, words in ((["-k", "12"], "-k 12: 2 to 9"), (["--seed", str(2**64)], "--seed")):
+        assert main(["studio", "project", "--db", str(tmp_path / "s.db"), "--name", "r",
+                     "--kind", "rank", "--prompts", str(tmp_path / "p.jsonl"),
+                     "--model", str(tiny_run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+
+
 def test_admin_creates_a_rank_project_sampled_from_a_model(db, tiny_run):
     admin = store.set_admin_token(db)
     prompts = "".join(json.dumps({"prompt": f"What is {i} plus 2?"}) + "\n" for i in range(2))

@@ -71,8 +71,10 @@ def sample_responses(run_dir: str | Path, prompts: list[str], k: int, max_tokens
     from gptsmith.engine import Sampling
     from gptsmith.runs import load_model
 
-    if k < 2:
-        raise GptsmithError(f"-k {k}: a ranking needs at least 2 responses")
+    if not 2 <= k <= 9:
+        raise GptsmithError(f"-k {k}: 2 to 9 responses (annotators rank them with keys 1-9)")
+    if not 0 <= seed < 2**63:
+        raise GptsmithError(f"--seed {seed}: a whole number from 0 to 2^63-1")
     model, tokenizer = load_model(run_dir, "cpu")
     ctx = model.cfg.seq_len
     for i, p in enumerate(prompts):
@@ -87,7 +89,7 @@ def sample_responses(run_dir: str | Path, prompts: list[str], k: int, max_tokens
             break
         convs = [[{"role": "user", "content": prompts[i]}] for i in short for _ in range(k)]
         s = Sampling(max_tokens=max_tokens, temperature=temperature,
-                     seed=seed + r * len(prompts) * k)
+                     seed=(seed + r * len(prompts) * k) % 2**63)
         replies = complete(model, tokenizer, convs, s)
         for j, reply in enumerate(replies):
             group = groups[short[j // k]]
