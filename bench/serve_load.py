@@ -13,6 +13,7 @@ share the CPUs. Errors, non-200 answers and streams without ``[DONE]`` make it e
     .venv/bin/python bench/serve_load.py                  # a fresh random model, default shape
     .venv/bin/python bench/serve_load.py --requests 32 --run runs/default/ppo
     .venv/bin/python bench/serve_load.py --max-tokens 0   # no max_tokens, as openai sends
+    .venv/bin/python bench/serve_load.py --no-max-share 0.25 --batched-only  # a quarter omit it
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ async def http(port: int, method: str, path: str, body: dict | None = None):
     return status, reader, writer
 
 
+def omits(i: int, share: float) -> bool:
+    """Whether request i leaves max_tokens out: an even spread of ``share`` of them."""
+    return int((i + 1) * share) > int(i * share)
+
+
 async def one_request(port: int, model: str, i: int, max_tokens: int) -> dict:
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": f"Tell me about {TOPICS[i % 7]}, #{i}."}],
@@ -108,6 +114,9 @@ async def load(port: int, proc: subprocess.Popen, log: Path, args) -> tuple[list
         await asyncio.sleep(0.2)
     else:
         sys.exit("the server did not answer /health within 120 s")
+    def budget(i: int) -> int:
+        return 0 if omits(i, args.no_max_share) else args.max_tokens
+
     if not (warm := await one_request(port, model, args.requests, args.max_tokens))["ok"]:
         sys.exit(f"the warm-up request failed: {warm['error']}")
     todo, results = iter(range(args.requests)), {}
@@ -115,7 +124,8 @@ async def load(port: int, proc: subprocess.Popen, log: Path, args) -> tuple[list
     async def client():
         for i in todo:
             try:
-                results[i] = await one_request(port, model, i, args.max_tokens)
+                results[i] = {**await one_request(port, model, i, budget(i)),
+                              "omitted": budget(i) == 0}
             except Exception as e:  # a dropped connection, a malformed stream
                 results[i] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
@@ -152,6 +162,10 @@ def main():
     p.add_argument("--max-batch", type=int, default=16, help="the batched configuration")
     p.add_argument("--run", help="a trained run directory (default: a fresh random model)")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--no-max-share", type=float, default=0.0,
+                   help="share of requests that leave max_tokens out (0 to 1)")
+    p.add_argument("--batched-only", action="store_true",
+                   help="skip the one-at-a-time configuration")
     args = p.parse_args()
     if args.max_batch < 2:
         p.error("--max-batch must be >= 2 (it is compared with max_batch=1)")
@@ -161,7 +175,10 @@ def main():
         print(f"{args.run or 'random-init model, depth 4, vocab 2048'}; {args.clients} clients, "
               f"{args.requests} requests of {size}, temperature 1; server "
               f"and clients share {os.cpu_count()} CPUs; times in seconds")
-        out = {b: serve_and_load(run, b, args, Path(d)) for b in (args.max_batch, 1)}
+        configs = (args.max_batch,) if args.batched_only else (args.max_batch, 1)
+        out = {b: serve_and_load(run, b, args, Path(d)) for b in configs}
+        if args.no_max_share:
+            print(f"{args.no_max_share:.0%} of requests leave max_tokens out")
     print("max_batch  req/s   tok/s tok/req TTFT p50    p95 total p50    p95 errors")
     rate, errors = {}, []
     for b, (res, secs) in out.items():
@@ -174,6 +191,15 @@ def main():
         print(f"{b:>9} {rate[b][0]:6.2f} {rate[b][1]:7.1f} {tokens / max(1, len(good)):7.1f} "
               f"{pct(ttft, .5):8.3f} {pct(ttft, .95):6.3f} {pct(total, .5):9.3f} "
               f"{pct(total, .95):6.3f} {len(res) - len(good):6d}")
+        if args.no_max_share:
+            for omitted in (False, True):
+                xs = [r["ttft"] for r in good if r["ttft"] and r.get("omitted") == omitted]
+                print(f"{'':>9} TTFT of those {'without' if omitted else 'with':>7} max_tokens:"
+                      f" p50 {pct(xs, .5):.3f} p95 {pct(xs, .95):.3f} ({len(xs)} requests)")
+    if args.batched_only:
+        if errors:
+            sys.exit(f"{len(errors)} failed requests:\n" + "\n".join(errors[:10]))
+        return
     same = sum(x["ok"] and x["text"] == y["text"] for x, y in
                zip(out[args.max_batch][0], out[1][0], strict=True))
     print(f"same reply in both configurations: {same}/{args.requests}")
