@@ -61,7 +61,6 @@ class ModelScore:
     mean_tokens: float
     sampled_accuracy: float | None = None  # mean over ``samples`` replies at temperature 1
     sampled_myth_rate: float | None = None
-    talk_number_rate: float | None = None  # ordinary conversation answered with a number
     replies: list[Reply] = field(repr=False, default_factory=list)
 
     def row(self) -> dict:

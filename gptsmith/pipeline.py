@@ -491,12 +491,11 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
     s = Sampling(max_tokens=48, temperature=0)
     results = [score_model(str(r), qs, s, samples) for r in runs]
     open_replies = [answer_prompts(r, OPEN_PROMPTS, s) for r in runs]
-    for score, replies in zip(results, open_replies, strict=True):
-        score.talk_number_rate = round(number_rate(replies), 4)
+    scored = [{**r.row(), "talk_number_rate": round(number_rate(replies), 4)}
+              for r, replies in zip(results, open_replies, strict=True)]
     atomic_write_text(root / "eval.txt", report(results, qs, show=SHOWN_QUESTIONS) + "\n")
-    atomic_write_text(root / "eval.json",
-                      json.dumps([r.row() for r in results], indent=2) + "\n")
-    rows = {Path(r.model).name: r.row() for r in results}
+    atomic_write_text(root / "eval.json", json.dumps(scored, indent=2) + "\n")
+    rows = {Path(row["model"]).name: row for row in scored}
     plot_eval({NAMES.get(name, name): row for name, row in rows.items()}, root / "eval.png")
     shown = [{"prompt": qs[i]["messages"][-1]["content"], "answer": qs[i]["answer"],
               "replies": [{"text": r.replies[i].text, "ended": r.replies[i].ended,
