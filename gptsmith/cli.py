@@ -467,7 +467,10 @@ def cmd_serve(args) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach "
               "this port can use the models", file=sys.stderr)
-    serve(args.run, args.host, args.port, key, args.max_batch, args.device)
+    if not args.body_timeout > 0:
+        raise InvalidSetting(f"--body-timeout must be > 0, got {args.body_timeout}")
+    serve(args.run, args.host, args.port, key, args.max_batch, args.device,
+          body_timeout=args.body_timeout)
 
 
 def register_serve(sub) -> None:
@@ -486,6 +489,9 @@ def register_serve(sub) -> None:
                    help="requests decoded together per model; 1: one at a time (default: 16)")
     c.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N (default: auto)")
+    c.add_argument("--body-timeout", type=finite_float, default=30.0,
+                   help="seconds a request body may take to arrive; a slower one gets 408 "
+                   "(default: 30)")
     c.epilog = ("Sampling: a request without 'temperature' samples at 1, as OpenAI's API does "
                 f"(its clients expect it); the web chat page sends {CONVERSATION_TEMPERATURE}, "
                 "the conversation default of chat, generate and sample.")
@@ -533,7 +539,7 @@ def cmd_studio(args) -> None:
         elif args.studio_command == "export":
             from gptsmith.studio.export import export
 
-            print(export(db, args.project, args.out))
+            print(export(db, args.project, args.out, args.combine))
     finally:
         db.close()
 
@@ -641,6 +647,10 @@ def _register_studio_projects(ssub) -> None:
     c = ssub.add_parser("export", help="answers as SFT demonstrations or K-wise rankings")
     c.add_argument("--project", required=True, help="name or id")
     c.add_argument("--out", required=True, help=".jsonl to write")
+    c.add_argument("--combine", choices=["none", "mean-rank"], default="none",
+                   help="none: one ranking per annotator; mean-rank: one record per item, its "
+                   "annotators' rankings merged by mean rank, even splits listed as ties "
+                   "(default: none)")
 
 
 # -- generate, eval, label --------------------------------------------------------------------

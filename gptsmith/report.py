@@ -311,7 +311,8 @@ def _next_steps(root: Path) -> str:
              ("Serve the models (OpenAI-compatible API and a chat page with a model picker)",
               f"gptsmith serve {named}"),
              ("Compare them on your own questions (a .jsonl of prompt and answer)",
-              f"gptsmith eval {root / 'sft'} {last} --questions my_questions.jsonl"),
+              f"gptsmith eval --model {root / 'sft'} --model {last} "
+              "--questions my_questions.jsonl"),
              ("Bring your own data (each file replaces a built-in one)",
               "gptsmith pipeline --out runs/mine --corpus my_corpus.txt --demos my_demos.jsonl "
               "--comparisons my_rankings.jsonl --rl-prompts my_prompts.jsonl"),

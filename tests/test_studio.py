@@ -242,6 +242,11 @@ def test_annotators_answer_over_http_and_the_export_feeds_sft_and_rm_readers(
     assert len(convs) == 8 and convs[-1].messages[0]["content"] == EVIL
     groups, _ = read_comparisons(tmp_path / "r.jsonl")
     assert len(groups) == 5 and all(len(g.pairs) == 3 for g in groups)
+    assert main(["studio", "export", "--db", db_url, "--project", "ranks", "--combine",
+                 "mean-rank", "--out", str(tmp_path / "merged.jsonl")]) == 0
+    assert "merged by mean-rank" in capsys.readouterr().out
+    merged = (tmp_path / "merged.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["combined"] == "mean-rank" for line in merged)
     assert main(["studio", "report", "--db", db_url]) == 0
     assert "Kendall's tau 0.333" in capsys.readouterr().out
 
