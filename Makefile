@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Without a CUDA GPU, pin the CPU build of torch (an unpinned torch pulls a multi-GB CUDA build).
 TORCH ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup bench checks clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ bench: setup
 	$(BIN)/python bench/ppo_iteration.py
 	$(BIN)/python bench/reward_step.py
 	$(BIN)/python bench/serve_load.py
+
+checks: setup
+	$(BIN)/python checks/fuzz_cli.py
+	$(BIN)/python checks/fuzz_http.py
+	$(BIN)/python checks/fuzz_studio.py --server
+	$(BIN)/python checks/soak.py --clients 64 --seconds 60
+	$(BIN)/python checks/kill.py --points 20
 
 clean:
 	rm -rf $(VENV) runs
