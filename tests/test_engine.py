@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from gptsmith.engine import Sampling, filter_logits, generate, stream
@@ -66,3 +67,10 @@ def test_rows_that_stop_early_leave_the_others_unchanged(tiny_model):
         assert batched[i] == generate(tiny_model, [p], Sampling(**{**s.__dict__, "seed": 8 + i}))[0]
     assert len(batched[0]) <= 3 and len(batched[2]) <= 6
     assert max(len(b) for b in batched) == 15
+
+
+@pytest.mark.parametrize("bad", [{"temperature": float("nan")}, {"temperature": float("inf")},
+                                 {"temperature": -0.1}, {"top_p": float("nan")}])
+def test_sampling_refuses_what_is_not_a_number_it_can_use(bad):
+    with pytest.raises(ValueError, match="temperature|top_p"):
+        Sampling(**bad)
