@@ -62,3 +62,22 @@ def test_every_phase_killed_at_random_steps_and_times(kill, tmp_path, capsys):
     assert kill.main(["--points", "4", "--dir", str(tmp_path), "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert all(f"{phase}: 4 points" in out for phase in kill.PHASES)
+
+
+def test_a_rerun_clears_what_a_kill_left_half_written(data_dir, tmp_path):
+    """Found by the kill check: killed while writing loss.png (after the last checkpoint,
+    before summary.json), the run finished on the rerun with .loss.png.*.tmp left for good."""
+    from gptsmith.model import GPTConfig
+    from gptsmith.train.loop import TrainConfig
+    from gptsmith.train.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(data=str(data_dir), out=str(tmp_path / "run"), eval_tokens=128,
+                         model=GPTConfig(depth=1, seq_len=32),
+                         train=TrainConfig(steps=2, batch_size=2, precision="fp32",
+                                           progress=False))
+    pretrain(cfg)
+    run = tmp_path / "run"
+    (run / "summary.json").unlink()  # the state such a kill leaves
+    (run / ".loss.png.cj1ln3ro.tmp").write_bytes(b"\x89PNG")
+    pretrain(cfg)
+    assert (run / "summary.json").exists() and not list(run.glob(".*.tmp"))

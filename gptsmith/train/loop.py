@@ -181,8 +181,10 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------
     def _resume(self) -> None:
-        for stale in self.ckpt_path.parent.glob(".*.tmp"):  # left by a kill mid-write
-            stale.unlink()
+        # left by a kill mid-write: of a checkpoint, or of the model, a plot, the summary
+        for stale in [*self.ckpt_path.parent.glob(".*.tmp"), *self.run_dir.glob(".*.tmp")]:
+            if stale.is_file():
+                stale.unlink()
         if not self.ckpt_path.exists():
             self.metrics_path.unlink(missing_ok=True)
             return
