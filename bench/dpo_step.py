@@ -36,6 +36,8 @@ left out. TRL's console logging callbacks are removed. One untimed warm-up per s
 ``--rounds`` rounds run ``--steps`` steps of ours, of TRL, of TRL with precomputed reference
 log-probs, in turn; the medians give seconds per step and the ratios TRL/ours. The last line
 printed is the result as one JSON object.
+On a machine shared with other work, give ``--threads 1``: with more threads than free
+cores, PyTorch's threads wait for each other and a step can take ten times longer.
 
     /work/exp/trl116/bin/python bench/dpo_step.py                  # 16 pairs of 32 + 96 tokens
     /work/exp/trl116/bin/python bench/dpo_step.py --batch-size 8 --threads 2

@@ -42,6 +42,8 @@ separately). TRL's console logging callbacks are removed. One untimed warm-up it
 side, then ``--rounds`` rounds alternate ``--steps`` iterations of ours with ``--steps`` of
 TRL's; the medians give seconds per iteration and the ratio TRL/ours. The last line printed
 is the result as one JSON object.
+On a machine shared with other work, give ``--threads 1``: with more threads than free
+cores, PyTorch's threads wait for each other and a step can take ten times longer.
 
     /work/exp/trl116/bin/python bench/grpo_step.py                 # 8 prompts x 8 replies of 16
     /work/exp/trl116/bin/python bench/grpo_step.py --max-tokens 64 --threads 2
