@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Without a CUDA GPU, pin the CPU build of torch (an unpinned torch pulls a multi-GB CUDA build).
 TORCH ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 
-.PHONY: demo test setup bench checks clean
+.PHONY: demo test setup bench bench-trl116 checks clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ bench: setup
 	$(BIN)/python bench/ppo_iteration.py
 	$(BIN)/python bench/reward_step.py
 	$(BIN)/python bench/serve_load.py
+
+# GRPO and DPO against TRL 1.16, which has no PPOTrainer: its own environment.
+BENCH116 ?= .venv-trl116
+bench-trl116:
+	$(PYTHON) -m venv $(BENCH116)
+	$(BENCH116)/bin/python -m pip install -q "$(TORCH)"
+	$(BENCH116)/bin/python -m pip install -q -e ".[bench-trl116]"
+	$(BENCH116)/bin/python bench/grpo_step.py --threads 1
+	$(BENCH116)/bin/python bench/dpo_step.py --threads 1
 
 checks: setup
 	$(BIN)/python checks/fuzz_cli.py
