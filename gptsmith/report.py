@@ -197,14 +197,19 @@ def story(records: dict) -> list[str]:
     out = []
     pre = numbers.get("pretrain", {})
     if "val_bpb" in pre and "unigram_bpb" in pre:
+        learned = pre["val_bpb"] < pre["unigram_bpb"]
         out.append(f"Pre-training brought the validation loss to {pre['val_bpb']:.2f} bits per "
-                   f"byte, against {pre['unigram_bpb']:.2f} for a model that ignores context: "
-                   "the base model learned the language and the facts of its corpus.")
+                   f"byte, against {pre['unigram_bpb']:.2f} for a model that ignores context"
+                   + (": the base model uses context, it learned the language and the facts "
+                      "of its corpus." if learned else ": not below it, so the base model "
+                      "has not learned to use context yet (train it longer)."))
     base, sft = models.get("pretrain"), models.get("sft")
     if base and sft:
+        taught = sft["end_rate"] - base["end_rate"] >= 0.2
         out.append(
-            f"SFT taught the assistant's manners: replies that end their turn went from "
-            f"{_pct(base['end_rate'])} (base) to {_pct(sft['end_rate'])}, and held-out "
+            ("SFT taught the chat format: r" if taught else "R")
+            + f"eplies that end their turn went from "
+            f"{_pct(base['end_rate'])} (base) to {_pct(sft['end_rate'])} (SFT), and held-out "
             f"accuracy from {_pct(base['accuracy'])} to {_pct(sft['accuracy'])} greedy"
             + (f", {_pct(base.get('sampled_accuracy'))} to "
                f"{_pct(sft.get('sampled_accuracy'))} sampled at temperature 1"
@@ -247,8 +252,8 @@ def story(records: dict) -> list[str]:
         best = max(r["accuracy"] for r in models.values())
         out.append(f"What no phase changed: the best model still gets {_pct(1 - best)} of "
                    "held-out questions wrong greedily. Their facts appear only in the "
-                   "pre-training corpus, among myths; fine-tuning and RL re-weight what the "
-                   "model already says, they do not teach it new facts.")
+                   "pre-training corpus, among myths; the later phases see none of them and "
+                   "can only re-weight the answers the model already gives.")
     return out
 
 

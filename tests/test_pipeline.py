@@ -282,3 +282,32 @@ def test_rl_names_the_methods_it_accepts(tmp_path, capsys):
     assert main(["pipeline", "--out", str(tmp_path / "p"), "--rl", "ppo,sac"]) == 2
     assert "give ppo, grpo, dpo" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()  # refused before anything ran
+
+
+def test_the_reports_findings_follow_the_numbers():
+    from gptsmith.report import story
+
+    def row(greedy, sampled, end=1.0, talk=0.0):
+        return {"accuracy": greedy, "sampled_accuracy": sampled, "end_rate": end,
+                "talk_number_rate": talk}
+
+    records = {
+        "pretrain": {"numbers": {"val_bpb": 1.1, "unigram_bpb": 2.7}},
+        "rm": {"numbers": {"val_accuracy": 0.75}},
+        "ppo": {"numbers": {"kl": 2.5}},
+        "eval": {"numbers": {"open_prompts": 8, "models": {
+            "pretrain": row(0.05, 0.03, end=0.0), "sft": row(0.22, 0.12, talk=0.125),
+            "ppo": row(0.20, 0.25, talk=0.5), "dpo": row(0.30, 0.14)}}}}
+    text = "\n".join(story(records))
+    assert "the base model uses context" in text
+    assert "SFT taught the chat format: replies that end their turn went from 0% (base) to " \
+           "100% (SFT)" in text
+    assert "PPO moved greedy accuracy from 22% to 20% (down 2 points) and sampled accuracy " \
+           "from 12% to 25% (up 13 points), 2.50 nats of KL" in text
+    assert "DPO moved greedy accuracy from 22% to 30% (up 8 points)" in text
+    assert "PPO raised the sampled answers more than the greedy one" in text
+    assert "DPO raised" not in text  # its greedy gain is the larger
+    assert "base 0%, SFT 12%, PPO 50%, DPO 0%" in text
+    assert "the best model still gets 70% of held-out questions wrong" in text
+    records["pretrain"]["numbers"]["val_bpb"] = 3.0
+    assert "has not learned to use context" in "\n".join(story(records))
