@@ -5,9 +5,9 @@ Each phase (pretrain, sft, rm, ppo, grpo, dpo) runs the real command line in a s
 tiny settings, first once uninterrupted (the reference, and the input of the later phases),
 then once per point: SIGKILLed at a random point, then run again with the same command until
 it finishes. Half the points kill at a random step, by the loop's fault hook (right after the
-step, or in the middle of writing a checkpoint); the other half at a random time between the
-start of the process and the reference run's end (so also while loading, saving the model or
-writing the summary).
+step, or in the middle of writing a checkpoint); the other half at a random time: a quarter
+of those while the process starts, the rest at a random time after it began to train (so
+also while it evaluates, saves the model, plots or writes the summary).
 
     python checks/kill.py --points 20                 # every phase, 20 points each
     python checks/kill.py --points 2 --phases sft,ppo
@@ -113,9 +113,11 @@ def command(phase: str, args: list[str], out: Path) -> list[str]:
 
 
 def run(cmd: list[str], env: dict | None = None, kill_after: float | None = None,
-        watch: Path | None = None, timeout: float = 900) -> tuple[int, str, float | None]:
-    """Run ``cmd``; SIGKILL it after ``kill_after`` seconds if it is still running. Returns
-    the exit code (-9 when killed), what it printed, and when ``watch`` first existed."""
+        watch: Path | None = None, from_watch: bool = False,
+        timeout: float = 900) -> tuple[int, str, float | None]:
+    """Run ``cmd``; SIGKILL it after ``kill_after`` seconds (counted from when ``watch``
+    first exists if ``from_watch``) if it is still running. Returns the exit code (-9 when
+    killed), what it printed, and when ``watch`` first existed."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
@@ -124,7 +126,9 @@ def run(cmd: list[str], env: dict | None = None, kill_after: float | None = None
             elapsed = time.perf_counter() - start
             if watch is not None and seen is None and watch.exists():
                 seen = elapsed
-            if kill_after is not None and elapsed >= kill_after or elapsed > timeout:
+            due = kill_after is not None and (not from_watch or seen is not None) and \
+                elapsed - (seen if from_watch else 0.0) >= kill_after
+            if due or elapsed > timeout:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 break
@@ -194,8 +198,10 @@ class Point:
 def kill_point(phase: str, args: list[str], out: Path, ref_times: tuple[float, float],
                reference: dict, rng: random.Random, by_step: bool, max_reruns: int = 4) -> Point:
     """Kill one run of ``phase`` (at a random step, or at a random time: a quarter of them
-    anywhere in the reference run's ``ref_times`` (training start, end), the rest while it
-    trained), run it again until it finishes, compare it with ``reference``."""
+    while it starts, before the reference run's training start ``ref_times[0]``, the rest
+    that long after its own metrics.jsonl appears, up to the reference run's training time
+    and a little past: while it trains, saves and plots), run it again until it finishes,
+    compare it with ``reference``."""
     cmd = command(phase, args, out)
     shutil.rmtree(out, ignore_errors=True)
     steps = steps_of(args)
@@ -208,9 +214,15 @@ def kill_point(phase: str, args: list[str], out: Path, ref_times: tuple[float, f
         code, err, _ = run(cmd, env={"GPTSMITH_FAULT": how})
     else:
         trained, end = ref_times
-        after = rng.uniform(0.1, end) if rng.random() < 0.25 else rng.uniform(trained, end)
-        how = f"time {after:.1f}s"
-        code, err, _ = run(cmd, kill_after=after)
+        if rng.random() < 0.25:
+            after = rng.uniform(0.1, max(0.2, trained))
+            how = f"at {after:.1f}s"
+            code, err, _ = run(cmd, kill_after=after)
+        else:
+            after = rng.uniform(0.0, 1.2 * (end - trained))
+            how = f"training +{after:.1f}s"
+            code, err, _ = run(cmd, kill_after=after, watch=out / "metrics.jsonl",
+                               from_watch=True)
     point = Point(phase, how, code == -signal.SIGKILL, 0, "")
     if code not in (0, -signal.SIGKILL):
         point.problems.append(f"the killed run exited {code}: {err.strip()[-300:]}")
