@@ -145,7 +145,7 @@ def plot_rl(metrics: Path, out: Path, title: str = "") -> None:
 
 def plot_overoptimization(metrics: Path, out: Path) -> None:
     """overoptimization.png: held-out true reward and RM score against sqrt(KL) to the
-    reference (Gao et al., 2022), one point per evaluation, joined in order of KL."""
+    reference (Gao et al., 2022), one point per evaluation."""
     rows = read_metrics(metrics)
     evals = [r for r in rows if "true_reward" in r and "eval_rm_score" in r]
     kl_at = {0: 0.0, **{r["step"]: r["kl"] for r in rows if "kl" in r and r["step"] > 0}}
@@ -157,7 +157,7 @@ def plot_overoptimization(metrics: Path, out: Path) -> None:
     x = [p[0] for p in points]
     for key, label, mark in (("true_reward", "true reward", "s"),
                              ("eval_rm_score", "RM score", "o")):
-        ax.plot(x, [p[1][key] for p in points], f"{mark}-", ms=5, lw=1, label=label)
+        ax.plot(x, [p[1][key] for p in points], mark, ms=5, alpha=0.8, label=label)
     ax.set_xlabel("sqrt(KL to the SFT model), one point per evaluation")
     ax.set_ylabel("reward of held-out greedy replies")
     ax.margins(0.08)

@@ -376,5 +376,24 @@ def rebuild_report(root: Path) -> Path:
         records = json.loads(book.read_text())["phases"]
     except (ValueError, KeyError, TypeError) as e:
         raise GptsmithError(f"{book}: not a pipeline record ({e})") from None
+    redraw_plots(root)
     phases = list(records)
     return write_report(root, summary_rows(records, phases, set(phases)), records)
+
+
+TITLES = {"pretrain": "pre-training", "sft": "SFT", "rm": "reward model", "dpo": "DPO"}
+
+
+def redraw_plots(root: Path) -> None:
+    """Every run's plots drawn again from its metrics.jsonl (as the current code draws them)."""
+    from gptsmith.plots import plot_metrics, plot_ppo, plot_rl
+
+    for name in ("pretrain", "sft", "rm", "ppo", "grpo", "dpo"):
+        metrics = root / name / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        plot_metrics(metrics, root / name / "loss.png", f"{TITLES.get(name, name)}: {root / name}")
+        if name == "ppo":
+            plot_ppo(metrics, root / name)
+        elif name == "grpo":
+            plot_rl(metrics, root / name / "grpo.png", "GRPO")

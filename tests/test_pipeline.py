@@ -311,3 +311,18 @@ def test_the_reports_findings_follow_the_numbers():
     assert "the best model still gets 70% of held-out questions wrong" in text
     records["pretrain"]["numbers"]["val_bpb"] = 3.0
     assert "has not learned to use context" in "\n".join(story(records))
+
+
+def test_report_rebuilds_the_plots_from_the_metrics(tmp_path, capsys):
+    run = tmp_path / "sft"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 3 - s / 10, **({"val_loss": 2.5} if s == 8 else {})})
+        + "\n" for s in range(1, 9)))
+    (tmp_path / "pipeline.json").write_text(json.dumps({"phases": {"sft": {
+        "seconds": 1.0, "peak_rss_mb": 100, "peak_memory": "phase",
+        "settings": {"out": "{out}/sft"}, "numbers": {"val_loss": 2.5}}}}))
+    assert main(["report", str(tmp_path)]) == 0
+    assert (run / "loss.png").exists()
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 1 and str(run) in html
