@@ -135,7 +135,7 @@ def test_a_bug_in_a_command_is_a_traceback_not_a_clean_error(exc, monkeypatch):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--temperature", "-1"], "temperature must be >= 0, got -1.0"),
+    (["--temperature", "-1"], "temperature must be a finite number >= 0, got -1.0"),
     (["--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
     (["--max-tokens", "-2"], "top_k and max_tokens must be >= 0"),
 ])
