@@ -263,12 +263,7 @@ class PipelineRun:
         change instead of being refused."""
         self.seen.append(name)
         settings = portable(json.loads(json.dumps(settings or {})), self.root)
-        if derived and done and config_differences(
-                portable(self.book["phases"].get(name, {}).get("settings", {}), self.root),
-                settings):
-            print(f"== {name}: its inputs changed, redoing it")
-            done = False
-        if self._skip(name, done, settings):
+        if self._skip(name, done, settings, derived):
             print(f"== {name}: done already, skipped")
             return
         print(f"== {name}")
@@ -276,13 +271,16 @@ class PipelineRun:
         save_records(self.root, self.book)
         self.ran.add(name)
 
-    def _skip(self, name: str, done: bool, settings: dict) -> bool:
-        """Whether a done phase can be kept: refused when it ran with other settings, redone
-        when it was made but never recorded."""
+    def _skip(self, name: str, done: bool, settings: dict, derived: bool = False) -> bool:
+        """Whether a done phase can be kept: refused when it ran with other settings (a
+        derived one is redone), redone when it was made but never recorded."""
         old = self.book["phases"].get(name)
         if done and old is not None:
             changed = config_differences(portable(old.get("settings", {}), self.root),
                                          settings)
+            if changed and derived:
+                print(f"== {name}: its inputs changed, redoing it")
+                return False
             if changed:
                 raise GptsmithError(
                     f"{self.root}: phase {name} was done with other settings "
