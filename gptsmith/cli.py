@@ -105,7 +105,11 @@ def add_sampling_flags(c, temperature: float, max_tokens: int, why: str = CONVER
 def cmd_pipeline(args) -> None:
     """Every phase in order (gptsmith/pipeline.py)."""
     from gptsmith.pipeline import config_from_args, run_pipeline
+    from gptsmith.train.distributed import launched
 
+    if launched():
+        raise GptsmithError("the pipeline starts torchrun itself for each training phase: run "
+                            "`gptsmith pipeline --nproc N`, not under torchrun")
     run_pipeline(config_from_args(args), redo_from=args.from_phase)
 
 
@@ -245,7 +249,8 @@ def register_tokenizer(sub) -> None:
 
 # -- the trainers: pretrain, sft, rm, ppo -----------------------------------------------------
 def cmd_train(args) -> None:
-    """pretrain, sft, rm, ppo: defaults < --config YAML < flags, checked, then train."""
+    """pretrain, sft, rm, ppo, grpo, dpo: defaults < --config YAML < flags, checked, then
+    train; on every rank under torchrun."""
     values = load_yaml(args.config) if args.config else None
     cfg = build(args.config_cls, args, values, where=args.config or args.command)
     check_training_paths(cfg)
@@ -253,9 +258,16 @@ def cmd_train(args) -> None:
         "model") or {})
     if args.command == "pretrain" and vocab_given and cfg.data:
         check_vocab_size(cfg)
-    if args.overwrite and Path(cfg.out).exists():
-        shutil.rmtree(cfg.out)
-    args.train_fn(cfg)
+    from gptsmith.train import distributed
+
+    distributed.init(cfg.train.device)  # under torchrun: join the other ranks, on this GPU
+    try:
+        if args.overwrite and Path(cfg.out).exists() and distributed.is_main():
+            shutil.rmtree(cfg.out)
+        distributed.barrier()
+        args.train_fn(cfg)
+    finally:
+        distributed.close()
 
 
 def check_training_paths(cfg) -> None:

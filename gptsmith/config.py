@@ -52,7 +52,7 @@ LIMITS: dict[str, dict[str, str]] = {
         "beta": ">= 0"},
     "PipelineConfig": {
         "base_seq_len": ">= 0", "val_fraction": "(0, 1)", "eval_limit": ">= 0",
-        "eval_samples": ">= 0", "label_prompts": ">= 1", "label_k": ">= 2"},
+        "eval_samples": ">= 0", "label_prompts": ">= 1", "label_k": ">= 2", "nproc": ">= 1"},
 }
 
 # Descriptions of settings whose class does not carry one in its field's metadata (shown in

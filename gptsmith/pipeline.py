@@ -17,12 +17,14 @@ import os
 import re
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from gptsmith.chat import Reply, complete
 from gptsmith.config import build, load_yaml
@@ -117,6 +119,9 @@ class PipelineConfig:
         "help": "PPO prompts (default: the built-in arithmetic questions)"})
     label_prompts: int = field(default=1000, metadata={"help": "prompts the labeler ranks"})
     label_k: int = field(default=4, metadata={"help": "replies sampled per labeled prompt"})
+    nproc: int = field(default=1, metadata={
+        "help": "processes per training phase on this machine (torchrun; one per GPU); 1: "
+                "each phase in this process"})
     rl: str = field(default="ppo", metadata={
         "help": "the last phase: ppo (RM + PPO), grpo (truth reward, no RM), dpo (on the "
                 "rankings, no RM), a comma-separated list, or all: each from the same SFT "
@@ -296,8 +301,47 @@ class PipelineRun:
         """A training phase: done when its run directory holds a finished run that
         pipeline.json recorded (without that record the trainer itself checks the settings)."""
         settings = dataclasses.asdict(cfg)  # before train_fn fills in derived fields
+        nproc = self.cfg.nproc
+
+        def train() -> dict:
+            return train_fn(cfg) if nproc == 1 else torchrun(name, cfg, nproc)
+
         self.phase(name, _finished(Path(cfg.out)) and name in self.book["phases"],
-                   lambda: {**_without_config(train_fn(cfg)), **(extra or {})}, settings)
+                   lambda: {**_without_config(train()), **(extra or {})}, settings)
+
+
+def changed_settings(values: dict, defaults: dict) -> dict:
+    """The settings in ``values`` that differ from ``defaults`` (nested as they are)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            inner = changed_settings(value, defaults[key])
+            if inner:
+                out[key] = inner
+        elif value != defaults[key]:
+            out[key] = value
+    return out
+
+
+def torchrun(command: str, cfg, nproc: int) -> dict:
+    """Run the training command ``command`` with settings ``cfg`` on ``nproc`` processes of
+    this machine, started by PyTorch's torchrun; its summary. A failed rank stops them all
+    (torchrun says which); running the pipeline again resumes from the last checkpoint."""
+    out = Path(cfg.out)
+    settings = out.parent / f".{out.name}.torchrun.yaml"
+    atomic_write_text(settings, yaml.safe_dump(changed_settings(
+        dataclasses.asdict(cfg), dataclasses.asdict(type(cfg)()))))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           str(nproc), "-m", "gptsmith", command, "--config", str(settings)]
+    try:
+        done = subprocess.run(cmd)
+    finally:
+        settings.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise GptsmithError(f"{command} on {nproc} processes failed (exit code "
+                            f"{done.returncode}; torchrun's report is above); run the pipeline "
+                            "again to resume it from its last checkpoint")
+    return json.loads((out / "summary.json").read_text())
 
 
 def _measured(name: str, fn, settings: dict) -> dict:

@@ -36,6 +36,34 @@ class EpochBatches:
         self.order, self.pos = state["order"], state["pos"]
 
 
+def share(batch, rank: int, world: int):
+    """Rank ``rank``'s contiguous share of a global batch (a list, a tensor, or a tuple of
+    them split alike): rank after rank, the shares are the batch."""
+    if isinstance(batch, tuple):
+        return tuple(share(b, rank, world) for b in batch)
+    n = len(batch) // world
+    return batch[rank * n:(rank + 1) * n]
+
+
+class RankShare:
+    """This rank's share of each global batch of ``batches`` (under torchrun). Every rank
+    draws the same global batch, so the data position is one state whatever the number of
+    ranks: a checkpoint made on N of them resumes on M."""
+
+    def __init__(self, batches):
+        from gptsmith.train.distributed import rank, world
+
+        self.batches, self.rank, self.world = batches, rank(), world()
+
+    def next(self):
+        return share(self.batches.next(), self.rank, self.world)
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state)
+
 
 def right_padded(seqs: Sequence[Sequence[int]], fill: int, width: int = 0) -> torch.Tensor:
     """Sequences left-aligned in one (B, width) tensor, ``fill`` after each (width 0: the

@@ -32,6 +32,7 @@ from gptsmith.errors import GptsmithError
 from gptsmith.model import GPT
 from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches, right_padded
+from gptsmith.train.distributed import DistConfig
 from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary, steps_for_epochs
 from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora, trainable_summary
 from gptsmith.train.reward import encode_group, group_key
@@ -60,6 +61,7 @@ class DPOConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the pairs if steps is 0"})
     out: str = field(default="runs/dpo", metadata={"help": "run directory to write"})
     train: TrainConfig = field(default_factory=_dpo_train)
+    dist: DistConfig = field(default_factory=DistConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
@@ -186,7 +188,7 @@ def dpo(cfg: DPOConfig) -> dict:
                 "val_accuracy": float((margin > 0).float().mean())}
 
     trainer = Trainer(policy, t, out, EpochBatches(train_pairs, t.batch_size, t.seed), loss_fn,
-                      evaluate, phase_config=to_dict(cfg), tokenizer=tokenizer)
+                      evaluate, phase_config=to_dict(cfg), tokenizer=tokenizer, dist=cfg.dist)
     trainer.lora, trainer.lora_base, trainer.eval_at_start = cfg.lora, cfg.policy, True
     trainer.progress_keys = {"val_accuracy": "val_acc", "val_margin": "margin"}
     if cfg.loss != "simpo":

@@ -22,6 +22,7 @@ from gptsmith.evaluate import is_correct, load_questions
 from gptsmith.plots import plot_rl
 from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches
+from gptsmith.train.distributed import DistConfig
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora, trainable_summary
 from gptsmith.train.rewards import parse_rewards, total_reward
@@ -63,6 +64,7 @@ class GRPOConfig:
                                                         "(no reference model is loaded)"})
     kl_estimator: str = field(default="k3", metadata={"help": "k1 | k3"})
     train: TrainConfig = field(default_factory=_grpo_train)
+    dist: DistConfig = field(default_factory=DistConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
@@ -223,7 +225,7 @@ def grpo(cfg: GRPOConfig) -> dict:
 
     trainer = GRPOTrainer(policy, t, out, EpochBatches(prompts, t.batch_size, t.seed), None,
                           evaluate if questions else None, phase_config=to_dict(cfg),
-                          tokenizer=tokenizer)
+                          tokenizer=tokenizer, dist=cfg.dist)
     trainer.setup(cfg, ref, tokenizer, terms)
     trainer.lora, trainer.lora_base, trainer.eval_at_start = cfg.lora, cfg.policy, bool(questions)
     trainer.progress_keys = {"reward": "reward", "kl": "kl", "train_accuracy": "acc",

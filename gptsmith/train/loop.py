@@ -4,6 +4,10 @@ AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
 accumulation, clipping, bf16 autocast, optional torch.compile, periodic evaluation,
 ``metrics.jsonl``, a progress bar, and checkpoints written atomically that resume exactly:
 model, optimizer, step, RNG states and the data position all travel in one file.
+Under torchrun the same loop runs on every rank (``distributed.py``): the batch setting is
+the global batch, each rank trains on its share, gradients are summed over ranks and divided
+by the global count, only rank 0 writes the run's files, and checkpoints go through DCP so
+that one saved on N ranks resumes on M (one process still writes ``latest.pt``).
 
 A phase supplies a model, a batch source (``next()``, ``state_dict()``,
 ``load_state_dict()``), a ``loss_fn(model, batch) -> LossSum`` and optionally an
@@ -19,6 +23,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import gptsmith.train.distributed as ranks
 from gptsmith.device import autocast, pick_device, resolve_precision, set_threads
 from gptsmith.errors import GptsmithError
 from gptsmith.plots import plot_metrics
@@ -43,17 +49,21 @@ from gptsmith.runs import (
 )
 from gptsmith.tokenizer import Tokenizer
 from gptsmith.tracking import Trackers
+from gptsmith.train.batches import RankShare
+from gptsmith.train.distributed import DistConfig
 from gptsmith.train.lora import LoRAConfig, lora_layers, merged_state_dict, save_adapter
 
 # Fields that may change between a run and its resumption without changing its result.
+# How the work is spread over ranks is one of them: a DCP checkpoint loads on any.
 RESUMABLE_CHANGES = {"log_every", "eval_every", "checkpoint_every", "threads", "compile",
-                     "progress", "log"}
+                     "progress", "log", "dist", "strategy"}
 
 
 @dataclass
 class TrainConfig:
     steps: int = field(default=1000, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch"})
+    batch_size: int = field(default=16, metadata={
+        "help": "sequences per micro-batch, over all processes under torchrun"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a share of peak"})
@@ -140,14 +150,19 @@ def fault(point: str, step: int | str) -> None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class Trainer:
@@ -156,22 +171,32 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, run_dir: Path,
                  batches: Batches, loss_fn: Callable, evaluate: Callable | None = None,
                  phase_config: dict | None = None, tokenizer: Tokenizer | None = None,
-                 parts: dict[str, tuple[torch.nn.Module, float]] | None = None):
+                 parts: dict[str, tuple[torch.nn.Module, float]] | None = None,
+                 dist: DistConfig | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         set_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
+        ranks.init(cfg.device)
+        torch.manual_seed(ranks.rank_seed(cfg.seed))
+        if cfg.batch_size % ranks.world():
+            raise GptsmithError(f"--train.batch-size {cfg.batch_size}: the global batch must "
+                                f"split evenly over the {ranks.world()} processes")
+        self.device = ranks.rank_device(pick_device(cfg.device))
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.strategy = (dist or DistConfig()).strategy
         self.model = model.to(self.device)
-        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.wrap()
         self.optimizer = make_optimizer(self.model, cfg, parts)
-        self.batches, self.loss_fn, self.evaluate_fn = batches, loss_fn, evaluate
+        self.loss_fn, self.evaluate_fn = loss_fn, evaluate
+        # each rank trains on its share of every global batch
+        self.batches = batches if ranks.world() == 1 else RankShare(batches)
         self.phase_config = phase_config or {}
         self.tokenizer = tokenizer
         self.export = model  # what train_and_save writes as model.safetensors
         self.eval_at_start = False  # also evaluate before the first step (a baseline)
         self.lora, self.lora_base = LoRAConfig(), ""  # with adapters: how and on what
-        self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
+        self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"  # one process: one file
+        # many processes: a DCP directory (checkpoints/step-N), named by this file
+        self.sharded_pointer = self.run_dir / "checkpoints" / "latest.txt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = 0
         self._data_fingerprints: dict | None = None  # of the data the settings name, once
@@ -179,45 +204,102 @@ class Trainer:
         self.progress_keys: dict[str, str] = {}
         self.trackers = None  # TensorBoard / W&B writers (gptsmith/tracking.py), from run()
 
+    # -- model wrapping ---------------------------------------------------------------
+    def wrap(self) -> None:
+        """Make the trained model data-parallel under torchrun (DDP or FSDP2; nothing in one
+        process) and compile it if asked: ``forward_model`` is what the loss is taken through."""
+        if ranks.world() > 1 and self.strategy == "fsdp" and lora_layers(self.model):
+            raise GptsmithError("--dist.strategy fsdp with --lora.rank: LoRA trains few "
+                                "weights; use --dist.strategy ddp")
+        self.parallel_model = ranks.parallel(self.model, self.strategy, self.precision == "bf16")
+        self.forward_model = torch.compile(self.parallel_model) if self.cfg.compile \
+            else self.parallel_model
+
     # -- checkpoints ------------------------------------------------------------------
-    def _resume(self) -> None:
-        # left by a kill mid-write: of a checkpoint, or of the model, a plot, the summary
+    def _remove_stale(self) -> None:
+        """What a kill mid-write left: a checkpoint's (or the model's, a plot's, the
+        summary's) temporary file, a DCP directory that no pointer names yet."""
         for stale in [*self.ckpt_path.parent.glob(".*.tmp"), *self.run_dir.glob(".*.tmp")]:
             if stale.is_file():
                 stale.unlink()
-        if not self.ckpt_path.exists():
-            self.metrics_path.unlink(missing_ok=True)
+        named = self.sharded_pointer.read_text().strip() if self.sharded_pointer.exists() \
+            else None
+        for d in self.ckpt_path.parent.glob("step-*"):
+            if d.name != named:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint: ``latest.pt`` or the DCP directory ``latest.txt`` names
+        (both exist only if a kill came between writing one and removing the other)."""
+        found = {}
+        if self.ckpt_path.exists():
+            found[self.ckpt_path] = self.ckpt_path.stat().st_mtime
+        if self.sharded_pointer.exists():
+            named = self.ckpt_path.parent / self.sharded_pointer.read_text().strip()
+            found[named] = self.sharded_pointer.stat().st_mtime
+        return max(found, key=found.get) if found else None
+
+    def _resume(self) -> None:
+        if ranks.is_main():
+            self._remove_stale()
+        ranks.barrier()
+        path = self._latest_checkpoint()
+        if path is None:
+            if ranks.is_main():
+                self.metrics_path.unlink(missing_ok=True)
             return
-        ckpt = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        sharded = path.is_dir()
+        # on the CPU: RNG and generator states must be CPU tensors; weights move on loading
+        ckpt = torch.load(path / "trainer.pt" if sharded else path, map_location="cpu",
+                          weights_only=False)
         old, new = ckpt["phase_config"], self.phase_config
         changed = config_differences(old, new)
         if changed:
             raise GptsmithError(
-                f"{self.ckpt_path}: this checkpoint was made with different settings "
+                f"{path}: this checkpoint was made with different settings "
                 f"({'; '.join(changed)}); rerun with the same settings to resume, or start over "
                 "with --overwrite"
             )
         changed = data_changes(ckpt.get("data_files", {}), self.data_fingerprints())
         if changed:
             raise GptsmithError(
-                f"{self.ckpt_path}: this checkpoint was made on other data ({'; '.join(changed)})"
+                f"{path}: this checkpoint was made on other data ({'; '.join(changed)})"
                 "; put the original data back to resume, or start over with --overwrite")
-        missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
-        trained = set(self._trained_state())
-        if unexpected or trained & set(missing):
-            raise GptsmithError(f"{self.ckpt_path}: the checkpoint does not hold this model's "
-                                "trained weights; start over with --overwrite")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self._load_weights(path, ckpt if not sharded else None)
         self.batches.load_state_dict(ckpt["data"])
         self.load_extra_state(ckpt["extra"])
-        _set_rng_state(ckpt["rng"])
+        states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+        if ranks.rank() < len(states):
+            _set_rng_state(states[ranks.rank()])
+        else:  # a rank the saving run did not have
+            torch.manual_seed(ranks.rank_seed(self.cfg.seed, ckpt["step"]))
         self.step = ckpt["step"]
         # drop metrics logged after the checkpoint: those steps run again
-        if self.metrics_path.exists():
+        if ranks.is_main() and self.metrics_path.exists():
             kept = [ln for ln in self.metrics_path.read_text().splitlines()
                     if ln and json.loads(ln)["step"] <= self.step]
             self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
         print(f"resuming {self.run_dir} from step {self.step}", flush=True)
+
+    def _load_weights(self, path: Path, whole: dict | None) -> None:
+        """Model and optimizer state from a one-process checkpoint (``whole``) or from the
+        DCP directory ``path``, onto however many ranks run now."""
+        refused = GptsmithError(f"{path}: the checkpoint does not hold this model's trained "
+                                "weights; start over with --overwrite")
+        if whole is None:
+            try:
+                ranks.load_sharded(path, self.model, self.optimizer)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise refused from e
+            return
+        saved, trained = set(whole["model"]), set(self._trained_state())
+        if saved - set(self.model.state_dict()) or trained - saved:
+            raise refused
+        if ranks.world() == 1:
+            self.model.load_state_dict(whole["model"], strict=False)
+            self.optimizer.load_state_dict(whole["optimizer"])
+        else:
+            ranks.load_whole(whole, self.model, self.optimizer)
 
     def _trained_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint keeps of the model: the weights that train (all of them, or
@@ -232,6 +314,10 @@ class Trainer:
         return self._data_fingerprints
 
     def save_checkpoint(self) -> None:
+        """One process: ``latest.pt``, written atomically. Many: a DCP directory each rank
+        writes its shard into, then ``latest.txt`` pointed at it (atomically)."""
+        if ranks.world() > 1:
+            return self._save_sharded()
         state = {
             "step": self.step, "model": self._trained_state(),
             "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
@@ -241,9 +327,28 @@ class Trainer:
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(state, tmp)
             fault("checkpoint-write", self.step)
+        if self.sharded_pointer.exists():  # a run of many processes resumed on one
+            self.sharded_pointer.unlink()
+            self._remove_stale()
+
+    def _save_sharded(self) -> None:
+        rng = ranks.gather_objects(_rng_state())  # every rank's own
+        directory = self.ckpt_path.parent / f"step-{self.step}"
+        ranks.save_sharded(directory, self.model, self.optimizer)
+        if ranks.is_main():
+            torch.save({"step": self.step, "data": self.batches.state_dict(), "rng": rng,
+                        "phase_config": self.phase_config, "extra": self.extra_state(),
+                        "data_files": self.data_fingerprints()}, directory / "trainer.pt")
+            fault("checkpoint-write", self.step)
+            atomic_write_text(self.sharded_pointer, directory.name)
+            self.ckpt_path.unlink(missing_ok=True)
+            self._remove_stale()
+        ranks.barrier()
 
     # -- the loop ---------------------------------------------------------------------
     def log(self, record: dict) -> None:
+        if not ranks.is_main():
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.trackers is not None:
@@ -277,23 +382,29 @@ class Trainer:
             if scale != 1.0 and params:
                 torch._foreach_mul_([p.grad for p in params], scale)
             norm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.zeros(())
-            norms[f"grad_norm_{name}" if name else "grad_norm"] = float(norm)
+            norms[f"grad_norm_{name}" if name else "grad_norm"] = ranks.full_norm(norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norms
 
     def train_step(self) -> dict:
-        """One optimizer step over ``grad_accum`` micro-batches, each loss weighted by its
-        share of the step's units (target tokens): metrics with loss and tokens."""
+        """One optimizer step over ``grad_accum`` micro-batches (on every rank), each loss
+        weighted by its share of the step's units (target tokens) on all ranks together:
+        metrics with loss and tokens. Gradients are reduced over ranks on the last
+        micro-batch only; the loss is summed on the device and read once a step."""
         self.set_lr()
-        total, count, tokens = 0.0, 0, 0
-        for _ in range(self.cfg.grad_accum):
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = tokens = 0
+        for i in range(self.cfg.grad_accum):
             batch = self.batches.next()
-            with autocast(self.device, self.precision):
-                part = self.loss_fn(self.forward_model, batch)
-            part.total.backward()
-            total += part.total.item()
+            with ranks.gradient_sync(self.parallel_model, i == self.cfg.grad_accum - 1):
+                with autocast(self.device, self.precision):
+                    part = self.loss_fn(self.forward_model, batch)
+                part.total.backward()
+            total += part.total.detach()
             count, tokens = count + part.count, tokens + part.tokens
+        total, count, tokens = ranks.global_sums(total, count, tokens, device=self.device)
+        count, tokens = int(count), int(tokens)
         if count == 0:
             raise GptsmithError(f"step {self.step + 1}: its batches hold nothing to learn from")
         return {"loss": total / count, "tokens": tokens, **self.apply_gradients(1.0 / count)}
@@ -307,18 +418,21 @@ class Trainer:
 
     def run(self) -> dict:
         """Train to ``cfg.steps``; returns the last evaluation's metrics."""
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.run_dir, self.phase_config)
-        if self.tokenizer is not None:
-            self.tokenizer.save(self.run_dir / "tokenizer.json")
+        cfg, main = self.cfg, ranks.is_main()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(self.run_dir, self.phase_config)
+            if self.tokenizer is not None:
+                self.tokenizer.save(self.run_dir / "tokenizer.json")
         self._resume()
-        self.trackers = Trackers(cfg.log, self.run_dir, self.phase_config, self.step)
+        if main:
+            self.trackers = Trackers(cfg.log, self.run_dir, self.phase_config, self.step)
         self.model.train()
         last_eval: dict = {}
         shown: dict[str, str] = {}
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=None if cfg.progress else True,
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step,
+                   disable=None if cfg.progress and main else True, unit="step",
+                   dynamic_ncols=True)
         if self.step == 0 and self.eval_at_start:
             self.log({"step": 0, **self.evaluate()})
         tokens_seen, train_time = 0, 0.0
@@ -352,16 +466,18 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
-        self.trackers.close()
+        if self.trackers is not None:
+            self.trackers.close()
         return last_eval
 
     def train_and_save(self, title: str, extra: dict | None = None,
                        finalize: Callable[[torch.nn.Module], dict] | None = None) -> dict:
         """Run to the end, then write model, loss plot and ``summary.json``; return the summary.
 
-        ``finalize(model)``, if given, runs before the model is saved and returns more summary
-        fields. The summary holds the last evaluation, the training time of this process,
-        ``extra`` and the config, by which ``finished_summary`` recognises the run later.
+        ``finalize(model)``, if given, runs before the model is saved (on every rank) and
+        returns more summary fields. The summary holds the last evaluation, the training time
+        of this process, ``extra`` and the config, by which ``finished_summary`` recognises
+        the run later. Rank 0 writes the files, the model whole whatever the strategy.
         """
         start = time.perf_counter()
         result = self.run() or self.evaluate()  # a run resumed at its very end still reports
@@ -370,17 +486,29 @@ class Trainer:
             with torch.no_grad():
                 result.update(finalize(self.model))
         seconds = time.perf_counter() - start
+        gathered = ranks.full_state_dict(self.model)  # FSDP2's shards, whole on rank 0
+        summary = {"steps": self.cfg.steps, "train_seconds": round(seconds, 1), **result,
+                   **(extra or {}), "config": self.phase_config}
+        if ranks.is_main():
+            self._save_model(gathered)
+            plot_metrics(self.metrics_path, self.run_dir / "loss.png", title=title)
+            atomic_write_text(self.run_dir / "summary.json",
+                              json.dumps(summary, indent=2) + "\n")
+        ranks.barrier()
+        return summary
+
+    def _save_model(self, gathered: dict | None) -> None:
+        """model.safetensors (and a LoRA adapter): ``gathered`` is the whole state of a
+        sharded model, None when the model holds its weights whole."""
+        if gathered is not None:
+            save_model(self.run_dir, self.export, gathered)
+            return
         model = self.export.cpu()
         if lora_layers(model):  # the merged model for every command, the adapter for PEFT
             save_model(self.run_dir, model, merged_state_dict(model))
             save_adapter(model, self.lora, self.run_dir, self.lora_base)
         else:
             save_model(self.run_dir, model)
-        plot_metrics(self.metrics_path, self.run_dir / "loss.png", title=title)
-        summary = {"steps": self.cfg.steps, "train_seconds": round(seconds, 1), **result,
-                   **(extra or {}), "config": self.phase_config}
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
 
 
 def finished_summary(run_dir: Path, config: dict) -> dict | None:

@@ -10,6 +10,11 @@ controller adjust β. The whole algorithm is ``rollout`` and ``update`` below.
 The value model is initialised from the reward model, not the SFT model: it starts out
 knowing which replies score well, so its first estimates of the return are already
 informed and the advantages are not pure noise in the first iterations (as in InstructGPT).
+
+Under torchrun each rank rolls out its share of the prompts (row i of the global batch
+samples with the seed it has in one process); whitening, the KL statistics (hence β) and
+every mean of the losses are over the global batch, and the minibatches are those one
+process draws: the run is a one-process run up to float error.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import gptsmith.train.distributed as ranks
 from gptsmith.chat import complete, prompt_ids
 from gptsmith.config import to_dict
 from gptsmith.device import autocast
@@ -31,11 +37,11 @@ from gptsmith.model import GPT
 from gptsmith.plots import plot_ppo
 from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches
+from gptsmith.train.distributed import DistConfig
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora
 from gptsmith.train.reward import score_sequences
 from gptsmith.train.rollout import (
-    masked_mean,
     recent_means,
     reply_logprobs,
     reward_scores,
@@ -75,6 +81,7 @@ class PPOConfig:
     no_end_penalty: float = field(default=1.0, metadata={
         "help": "subtracted from the reward of a reply that never ends its turn"})
     train: TrainConfig = field(default_factory=_ppo_train)
+    dist: DistConfig = field(default_factory=DistConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
@@ -91,8 +98,9 @@ class KLController:
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    """Zero mean, unit variance over the reply tokens of every rank's rollouts."""
+    mean = ranks.global_mean(x, mask)
+    var = ranks.global_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -110,15 +118,18 @@ def gae(rewards, values, mask, gamma: float, lam: float):
 
 
 def clipped_policy_loss(ratio, adv, mask, clip: float) -> torch.Tensor:
-    """PPO's pessimistic surrogate: −min(r·A, clip(r, 1±ε)·A), averaged over reply tokens.
-    A token whose ratio already moved past 1±ε in its advantage's favour passes no gradient."""
-    return masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)), mask)
+    """PPO's pessimistic surrogate: −min(r·A, clip(r, 1±ε)·A), averaged over reply tokens
+    (this rank's share of the average over all ranks'). A token whose ratio already moved
+    past 1±ε in its advantage's favour passes no gradient."""
+    return ranks.mean_share(torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)),
+                            mask)
 
 
 def clipped_value_loss(v, old_v, returns, mask, clip: float) -> torch.Tensor:
     """½·max((V − R)², (V_clipped − R)²), V kept within ±clip of the rollout's values."""
     v_clipped = old_v + (v - old_v).clamp(-clip, clip)
-    return masked_mean(0.5 * torch.max((v - returns) ** 2, (v_clipped - returns) ** 2), mask)
+    return ranks.mean_share(0.5 * torch.max((v - returns) ** 2, (v_clipped - returns) ** 2),
+                            mask)
 
 
 def token_rewards(score, logp, ref_logp, mask, beta: float, ended, no_end_penalty: float):
@@ -143,6 +154,15 @@ class PPOTrainer(Trainer):
         self.tok, self.reward_fn = tokenizer, reward_fn
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
 
+    def wrap(self) -> None:
+        """Policy and value data-parallel apart (PPO runs each on its own): the models the
+        update's losses go through."""
+        if ranks.world() > 1 and self.strategy == "fsdp":
+            raise GptsmithError("--dist.strategy fsdp: not for ppo yet (each rank's rollouts "
+                                "decode a different number of steps); use ddp")
+        self.policy = ranks.parallel(self.model.policy, "ddp", False)
+        self.value = ranks.parallel(self.model.value, "ddp", False)
+
     def extra_state(self) -> dict:
         return {"kl_coef": self.kl.coef}
 
@@ -153,9 +173,10 @@ class PPOTrainer(Trainer):
     def rollout(self) -> dict:
         cfg, tok, dev = self.ppo, self.tok, self.device
         policy, value = self.model.policy, self.model.value
-        batch = self.batches.next()
+        batch = self.batches.next()  # this rank's share: rows from rank·len(batch) on
+        first = self.cfg.seed + self.step * self.cfg.batch_size + ranks.rank() * len(batch)
         r = sample(policy, tok, [q["messages"] for q in batch], cfg.max_tokens,
-                   cfg.temperature, self.cfg.seed + self.step * len(batch), self.precision)
+                   cfg.temperature, first, self.precision)
         seq, pos, mask, ended, texts = r.seq, r.pos, r.mask, r.ended, r.texts
         with autocast(dev, self.precision):
             logp, entropy = reply_logprobs(policy, seq, pos, cfg.temperature, with_entropy=True)
@@ -172,48 +193,53 @@ class PPOTrainer(Trainer):
         rewards = token_rewards(score, logp, ref_logp, mask, self.kl.coef, ended,
                                 cfg.no_end_penalty)
         advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
+        mean = ranks.global_mean  # over every rank's rollouts
         stats = {
-            "rm_score": float(score.mean()), "kl": float(((logp - ref_logp) * mask).sum(1).mean()),
-            "entropy": float(masked_mean(entropy, mask)), "reply_tokens": float(mask.sum(1).mean()),
-            "end_rate": float(ended.float().mean()), "beta": self.kl.coef,
+            "rm_score": float(mean(score)), "kl": float(mean(((logp - ref_logp) * mask).sum(1))),
+            "entropy": float(mean(entropy, mask)), "reply_tokens": float(mean(mask.sum(1))),
+            "end_rate": float(mean(ended.float())), "beta": self.kl.coef,
         }
         graded = [is_correct(t, q["answer"]) for t, q in zip(texts, batch, strict=True)
                   if "answer" in q]
-        if graded:
-            stats["train_accuracy"] = sum(graded) / len(graded)
+        right, n_graded = ranks.global_sums(sum(graded), len(graded))
+        if n_graded:
+            stats["train_accuracy"] = right / n_graded
         return {"seq": seq, "pos": pos, "mask": mask, "logp": logp, "values": values * mask,
                 "score": score,
                 "advantages": whiten(advantages, mask), "returns": returns, "stats": stats}
 
     def update(self, ro: dict) -> dict:
         cfg, B = self.ppo, ro["seq"].size(0)
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
-        n = 0
+        shares = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
+        sums, n = {}, 0
         for _ in range(cfg.ppo_epochs):
-            for idx in torch.randperm(B).chunk(cfg.minibatches):
+            for idx in ranks.rows_of_minibatches(B, cfg.minibatches):
                 seq, pos, mask = ro["seq"][idx], ro["pos"][idx], ro["mask"][idx]
                 old_logp, adv = ro["logp"][idx], ro["advantages"][idx]
                 old_v, ret = ro["values"][idx], ro["returns"][idx]
                 with autocast(self.device, self.precision):
-                    logp = reply_logprobs(self.model.policy, seq, pos, cfg.temperature)
-                    v = self.model.value(seq, positions=pos).float()
+                    logp = reply_logprobs(self.policy, seq, pos, cfg.temperature)
+                    v = self.value(seq, positions=pos).float()
                 ratio = (logp - old_logp).exp()
                 policy_loss = clipped_policy_loss(ratio, adv, mask, cfg.clip)
                 value_loss = clipped_value_loss(v, old_v, ret, mask, cfg.value_clip)
                 (policy_loss + cfg.vf_coef * value_loss).backward()
                 for k, v in self.apply_gradients().items():  # policy and value clipped apart
                     sums[k] = sums.get(k, 0.0) + v
-                with torch.no_grad():
-                    sums["policy_loss"] += float(policy_loss)
-                    sums["value_loss"] += float(value_loss)
-                    sums["clipfrac"] += float(masked_mean(((ratio - 1).abs() > cfg.clip).float(),
-                                                          mask))
-                    sums["approx_kl"] += float(masked_mean(0.5 * (logp - old_logp) ** 2, mask))
+                with torch.no_grad():  # this rank's shares of the minibatch's means
+                    shares["policy_loss"] += float(policy_loss)
+                    shares["value_loss"] += float(value_loss)
+                    shares["clipfrac"] += float(ranks.mean_share(
+                        ((ratio - 1).abs() > cfg.clip).float(), mask))
+                    shares["approx_kl"] += float(ranks.mean_share(0.5 * (logp - old_logp) ** 2,
+                                                                  mask))
                 n += 1
-        out = {k: v / n for k, v in sums.items()}
+        summed = dict(zip(shares, ranks.global_sums(*shares.values()), strict=True))
+        out = {k: v / n for k, v in {**summed, **sums}.items()}
         returns, values, mask = ro["returns"], ro["values"], ro["mask"]
-        var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-        var_e = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
+        mean = ranks.global_mean
+        var_r = mean((returns - mean(returns, mask)) ** 2, mask)
+        var_e = mean((returns - values - mean(returns - values, mask)) ** 2, mask)
         out["explained_var"] = float(1 - var_e / var_r.clamp(min=1e-8))
         return out
 
@@ -221,9 +247,9 @@ class PPOTrainer(Trainer):
         self.set_lr()
         ro = self.rollout()
         metrics = {**ro["stats"], **self.update(ro)}
-        self.kl.update(metrics["kl"], ro["seq"].size(0))
+        self.kl.update(metrics["kl"], self.cfg.batch_size)  # rollouts of all ranks
         metrics["loss"] = metrics["policy_loss"] + self.ppo.vf_coef * metrics["value_loss"]
-        metrics["tokens"] = int(ro["mask"].sum())
+        metrics["tokens"] = ranks.global_count(int(ro["mask"].sum()))
         return metrics
 
 
@@ -300,7 +326,8 @@ def build_trainer(cfg: PPOConfig, prompts: list[dict], questions: list[dict] = (
                          (lambda m: held_out_truth(m.policy, trainer.reward_model, tokenizer,
                                                    questions)) if questions else None,
                          phase_config=to_dict(cfg), tokenizer=tokenizer,
-                         parts={"policy": (policy, 1.0), "value": (value, value_scale)})
+                         parts={"policy": (policy, 1.0), "value": (value, value_scale)},
+                         dist=cfg.dist)
     trainer.setup(cfg, ref, reward, tokenizer, reward_fn)
     trainer.export, trainer.eval_at_start = policy, bool(questions)
     trainer.progress_keys = {"rm_score": "reward", "kl": "kl", "train_accuracy": "acc",
@@ -325,7 +352,8 @@ def ppo(cfg: PPOConfig, reward_fn: Callable[[list[str]], list[float]] | None = N
           f"{t.steps} iterations of {t.batch_size} rollouts on {trainer.device}")
 
     def last_iterations(_model) -> dict:
-        plot_ppo(out / "metrics.jsonl", out)  # before summary.json, which marks it done
+        if ranks.is_main():
+            plot_ppo(out / "metrics.jsonl", out)  # before summary.json, which marks it done
         return recent_means(out / "metrics.jsonl", ("rm_score", "kl", "train_accuracy",
                                                     "entropy", "reply_tokens", "end_rate"))
 

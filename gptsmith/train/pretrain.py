@@ -14,6 +14,7 @@ from gptsmith.data.shards import TokenWindows, read_meta
 from gptsmith.errors import GptsmithError, InvalidSetting
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.tokenizer import Tokenizer
+from gptsmith.train.distributed import DistConfig
 from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary
 
 
@@ -24,6 +25,7 @@ class PretrainConfig:
     eval_tokens: int = field(default=65536, metadata={"help": "validation tokens per evaluation"})
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 def bits_per_byte(model: GPT, windows, token_bytes: torch.Tensor) -> dict:
@@ -78,7 +80,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return bits_per_byte(m, val, token_bytes.to(trainer.device))
 
     trainer = Trainer(model, t, out, train, loss_fn, evaluate, phase_config=to_dict(cfg),
-                      tokenizer=tokenizer)
+                      tokenizer=tokenizer, dist=cfg.dist)
     print(f"training {t.steps} steps of {t.batch_size * t.grad_accum} x {cfg.model.seq_len} "
           f"tokens on {trainer.device} ({trainer.precision}); unigram baseline "
           f"{meta['unigram_bpb']:.4f} bits/byte")

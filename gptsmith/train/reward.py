@@ -25,6 +25,7 @@ from gptsmith.model import GPT
 from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
 from gptsmith.train.batches import EpochBatches, right_padded
+from gptsmith.train.distributed import DistConfig
 from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary, steps_for_epochs
 from gptsmith.train.lora import LoRAConfig, apply_lora, trainable_summary
 
@@ -45,6 +46,7 @@ class RMConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the data if steps is 0"})
     out: str = field(default="runs/rm", metadata={"help": "run directory to write"})
     train: TrainConfig = field(default_factory=_rm_train)
+    dist: DistConfig = field(default_factory=DistConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
@@ -193,7 +195,7 @@ def train_reward_model(cfg: RMConfig) -> dict:
     if cfg.lora.rank:
         apply_lora(model, cfg.lora)  # the new scalar head trains whole
     trainer = Trainer(model, t, out, EpochBatches(train_items, t.batch_size, t.seed), loss_fn,
-                      evaluate, phase_config=to_dict(cfg), tokenizer=tokenizer)
+                      evaluate, phase_config=to_dict(cfg), tokenizer=tokenizer, dist=cfg.dist)
     trainer.lora, trainer.lora_base = cfg.lora, cfg.base
     n_pairs = sum(len(p) for _, p in train_items)
     print(f"reward model from {cfg.base}: {len(train_items)} prompts / {n_pairs} comparisons "

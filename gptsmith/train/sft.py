@@ -17,6 +17,7 @@ from gptsmith.errors import GptsmithError
 from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
 from gptsmith.train.batches import EpochBatches, right_padded
+from gptsmith.train.distributed import DistConfig
 from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary, steps_for_epochs
 from gptsmith.train.lora import LoRAConfig, apply_lora, trainable_summary
 
@@ -42,6 +43,7 @@ class SFTConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the data if steps is 0"})
     out: str = field(default="runs/sft", metadata={"help": "run directory to write"})
     train: TrainConfig = field(default_factory=_sft_train)
+    dist: DistConfig = field(default_factory=DistConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
@@ -146,7 +148,7 @@ def sft(cfg: SFTConfig) -> dict:
     if cfg.lora.rank:
         apply_lora(model, cfg.lora)
     trainer = Trainer(model, t, out, batches, loss_fn, evaluate, phase_config=to_dict(cfg),
-                      tokenizer=tokenizer)
+                      tokenizer=tokenizer, dist=cfg.dist)
     trainer.lora, trainer.lora_base = cfg.lora, cfg.base
     padded = sum(max(len(e[0]) for e in train_ex[i:i + t.batch_size]) * len(
         train_ex[i:i + t.batch_size]) for i in range(0, len(train_ex), t.batch_size))
