@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
-import pytest
-import torch
+# as gptsmith/__init__.py does, and before torch loads: OpenMP threads sleep while they wait
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from gptsmith.data.corpus import Document
 from gptsmith.data.shards import prepare_shards
