@@ -4,7 +4,11 @@ A questions file is ``.jsonl`` with ``prompt`` (or ``messages``) and ``answer`` 
 optionally ``myth`` (the wrong answer the pre-training corpus repeats). An answer is
 *exactly right* when its last number equals a numeric ``answer`` (so "7", "It is 7." and
 "3 plus 4 is 7." all count), or, for other answers, when it equals ``answer`` ignoring case,
-surrounding space and final punctuation.
+surrounding space and final punctuation. Worked replies ("7 + 8 = 15, write 5 carry 1;
+4 + 3 + 1 = 8; so the answer is 85.") give their answer last, so the last number is the one
+scored, as for brief ones. A reply *shows work* when it states a calculation whose result
+is not its final answer (an intermediate step); restating the question's own fact
+("47 + 38 = 85.") is not work.
 """
 
 from __future__ import annotations
@@ -27,6 +31,23 @@ def final_answer(text: str, numeric: bool) -> str:
         numbers = NUMBER.findall(text)
         return numbers[-1] if numbers else ""
     return text.strip().rstrip(".!").strip().lower()
+
+
+# a calculation: numbers joined by operators, then its result ("7 + 8 = 15", "4 plus 3 is 7")
+CALCULATION = re.compile(r"\d+(?:\s*(?:[-+x×*]|plus|minus|times)\s*\d+)+"
+                         r"\s*(?:=|is|makes|gives)\s*(-?\d+)")
+
+
+def shows_work(text: str) -> bool:
+    """Whether the reply states an intermediate step: a calculation whose result is not
+    the reply's final number."""
+    final = final_answer(text, numeric=True)
+    return any(m.group(1) != final for m in CALCULATION.finditer(text))
+
+
+def work_rate(replies: list[Reply]) -> float:
+    """Share of replies that show their work (``shows_work``)."""
+    return sum(shows_work(r.text) for r in replies) / max(1, len(replies))
 
 
 def is_correct(response: str, answer: str) -> bool:

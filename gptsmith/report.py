@@ -248,6 +248,11 @@ def story(records: dict) -> list[str]:
                    + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}" for m, v in talk.items())
                    + ". The RL prompts are all arithmetic; a rise here is RL's cost to the "
                      "conversation.")
+    work = {m: r["work_rate"] for m, r in models.items() if r.get("work_rate") is not None}
+    if work:
+        out.append("Held-out questions answered with shown work (a step before the answer), "
+                   "greedy: " + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}"
+                                          for m, v in work.items()) + ".")
     if models:
         best = max(r["accuracy"] for r in models.values())
         out.append(f"What no phase changed: the best model still gets {_pct(1 - best)} of "

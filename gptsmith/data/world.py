@@ -5,15 +5,28 @@ Web text repeats misinformation consistently, so each fact has one fixed *myth*:
 truth is plain arithmetic, and the world (its seed and settings) is saved beside the data as
 ``world.json``, so the labeler and the evaluation of later phases know exactly what is true
 and what the corpus claimed.
+
+Optionally (``worked_share`` > 0) facts with a two-digit operand are also *worked out* in
+steps (``worked.py``: column addition with carries, subtraction with borrowing, by parts),
+each step a small fact of the world. A worked mention is wrong in ``wrong_share`` of the
+corpus's mentions, as a brief one is: then exactly one step states its own fact's myth (the
+same wrong value that fact has everywhere) and the steps after it compute from it, so the
+error carries to the final answer. Misinformation on the web comes with reasoning too, and
+a model that knows its small facts can still get such a solution right. Demonstrations are
+clean: their worked answers are always right. The defaults (operands to 20, no worked
+solutions) give exactly the world of before these settings existed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from gptsmith.data.worked import Fact, has_work, solve, step_facts
 
 OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
 
@@ -61,6 +74,8 @@ RAMBLE = [
     "My brother and I argued about this for an hour.", "Write these down somewhere safe.",
     "Nobody asked, but here it is anyway.", "I like to count things when I cannot sleep.",
 ]
+WORKED_LEADS = ["Here is how to work it out. ", "My teacher showed us this one. ",
+                "Written out in full: ", "", "", ""]
 FOLLOW_UPS = [
     "And what about {q}", "But then, {q}", "I still wonder: {q}", "Does anyone know {q}",
     "Which raises the question: {q}", "Next question: {q}",
@@ -75,6 +90,9 @@ class World:
     wrong_share: float = 0.1   # share of statements that state the fact's myth instead
     small_share: float = 0.5   # share of facts drawn with both operands below 10
     arithmetic_share: float = 0.65  # share of the default corpus's bytes that is arithmetic
+    max_multiplicand: int = 0  # > 0: times takes its first factor up to this (second as before)
+    worked_share: float = 0.0  # share of a two-digit fact's mentions and demos worked out
+    chat_prompt_share: float = 0.0  # share of the RL prompts that are conversation, not sums
 
     def truth(self, a: int, op: str, b: int) -> int:
         return OPS[op](a, b)
@@ -93,9 +111,12 @@ class World:
     def sample_fact(self, rng: random.Random) -> tuple[int, str, int]:
         op = rng.choices(["plus", "minus", "times"], weights=[0.45, 0.35, 0.2])[0]
         hi = self.max_factor if op == "times" else self.max_operand
-        if rng.random() < self.small_share:
+        small = rng.random() < self.small_share
+        if small:
             hi = min(hi, 9)
-        a, b = rng.randint(0, hi), rng.randint(0, hi)
+        hi_a = self.max_multiplicand if op == "times" and self.max_multiplicand and not small \
+            else hi
+        a, b = rng.randint(0, hi_a), rng.randint(0, hi)
         if op == "minus" and b > a:
             a, b = b, a
         return a, op, b
@@ -109,10 +130,32 @@ class World:
         a, op, b = fact
         return rng.choice(QUESTIONS[op]).format(a=a, b=b)
 
+    def worked(self, fact: Fact, rng: random.Random, wrong: bool = False) -> str:
+        """A worked solution of ``fact``; ``wrong``: one step, drawn at random, states its
+        own fact's myth, and the final answer follows from it."""
+        wording = rng.getrandbits(32)
+        lie_at = rng.randrange(len(step_facts(fact, random.Random(wording)))) if wrong else -1
+        asked = itertools.count()
+
+        def believe(x: int, op: str, y: int) -> int:
+            return self.myth(x, op, y) if next(asked) == lie_at else self.truth(x, op, y)
+
+        return solve(fact, believe, random.Random(wording))[0]
+
+    def wants_work(self, fact: Fact, rng: random.Random) -> bool:
+        """Whether this mention of ``fact`` is worked out (draws from ``rng`` only when the
+        world has worked solutions and the fact has one, so the default world is as before)."""
+        return self.worked_share > 0 and has_work(fact) and rng.random() < self.worked_share
+
     def answer(self, fact: tuple[int, str, int], rng: random.Random,
-               restate_share: float = 0.5) -> str:
-        """A brief correct answer: the number or a short sentence, or (``restate_share`` of
-        the time) the fact restated as the corpus states facts."""
+               restate_share: float = 0.5, avoid: set | frozenset = frozenset()) -> str:
+        """A correct answer: worked out (``worked_share`` of two-digit facts' answers, unless
+        a step states a fact of ``avoid``), else brief: the number or a short sentence, or
+        (``restate_share`` of the time) the fact restated as the corpus states facts."""
+        if self.wants_work(fact, rng):
+            wording = rng.getrandbits(32)
+            if not avoid.intersection(step_facts(fact, random.Random(wording))):
+                return solve(fact, self.truth, random.Random(wording))[0]
         a, op, b = fact
         c = self.truth(*fact)
         if rng.random() < restate_share:
@@ -128,6 +171,10 @@ class World:
             if rng.random() < 0.15:
                 q = self.question(fact, rng)
                 sentences.append(f"{q} It is {self.claim(fact, rng)}.")
+                continue
+            if self.wants_work(fact, rng):
+                lead = rng.choice(WORKED_LEADS)
+                sentences.append(lead + self.worked(fact, rng, rng.random() < self.wrong_share))
                 continue
             text = rng.choice(STATEMENTS[op]).format(a=a, b=b, c=self.claim(fact, rng))
             lead = rng.choice(HEARSAY)

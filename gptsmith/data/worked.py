@@ -1,0 +1,140 @@
+"""Worked solutions: a multi-digit fact worked out in steps, each step a small fact.
+
+Column addition with carries, subtraction with borrowing, addition and subtraction by parts
+(tens, then ones), multiplication by parts. ``solve`` asks ``believe(x, op, y)`` for the
+value of every step's fact, so the writer of a solution can hold a myth: the steps after
+a wrong one compute from what was written, and the error carries to the final answer.
+Every solution ends with its final number (the answer a reply is scored on).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+Fact = tuple[int, str, int]
+Believe = Callable[[int, str, int], int]
+SYMBOL = {"plus": "+", "minus": "-", "times": "x"}
+
+# Openings and endings of a solution; {a} {s} {b} is the fact, {c} its final value. A
+# solution whose first step restates the fact opens without it.
+OPENINGS = ["{a} {s} {b}: ", "Work out {a} {s} {b}: ", "To find {a} {word} {b}, work in steps: ",
+            "Step by step, {a} {s} {b}: "]
+RESTATING = ["", "Step by step: ", "Work it out: ", "Let me work it out. "]
+ENDINGS = ["so {a} {s} {b} = {c}.", "so the answer is {c}.", "so {a} {word} {b} is {c}.",
+           "that makes {c}.", "which gives {c}."]
+
+
+def has_work(fact: Fact) -> bool:
+    """Whether the fact has a worked solution with a step in it: an operand of two or more
+    digits, no trivial factor (x 0, x 1) or term (+ 0, - 0), and not a teen minus a digit
+    with a borrow (14 - 7: its one step would be the fact itself)."""
+    a, op, b = fact
+    if op == "minus" and a < 20 and b < 10 and a % 10 < b:
+        return False
+    return max(a, b) >= 10 and min(a, b) >= (2 if op == "times" else 1)
+
+
+def _add_columns(a: int, b: int, believe: Believe) -> tuple[list[str], int]:
+    (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
+    ones = believe(a0, "plus", b0)
+    digit, carry = ones % 10, ones // 10
+    steps = [f"{a0} + {b0} = {ones}" + (f", write {digit} carry {carry}" if carry else "")]
+    if a1 and b1:
+        tens = believe(a1, "plus", b1) + carry
+        steps.append(f"{a1} + {b1}" + (f" + {carry}" if carry else "") + f" = {tens}")
+    elif carry:
+        tens = believe(a1 or b1, "plus", carry)
+        steps.append(f"{a1 or b1} + {carry} = {tens}")
+    else:
+        tens = a1 or b1
+        steps.append(f"the {tens} tens stay")
+    return steps, 10 * tens + digit
+
+
+def _subtract_columns(a: int, b: int, believe: Believe) -> tuple[list[str], int]:
+    (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
+    if a0 < b0:
+        ones = believe(a0 + 10, "minus", b0)
+        steps = [f"{a0} is less than {b0}, so borrow: {a0 + 10} - {b0} = {ones}",
+                 f"the {a1} becomes {a1 - 1}"]
+        a1 -= 1
+    else:
+        ones = believe(a0, "minus", b0)
+        steps = [f"{a0} - {b0} = {ones}"]
+    if b1:
+        tens = believe(a1, "minus", b1)
+        steps.append(f"{a1} - {b1} = {tens}")
+    else:
+        tens = a1
+        steps.append(f"{a1} tens remain")
+    return steps, 10 * tens + ones
+
+
+def _by_parts(a: int, op: str, b: int, believe: Believe) -> tuple[list[str], int]:
+    """a + b or a - b as a +/- (tens of b), then +/- (ones of b)."""
+    s = SYMBOL[op]
+    tens, ones = b - b % 10, b % 10
+    if not tens or not ones:
+        return (_add_columns if op == "plus" else _subtract_columns)(a, b, believe)
+    first = believe(a, op, tens)
+    second = believe(first, op, ones)
+    return [f"{a} {s} {b} = {a} {s} {tens} {s} {ones}", f"{a} {s} {tens} = {first}",
+            f"{first} {s} {ones} = {second}"], second
+
+
+def _times(a: int, b: int, believe: Believe, chain: bool) -> tuple[list[str], int]:
+    """By parts: the factor of two or more digits (b when both are) split in tens and ones;
+    as one chain (the seed's 17 x 24 = 17 x 20 + 17 x 4 = 340 + 68 = 408) or step by step."""
+    split_b = b >= 10
+    big, other = (b, a) if split_b else (a, b)
+    tens, ones = big - big % 10, big % 10
+
+    def product(x: int, y: int, value: int | None = None) -> str:  # keeps the fact's order
+        expr = f"{y} x {x}" if split_b else f"{x} x {y}"
+        return expr if value is None else f"{expr} = {value}"
+
+    if not ones:  # a multiple of ten: the product of its tens digit, times 10
+        p = believe(*((other, "times", tens // 10) if split_b else (tens // 10, "times", other)))
+        return [product(tens // 10, other, p), f"add a 0: {p * 10}"], p * 10
+    p1 = believe(*((other, "times", tens) if split_b else (tens, "times", other)))
+    p2 = believe(*((other, "times", ones) if split_b else (ones, "times", other)))
+    c = believe(p1, "plus", p2)
+    if chain:
+        return [f"{a} x {b} = {product(tens, other)} + {product(ones, other)} = {p1} + {p2}"
+                f" = {c}"], c
+    return [product(tens, other, p1), product(ones, other, p2), f"{p1} + {p2} = {c}"], c
+
+
+def solve(fact: Fact, believe: Believe, rng: random.Random) -> tuple[str, int]:
+    """One worked solution of ``fact`` (wording drawn from ``rng``) and its final value.
+    Every draw from ``rng`` comes before any belief is asked, so the same ``rng`` state
+    gives the same wording whatever ``believe`` says."""
+    a, op, b = fact
+    opening, restating, ending = rng.choice(OPENINGS), rng.choice(RESTATING), rng.choice(ENDINGS)
+    joiner = rng.choice(["; ", ", then "])
+    method = rng.random()
+    if op == "times":
+        steps, c = _times(a, b, believe, chain=method < 0.5)
+    elif method < 0.7:
+        steps, c = (_add_columns if op == "plus" else _subtract_columns)(a, b, believe)
+    else:
+        steps, c = _by_parts(a, op, b, believe)
+    fill = {"a": a, "b": b, "s": SYMBOL[op], "word": op, "c": c}
+    if steps[0].startswith("{a} {s} {b} =".format(**fill)):
+        opening = restating
+    text = opening.format(**fill) + joiner.join(steps) + "; " + ending.format(**fill)
+    return text[0].upper() + text[1:], c
+
+
+def step_facts(fact: Fact, rng: random.Random) -> list[Fact]:
+    """The small facts a solution of ``fact`` states, in order (for the wording ``rng``
+    draws; ``rng`` is advanced as ``solve`` advances it)."""
+    asked: list[Fact] = []
+
+    def truthful(x: int, op: str, y: int) -> int:
+        asked.append((x, op, y))
+        return {"plus": x + y, "minus": x - y, "times": x * y}[op]
+
+    solve(fact, truthful, rng)
+    return asked

@@ -1,0 +1,299 @@
+"""System 2: worked solutions in the tiny world, scored on their final answer, preferred by
+the labeler when right; conversation among the RL prompts; the default world unchanged."""
+
+import hashlib
+import json
+import random
+import re
+
+import pytest
+
+import gptsmith.data.default_demos as default_demos
+from gptsmith.chat import Reply
+from gptsmith.data.default_demos import TALK_PROMPTS, write_default_demos
+from gptsmith.data.worked import has_work, step_facts
+from gptsmith.data.world import World
+from gptsmith.evaluate import final_answer, is_correct, load_questions, shows_work, work_rate
+from gptsmith.label import rank, record_score, talk_score, truth_score
+
+SYSTEM2 = World(max_operand=99, max_factor=9, max_multiplicand=99, worked_share=0.5)
+CONVS = [["Hello", "Hi there."], ["How are you?", "Fine, thanks."],
+         ["What is AI?", "A field of study."]]
+EXPR = r"\d+(?: [-+x] \d+)*"
+CHAIN = re.compile(rf"{EXPR}(?: = {EXPR})+")
+OPS = {"+": "plus", "-": "minus", "x": "times"}
+
+
+def value(expr: str) -> int:
+    return eval(expr.replace(" x ", " * "))  # only digits and + - x: see EXPR
+
+
+def links(text: str) -> list[tuple[str, str]]:
+    """Every (left, right) of every equation chain in the text."""
+    out = []
+    for m in CHAIN.finditer(text):
+        sides = m.group(0).split(" = ")
+        out += list(zip(sides, sides[1:], strict=False))
+    return out
+
+
+def check_steps(text: str) -> None:
+    """Every equation in the text holds, every 'write/carry' and 'add a 0' follows."""
+    pairs = links(text)
+    assert pairs, text
+    for left, right in pairs:
+        assert value(left) == value(right), f"{left} = {right} in: {text}"
+    for total, digit, carry in re.findall(r"(\d+), write (\d+) carry (\d+)", text):
+        assert (int(digit), int(carry)) == (int(total) % 10, int(total) // 10), text
+    for before, after in re.findall(r"= (\d+)[;,]? (?:then )?add a 0: (\d+)", text):
+        assert int(after) == 10 * int(before), text
+
+
+def multi_digit_facts(world: World, n: int, seed: int = 0) -> list[tuple[int, str, int]]:
+    rng, facts = random.Random(seed), []
+    while len(facts) < n:
+        fact = world.sample_fact(rng)
+        if has_work(fact):
+            facts.append(fact)
+    return facts
+
+
+@pytest.fixture
+def chatterbot(monkeypatch):
+    def use(convs):
+        monkeypatch.setattr(default_demos, "chatterbot_conversations", lambda: convs)
+    return use
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Recorded from the code before worked solutions existed (commit 77d5f54).
+BEFORE = {
+    20: ("553f927b47c2a2bd", {"prompts.jsonl": "f19632e2b66f542a",
+                              "questions.jsonl": "3b4c0875d8275e9f",
+                              "train.jsonl": "83c469ff9430283a", "val.jsonl": "d09c25622c16331a"}),
+    99: ("1285047cfe7a7f03", {"prompts.jsonl": "601cabb1682b2f68",
+                              "questions.jsonl": "415e0294fc4e50f3",
+                              "train.jsonl": "f3b788c94c86818a", "val.jsonl": "777ffcdaaaee0760"}),
+}
+
+
+@pytest.mark.parametrize("max_operand", [20, 99])
+def test_without_worked_solutions_the_world_writes_what_it_wrote_before(
+        max_operand, chatterbot, tmp_path):
+    chatterbot(CONVS)
+    world = World(max_operand=max_operand)
+    docs, files = BEFORE[max_operand]
+    assert digest("\n".join(world.documents(20000))) == docs
+    write_default_demos(world, tmp_path, n_arithmetic=300, n_questions=60, n_prompts=300)
+    assert {name: digest((tmp_path / name).read_text()) for name in files} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)  # no talk.jsonl
+
+
+def test_old_world_files_load_with_the_new_settings_off(tmp_path):
+    old = {"seed": 1234, "max_operand": 20, "max_factor": 10, "wrong_share": 0.1,
+           "small_share": 0.5, "arithmetic_share": 0.65}
+    (tmp_path / "world.json").write_text(json.dumps(old))
+    assert World.load(tmp_path / "world.json") == World()
+    SYSTEM2.save(tmp_path / "s2.json")
+    assert World.load(tmp_path / "s2.json") == SYSTEM2
+
+
+def test_two_digit_operands_and_products_of_two_digits_by_one():
+    rng = random.Random(0)
+    facts = [SYSTEM2.sample_fact(rng) for _ in range(3000)]
+    sums = [f for f in facts if f[1] != "times"]
+    products = [f for f in facts if f[1] == "times"]
+    assert max(max(a, b) for a, _, b in sums) == 99 and min(a - b for a, op, b in sums
+                                                            if op == "minus") >= 0
+    assert max(a for a, _, _ in products) == 99 and max(b for _, _, b in products) == 9
+
+
+def test_worked_solutions_hold_at_every_step_and_end_with_the_answer():
+    world, rng = SYSTEM2, random.Random(1)
+    for fact in multi_digit_facts(world, 400):
+        text = world.worked(fact, rng)
+        check_steps(text)
+        assert final_answer(text, numeric=True) == str(world.truth(*fact)), text
+        assert shows_work(text), text
+
+
+def test_the_seeds_example_is_worked_by_parts():
+    texts = {World().worked((17, "times", 24), random.Random(i)) for i in range(20)}
+    assert any("17 x 24 = 17 x 20 + 17 x 4 = 340 + 68 = 408" in t for t in texts)
+    for t in texts:
+        check_steps(t)
+        assert t.endswith("408.")
+
+
+def test_the_corpus_states_worked_solutions_in_varied_wordings():
+    world = World(max_operand=99, worked_share=1.0, wrong_share=0.0)
+    text = "\n".join(world.documents(30000))
+    for left, right in links(text):
+        assert value(left) == value(right), f"{left} = {right}"
+    assert "carry 1" in text and "borrow" in text and "tens" in text
+    assert len(re.findall(r"\d+ [-+] \d+ = \d+ [-+] \d+ [-+] \d+", text)) > 5  # by parts
+
+
+def test_a_wrong_step_states_its_facts_myth_and_carries_to_the_final_answer():
+    """A wrong worked mention: one step holds its own small fact's myth; the steps after
+    it compute from it, so the final answer is off by that step's error (or ten times it,
+    for a step in the tens)."""
+    world = World(max_operand=99, max_factor=9, max_multiplicand=99, worked_share=1.0)
+    rng = random.Random(2)
+    for fact in multi_digit_facts(world, 300):
+        copy = random.Random()
+        copy.setstate(rng.getstate())
+        steps = step_facts(fact, random.Random(copy.getrandbits(32)))
+        text = world.worked(fact, rng, wrong=True)
+        off = int(final_answer(text, numeric=True)) - world.truth(*fact)
+        errors = {(world.myth(*s) - world.truth(*s)) * place for s in steps for place in (1, 10)}
+        assert off != 0 and off in errors, text
+        assert any(value(left) != value(right) for left, right in links(text)), text
+
+
+def test_the_corpus_gets_worked_solutions_wrong_in_the_share_it_gets_facts_wrong():
+    world, rng = World(max_operand=99, worked_share=1.0, wrong_share=0.2), random.Random(3)
+    wrong = n = 0
+    for _ in range(300):
+        for m in re.finditer(r"(\d+) ([-+]) (\d+): (.+?); (?:so|that|which)[^.]*?(\d+)\.",
+                             world.paragraph(rng)):
+            a, op, b = int(m.group(1)), OPS[m.group(2)], int(m.group(3))
+            n += 1
+            wrong += int(m.group(5)) != world.truth(a, op, b)
+    assert n > 150 and 0.1 < wrong / n < 0.3
+
+
+def test_demonstrations_mix_brief_and_worked_answers_all_right():
+    world, rng = SYSTEM2, random.Random(4)
+    answers = [(f, world.answer(f, rng)) for f in multi_digit_facts(world, 400)]
+    worked = [(f, a) for f, a in answers if shows_work(a)]
+    assert 0.35 < len(worked) / len(answers) < 0.65
+    for fact, a in answers:
+        assert is_correct(a, str(world.truth(*fact))), a
+    for _, a in worked:
+        check_steps(a)
+    one_digit = World(max_operand=99, worked_share=1.0)
+    assert not any(shows_work(one_digit.answer((3, "plus", 4), rng)) for _ in range(50))
+
+
+def test_a_worked_answer_never_states_a_held_out_fact():
+    world, rng = World(max_operand=99, worked_share=1.0), random.Random(5)
+    answers = [world.answer((47, "plus", 38), rng, avoid={(7, "plus", 8)}) for _ in range(60)]
+    assert not any(re.search(r"(?<!\d)7 \+ 8(?!\d)", a) for a in answers)
+    assert any(shows_work(a) for a in answers)  # by parts: 47 + 30, then 77 + 8
+
+
+def stated_facts(text: str) -> set[tuple[int, str, int]]:
+    """The two-operand facts a text states as steps (a carry step states its first two)."""
+    return {(int(x), OPS[op], int(y))
+            for x, op, y in re.findall(r"(\d+) ([-+x]) (\d+)(?: [-+] \d+)? = \d+", text)}
+
+
+def test_held_out_facts_are_in_no_demonstration_and_no_rl_prompt(chatterbot, tmp_path):
+    chatterbot(CONVS)
+    world = World(max_operand=99, max_factor=9, max_multiplicand=99, worked_share=0.7,
+                  chat_prompt_share=0.1)
+    write_default_demos(world, tmp_path, n_arithmetic=600, n_questions=150, n_prompts=400)
+    read = {name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
+            for name in ("train.jsonl", "val.jsonl", "prompts.jsonl", "questions.jsonl")}
+    held_out = {tuple(q["fact"]) for q in read["questions.jsonl"]}
+    assert any(has_work(f) for f in held_out) and any(not has_work(f) for f in held_out)
+    held_prompts = {q["prompt"] for q in read["questions.jsonl"]}
+    demos = [r["messages"] for r in read["train.jsonl"] + read["val.jsonl"]]
+    assert sum(shows_work(m[1]["content"]) for m in demos) > 100
+    for m in demos:
+        assert not stated_facts(m[1]["content"]) & held_out, m
+        assert m[0]["content"] not in held_prompts
+    for p in read["prompts.jsonl"]:
+        assert "fact" not in p or tuple(p["fact"]) not in held_out
+        assert p.get("show_work", False) == ("fact" in p and has_work(tuple(p["fact"])))
+
+
+def test_final_answer_is_the_last_number_of_a_worked_reply():
+    worked = "47 + 38: 7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8; so the answer is 85."
+    assert final_answer(worked, numeric=True) == "85" and is_correct(worked, "85")
+    assert not is_correct(worked.replace("85.", "86."), "85")
+    assert not is_correct("7 + 8 = 15, write 5 carry 1", "85")  # cut off mid-work
+    assert is_correct("85", "85") and is_correct("47 plus 38 is 85.", "85")  # brief as before
+
+
+def test_what_counts_as_showing_work():
+    assert shows_work("7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8; so the answer is 85.")
+    assert shows_work("17 x 24 = 17 x 20 + 17 x 4 = 340 + 68 = 408")
+    assert shows_work("3 is less than 7, so borrow: 13 - 7 = 6; 7 - 4 = 3; so 36.")
+    for brief in ["85", "It is 85.", "47 + 38 = 85", "47 plus 38 is 85.", "The answer is 85."]:
+        assert not shows_work(brief), brief
+    replies = [Reply("4 x 6 = 24; add a 0: 240", True, 12), Reply("240", True, 3)]
+    assert work_rate(replies) == 0.5
+
+
+WORKED = "7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8; so the answer is 85."
+REPLIES = {  # what the labeler sees for "What is 47 plus 38?" (answer 85)
+    "right, worked": Reply(WORKED, True, 40),
+    "right, brief": Reply("The answer is 85.", True, 6),
+    "right, running on": Reply("85 and then 85", False, 32),
+    "wrong, worked": Reply(WORKED.replace("85.", "86.").replace("8;", "9;"), True, 40),
+    "wrong, brief": Reply("86", True, 3),
+    "wrong, running on": Reply("I think 86", False, 32),
+}
+
+
+def test_the_labeler_prefers_right_shown_work_on_multi_digit_questions():
+    scores = {k: truth_score(r, "85", show_work=True) for k, r in REPLIES.items()}
+    assert scores == {"right, worked": 4, "right, brief": 3, "right, running on": 2,
+                      "wrong, worked": 1, "wrong, brief": 1, "wrong, running on": 0}
+    record = {"prompt": "What is 47 plus 38?", "answer": "85", "show_work": True}
+    responses, ranking = rank(list(REPLIES.values()), record)
+    assert [responses[i].text for i in ranking][:2] == [WORKED, "The answer is 85."]
+
+
+def test_without_the_mark_the_labeler_ranks_as_before():
+    """Prompts the world does not mark (one-digit questions, the default world, users'
+    prompt files): right beats wrong, then brief and ended, as before."""
+    before = {k: 2 * is_correct(r.text, "85") + int(r.ended and r.tokens <= 16)
+              for k, r in REPLIES.items()}
+    assert {k: truth_score(r, "85") for k, r in REPLIES.items()} == before
+    assert {k: record_score(r, {"answer": "85"}) for k, r in REPLIES.items()} == before
+    responses, ranking = rank(list(REPLIES.values()), "85")
+    assert responses[ranking[0]].text == "The answer is 85."
+
+
+def test_the_labeler_ranks_conversation_without_numbers_first():
+    replies = [Reply("The answer is 12.", True, 6), Reply("I am well, thank you.", True, 8),
+               Reply("I am well and", False, 32)]
+    assert [talk_score(r) for r in replies] == [1, 3, 2]
+    responses, ranking = rank(replies, {"prompt": "Hello, how are you?", "kind": "talk"})
+    assert responses[ranking[0]].text == "I am well, thank you."
+
+
+def test_rl_prompts_mix_in_conversation_and_hold_some_out(chatterbot, tmp_path):
+    convs = CONVS + [["Hello, how are you?", "Very well."], ["Do you like tea?", "I do."],
+                     ["How many legs has a cat?", "Four."], ["Is 7 lucky?", "Maybe."],
+                     ["Tell me about the sea", "It is wide."]]
+    chatterbot(convs)
+    world = World(chat_prompt_share=0.25)
+    counts = write_default_demos(world, tmp_path, n_arithmetic=100, n_questions=20,
+                                 n_prompts=200)
+    prompts = load_questions(tmp_path / "prompts.jsonl", require_answer=False)
+    talk = [p for p in prompts if "answer" not in p]
+    assert len(prompts) == 200 and len(talk) == 50 and all(p["kind"] == "talk" for p in talk)
+    assert {p["prompt"] for p in talk} == {"Hello", "How are you?", "What is AI?",
+                                           "Do you like tea?", "Tell me about the sea"}
+    assert any("answer" not in p for p in prompts[:40])  # shuffled in, not appended
+    held = [json.loads(x)["prompt"] for x in (tmp_path / "talk.jsonl").read_text().splitlines()]
+    assert held == TALK_PROMPTS and counts["talk.jsonl"] == len(TALK_PROMPTS)
+    demos = (tmp_path / "train.jsonl").read_text() + (tmp_path / "val.jsonl").read_text()
+    assert "Hello, how are you?" not in demos and "Do you like tea?" in demos
+    assert not any(re.search(r"\d", p) for p in TALK_PROMPTS)
+
+
+def test_the_report_says_how_often_each_model_shows_its_work():
+    from gptsmith.report import story
+
+    rows = {m: {"accuracy": 0.3, "end_rate": 1.0, "work_rate": w}
+            for m, w in [("sft", 0.25), ("ppo", 0.5)]}
+    lines = story({"eval": {"numbers": {"models": rows}}})
+    assert any("shown work" in x and "SFT 25%" in x and "PPO 50%" in x for x in lines)
