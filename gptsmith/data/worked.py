@@ -106,12 +106,14 @@ def _times(a: int, b: int, believe: Believe, chain: bool) -> tuple[list[str], in
     return [product(tens, other, p1), product(ones, other, p2), f"{p1} + {p2} = {c}"], c
 
 
-def solve(fact: Fact, believe: Believe, rng: random.Random) -> tuple[str, int]:
-    """One worked solution of ``fact`` (wording drawn from ``rng``) and its final value.
-    Every draw from ``rng`` comes before any belief is asked, so the same ``rng`` state
-    gives the same wording whatever ``believe`` says."""
+def solve(fact: Fact, believe: Believe, rng: random.Random,
+          opening: bool = True) -> tuple[str, int]:
+    """One worked solution of ``fact`` (wording drawn from ``rng``) and its final value;
+    ``opening=False`` leaves out the words that state the problem (a reply to a question
+    about it: fewer tokens). Every draw from ``rng`` comes before any belief is asked, so
+    the same ``rng`` state gives the same wording whatever ``believe`` says."""
     a, op, b = fact
-    opening, restating, ending = rng.choice(OPENINGS), rng.choice(RESTATING), rng.choice(ENDINGS)
+    opens, restating, ending = rng.choice(OPENINGS), rng.choice(RESTATING), rng.choice(ENDINGS)
     joiner = rng.choice(["; ", ", then "])
     method = rng.random()
     if op == "times":
@@ -122,8 +124,9 @@ def solve(fact: Fact, believe: Believe, rng: random.Random) -> tuple[str, int]:
         steps, c = _by_parts(a, op, b, believe)
     fill = {"a": a, "b": b, "s": SYMBOL[op], "word": op, "c": c}
     if steps[0].startswith("{a} {s} {b} =".format(**fill)):
-        opening = restating
-    text = opening.format(**fill) + joiner.join(steps) + "; " + ending.format(**fill)
+        opens = restating
+    text = ((opens if opening else "").format(**fill) + joiner.join(steps) + "; "
+            + ending.format(**fill))
     return text[0].upper() + text[1:], c
 
 

@@ -155,7 +155,7 @@ class World:
         if self.wants_work(fact, rng):
             wording = rng.getrandbits(32)
             if not avoid.intersection(step_facts(fact, random.Random(wording))):
-                return solve(fact, self.truth, random.Random(wording))[0]
+                return solve(fact, self.truth, random.Random(wording), opening=False)[0]
         a, op, b = fact
         c = self.truth(*fact)
         if rng.random() < restate_share:
