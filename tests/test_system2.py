@@ -297,3 +297,15 @@ def test_the_report_says_how_often_each_model_shows_its_work():
             for m, w in [("sft", 0.25), ("ppo", 0.5)]}
     lines = story({"eval": {"numbers": {"models": rows}}})
     assert any("shown work" in x and "SFT 25%" in x and "PPO 50%" in x for x in lines)
+
+
+def test_the_default_corpus_reads_the_world_it_is_given(monkeypatch):
+    import gptsmith.data.fetch as fetch
+    from gptsmith.data.corpus import read_corpus
+
+    monkeypatch.setattr(fetch, "shakespeare_texts", lambda: [("play", "To be.\n\n" * 400)])
+    world = World(max_operand=99, worked_share=1.0, arithmetic_share=0.5)
+    worked = [d for d in read_corpus("default", world=world) if d.source == "world"]
+    assert any("carry" in d.text for d in worked)
+    plain = [d for d in read_corpus("default") if d.source == "world"]
+    assert not any("carry" in d.text for d in plain)

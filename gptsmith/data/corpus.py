@@ -97,10 +97,11 @@ def _read_parquet(path: Path, field: str) -> Iterator[Document]:
         raise located(str(path), None, "file has no rows")
 
 
-def read_corpus(spec: str, field: str = "text") -> Iterator[Document]:
-    """Documents of a corpus: ``default`` or a path (.txt, directory, .jsonl, .parquet)."""
+def read_corpus(spec: str, field: str = "text", world: World | None = None) -> Iterator[Document]:
+    """Documents of a corpus: ``default`` (the tiny ``world``, the default one if None) or a
+    path (.txt, directory, .jsonl, .parquet)."""
     if spec == DEFAULT:
-        yield from default_corpus()
+        yield from default_corpus(world)
         return
     path = Path(spec)
     if not path.exists():
