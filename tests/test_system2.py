@@ -309,3 +309,24 @@ def test_the_default_corpus_reads_the_world_it_is_given(monkeypatch):
     assert any("carry" in d.text for d in worked)
     plain = [d for d in read_corpus("default") if d.source == "world"]
     assert not any("carry" in d.text for d in plain)
+
+
+def test_labeling_a_mix_of_sums_and_conversation(tiny_run, tmp_path):
+    """Conversational prompts (no answer) are ranked too, and the rankings file reads as
+    comparisons for the reward model."""
+    from gptsmith.data.comparisons import read_comparisons
+    from gptsmith.engine import Sampling
+    from gptsmith.label import label
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in
+                               [{"prompt": "What is 47 plus 38?", "answer": "85",
+                                 "show_work": True},
+                                *({"prompt": p, "kind": "talk"} for p in TALK_PROMPTS[:8])]))
+    stats = label(str(tiny_run), str(prompts), str(tmp_path / "r.jsonl"), k=4,
+                  s=Sampling(max_tokens=5, temperature=1.0, seed=0))
+    rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert stats["prompts"] == 9 and rows
+    assert all(("answer" in r) == (r["prompt"] == "What is 47 plus 38?") for r in rows)
+    groups, _ = read_comparisons(tmp_path / "r.jsonl")
+    assert len(groups) == len(rows)
