@@ -6,6 +6,10 @@ per reply from its group or batch (``advantages``); then ``epochs`` passes of th
 surrogate over the replies' tokens, with an optional KL penalty to the reference model
 (``token_loss``), aggregated per token, per sequence or Dr. GRPO's constant normaliser.
 A group whose replies all score the same teaches nothing: its advantages are zero.
+
+Under torchrun each rank samples the groups of its share of the prompts (a group never
+spans ranks); batch baselines and scales, the loss normalisers and the minibatches are
+those of the global batch, as in one process.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+import gptsmith.train.distributed as ranks
 from gptsmith.config import to_dict
 from gptsmith.device import autocast
 from gptsmith.errors import GptsmithError
@@ -26,7 +31,7 @@ from gptsmith.train.distributed import DistConfig
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora, trainable_summary
 from gptsmith.train.rewards import parse_rewards, total_reward
-from gptsmith.train.rollout import masked_mean, recent_means, reply_logprobs, sample
+from gptsmith.train.rollout import recent_means, reply_logprobs, sample
 
 ADVANTAGES = ("grpo", "rloo", "reinforce++")
 SCALES = ("group", "batch", "none")
@@ -78,12 +83,12 @@ def advantages(rewards: torch.Tensor, kind: str, scale: str) -> torch.Tensor:
     elif kind == "rloo":
         adv = rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)
     else:
-        adv = rewards - rewards.mean()
+        adv = rewards - ranks.global_mean(rewards)  # the batch of all ranks
     scale = scale or {"grpo": "group", "rloo": "none", "reinforce++": "batch"}[kind]
     if scale == "group":
         adv = adv / (rewards.std(1, keepdim=True) + 1e-4)
     elif scale == "batch":
-        adv = adv / (rewards.std() + 1e-4)
+        adv = adv / (ranks.global_std(rewards) + 1e-4)
     return adv
 
 
@@ -102,16 +107,23 @@ def token_loss(logp, old_logp, ref_logp, adv, cfg: GRPOConfig):
 
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int):
     """token: mean over all reply tokens; sequence: mean of each reply's mean; dr_grpo: sum
-    over tokens / (replies · max_tokens), which favours neither short nor long replies."""
+    over tokens / (replies · max_tokens), which favours neither short nor long replies.
+    Tokens and replies of every rank: this rank's share of the global value."""
     if how == "token":
-        return masked_mean(loss, mask)
+        return ranks.mean_share(loss, mask)
     if how == "sequence":
-        return ((loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-    return (loss * mask).sum() / (mask.size(0) * max_tokens)
+        return ranks.mean_share((loss * mask).sum(1) / mask.sum(1).clamp(min=1))
+    return (loss * mask).sum() / (ranks.global_count(mask.size(0)) * max_tokens)
 
 
 class GRPOTrainer(Trainer):
     """The shared loop with a group-baseline RL iteration as its step."""
+
+    def wrap(self) -> None:
+        if ranks.world() > 1 and self.strategy == "fsdp":
+            raise GptsmithError("--dist.strategy fsdp: not for grpo yet (each rank's replies "
+                                "decode a different number of steps); use ddp")
+        super().wrap()
 
     def setup(self, cfg: GRPOConfig, ref, tokenizer, terms) -> None:
         self.grpo, self.tok, self.terms = cfg, tokenizer, terms
@@ -128,23 +140,24 @@ class GRPOTrainer(Trainer):
     def train_step(self) -> dict:
         cfg, G = self.grpo, self.grpo.group_size
         self.set_lr()
-        batch = self.batches.next()
+        batch = self.batches.next()  # this rank's share of the prompts
         records = [q for q in batch for _ in range(G)]
+        first = self.cfg.seed + (self.step * self.cfg.batch_size + ranks.rank() * len(batch)) * G
         r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
-                   cfg.temperature, self.cfg.seed + self.step * len(records), self.precision)
+                   cfg.temperature, first, self.precision)
         rewards = total_reward(self.terms, records, r)
         adv = advantages(rewards.view(len(batch), G), cfg.advantage,
                          cfg.scale_rewards).reshape(-1, 1)
         with torch.no_grad(), autocast(self.device, self.precision):
             old_logp = reply_logprobs(self.model, r.seq, r.pos, cfg.temperature)
             ref_logp = self._ref_logprobs(r.seq, r.pos)
-        sums = {"loss": 0.0, "clipfrac": 0.0, "kl": 0.0, "entropy": 0.0}
+        sums = {"loss": 0.0, "clipfrac": 0.0, "kl": 0.0, "entropy": 0.0}  # ranks' shares
         n = 0
         for _ in range(cfg.epochs):
-            for idx in torch.randperm(len(records)).chunk(cfg.minibatches):
+            for idx in ranks.rows_of_minibatches(len(records), cfg.minibatches):
                 mask = r.mask[idx]
                 with autocast(self.device, self.precision):
-                    logp, entropy = reply_logprobs(self.model, r.seq[idx], r.pos[idx],
+                    logp, entropy = reply_logprobs(self.forward_model, r.seq[idx], r.pos[idx],
                                                    cfg.temperature, with_entropy=True)
                 loss, ratio, kl = token_loss(logp, old_logp[idx], None if ref_logp is None
                                              else ref_logp[idx], adv[idx], cfg)
@@ -154,23 +167,26 @@ class GRPOTrainer(Trainer):
                 with torch.no_grad():
                     out_of_clip = (ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)
                     sums["loss"] += float(loss)
-                    sums["clipfrac"] += float(masked_mean(out_of_clip.float(), mask))
-                    sums["kl"] += float((kl * mask).sum(1).mean())
-                    sums["entropy"] += float(masked_mean(entropy, mask))
+                    sums["clipfrac"] += float(ranks.mean_share(out_of_clip.float(), mask))
+                    sums["kl"] += float(ranks.mean_share((kl * mask).sum(1)))
+                    sums["entropy"] += float(ranks.mean_share(entropy, mask))
                 n += 1
-        grouped = rewards.view(len(batch), G)
-        metrics = {k: v / n for k, v in sums.items()}
+        grouped, mean = rewards.view(len(batch), G), ranks.global_mean
+        summed = ranks.global_sums(*sums.values())
+        metrics = {k: v / n for k, v in zip(sums, summed, strict=True)}
         metrics.update(norms)
         metrics.update({
-            "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-            "zero_spread_groups": float((grouped.std(1) == 0).float().mean()),
-            "reply_tokens": float(r.mask.sum(1).mean()),
-            "end_rate": float(r.ended.float().mean()), "tokens": int(r.mask.sum()),
+            "reward": float(mean(rewards)), "reward_std": float(ranks.global_std(rewards)),
+            "zero_spread_groups": float(mean((grouped.std(1) == 0).float())),
+            "reply_tokens": float(mean(r.mask.sum(1))),
+            "end_rate": float(mean(r.ended.float())),
+            "tokens": ranks.global_count(int(r.mask.sum())),
         })
         graded = [is_correct(t, q["answer"]) for t, q in zip(r.texts, records, strict=True)
                   if "answer" in q]
-        if graded:
-            metrics["train_accuracy"] = sum(graded) / len(graded)
+        right, n_graded = ranks.global_sums(sum(graded), len(graded))
+        if n_graded:
+            metrics["train_accuracy"] = right / n_graded
         return metrics
 
 
@@ -236,7 +252,8 @@ def grpo(cfg: GRPOConfig) -> dict:
 
     def last_iterations(_model) -> dict:
         # before summary.json, which marks the run done: a kill in between redraws it
-        plot_rl(out / "metrics.jsonl", out / "grpo.png", cfg.advantage.upper())
+        if ranks.is_main():
+            plot_rl(out / "metrics.jsonl", out / "grpo.png", cfg.advantage.upper())
         return recent_means(out / "metrics.jsonl", ("reward", "kl", "train_accuracy",
                                                     "entropy", "reply_tokens", "end_rate"))
 
