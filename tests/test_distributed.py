@@ -159,22 +159,29 @@ def test_ppo_on_2_processes_steers_by_the_global_kl(two_processes):
 @pytest.mark.slow
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
 def test_a_killed_run_resumes_on_another_number_of_processes(first, then, inputs, one_process,
-                                                             tmp_path):
+                                                             tmp_path, capfd, monkeypatch):
+    """Killed after step 13 (last checkpoint: 10), then the same command on the other
+    number of processes; on 2, as the pipeline starts it (``--nproc 2``)."""
     import yaml
 
-    from gptsmith.pipeline import changed_settings
+    from gptsmith import pipeline
     from gptsmith.train.pretrain import PretrainConfig
 
     cfg = phase_configs(inputs, tmp_path, 1)["pretrain"]
     settings = tmp_path / "pretrain.yaml"
-    settings.write_text(yaml.safe_dump(changed_settings(
+    settings.write_text(yaml.safe_dump(pipeline.changed_settings(
         dataclasses.asdict(cfg), dataclasses.asdict(PretrainConfig()))))
     args = ["-m", "gptsmith", "pretrain", "--config", str(settings)]
-    killed = torchrun(*args, nproc=first, fault="after-step:13")  # last checkpoint: step 10
+    killed = torchrun(*args, nproc=first, fault="after-step:13")
     assert killed.returncode != 0
-    resumed = torchrun(*args, nproc=then)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "from step 10" in resumed.stdout
+    if then == 1:
+        resumed = torchrun(*args, nproc=1)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "from step 10" in resumed.stdout
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        pipeline.torchrun("pretrain", cfg, nproc=2)
+        assert "from step 10" in capfd.readouterr().out
     run = tmp_path / "pretrain"
     assert largest_difference(one_process / "pretrain", run) <= TOL
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == (
