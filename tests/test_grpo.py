@@ -103,6 +103,23 @@ def test_user_reward_functions_get_the_documented_arguments():
     assert fields == {"answer": ["1", "2", "3"], "topic": ["sums"] * 3}
 
 
+def test_the_truth_reward_scores_shown_work_and_conversation_as_the_labeler_does():
+    from gptsmith.train.rewards import parse_rewards, total_reward
+
+    talk = {"messages": [{"role": "user", "content": "Hello, how are you?"}], "kind": "talk"}
+    sum_ = {"messages": [{"role": "user", "content": "What is 47 plus 38?"}], "answer": "85",
+            "show_work": True}
+    records = [talk, talk, sum_, sum_]
+    replies = _replies(["I am well.", "The answer is 12.",
+                        "7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8; so 85.", "85."])
+    rewards = total_reward(parse_rewards("truth", None), records, replies)
+    # talk: no number 2 + ended 1, a number 0 + 1; sums: right and worked 4, right and brief 3
+    torch.testing.assert_close(rewards, torch.tensor([3.0, 1.0, 4.0, 3.0]))
+    with pytest.raises(GptsmithError, match="needs an 'answer' field.*neither"):
+        total_reward(parse_rewards("truth", None), [{"messages": talk["messages"]}],
+                     _replies(["hi"]))
+
+
 @pytest.mark.parametrize("spec,message", [
     ("no_such_module_here:f", "cannot import module"),
     ("tests.test_grpo:missing", "has no function 'missing'"),

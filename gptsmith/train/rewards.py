@@ -2,8 +2,10 @@
 
 ``--reward`` takes one or more comma-separated specs, each optionally weighted with ``@W``:
 
-- ``truth``: the built-in labeler's score against each prompt's ``answer`` field
-  (2 if correct, +1 if the reply ends its turn briefly);
+- ``truth``: the built-in labeler's score (``label.record_score``) against each prompt's
+  ``answer`` field (2 if correct, +1 if the reply ends its turn briefly; on prompts marked
+  ``show_work``, a right worked reply scores 4); a conversational prompt (``"kind":
+  "talk"``, no answer) scores a reply without a number above one with a number;
 - a reward-model run directory: its score of the reply as generated;
 - ``module:function``: ``function(prompts, replies, **fields) -> list[float]``, where
   ``prompts`` and ``replies`` are lists of strings (the last user message, the reply text)
@@ -24,7 +26,7 @@ import torch
 
 from gptsmith.chat import Reply
 from gptsmith.errors import GptsmithError
-from gptsmith.label import truth_score
+from gptsmith.label import record_score
 from gptsmith.train.rollout import Replies, reward_scores
 
 
@@ -36,12 +38,14 @@ class RewardTerm:
 
 
 def _truth(records: list[dict], r: Replies) -> list[float]:
-    missing = [i for i, q in enumerate(records) if "answer" not in q]
+    missing = [q for q in records if "answer" not in q and q.get("kind") != "talk"]
     if missing:
-        raise GptsmithError("--reward truth needs an 'answer' field in every prompt record")
+        raise GptsmithError("--reward truth needs an 'answer' field in every prompt record "
+                            "(or \"kind\": \"talk\" on a conversational one); this one has "
+                            f"neither: {str(missing[0])[:120]}")
     tokens = r.mask.sum(1).long().tolist()
     ended = r.ended.tolist()
-    return [float(truth_score(Reply(t, e, n), q["answer"]))
+    return [float(record_score(Reply(t, e, n), q))
             for t, e, n, q in zip(r.texts, ended, tokens, records, strict=True)]
 
 
