@@ -13,9 +13,9 @@ from gptsmith.data.world import World
 from gptsmith.tokenizer import Tokenizer, train_tokenizer
 
 
-def _limited(spec: str, max_bytes: int) -> list[str]:
+def _limited(spec: str, max_bytes: int, world: World | None = None) -> list[str]:
     texts, total = [], 0
-    for doc in read_corpus(spec):
+    for doc in read_corpus(spec, world=world):
         texts.append(doc.text)
         total += len(doc.text)
         if max_bytes and total >= max_bytes:
@@ -35,9 +35,10 @@ def bytes_per_token(tokenizer: Tokenizer, texts: list[str], sample_bytes: int = 
 
 
 def train_tokenizer_from(spec: str, vocab_size: int, out: Path, max_bytes: int = 50_000_000,
-                         progress: bool = True) -> dict:
-    """Train a tokenizer on (up to ``max_bytes`` of) a corpus and save it as ``out``."""
-    texts = _limited(spec, max_bytes)  # read (and validate) before training anything
+                         progress: bool = True, world: World | None = None) -> dict:
+    """Train a tokenizer on (up to ``max_bytes`` of) a corpus and save it as ``out``
+    (the default corpus: of ``world``, the default one if None)."""
+    texts = _limited(spec, max_bytes, world)  # read (and validate) before training anything
     tokenizer = train_tokenizer(texts, vocab_size, show_progress=progress)
     tokenizer.save(out)
     stats = {"vocab_size": tokenizer.vocab_size,
@@ -56,7 +57,7 @@ def prepare_data(spec: str, tokenizer_path: Path, out: Path, val_fraction: float
     if spec == DEFAULT:
         world = world or World()
         extra["world.json"] = json.dumps(asdict(world), indent=2) + "\n"
-    meta = prepare_shards(read_corpus(spec), tokenizer, out, val_fraction=val_fraction,
+    meta = prepare_shards(read_corpus(spec, world=world), tokenizer, out, val_fraction=val_fraction,
                           overwrite=overwrite, extra_files=extra)
     print(f"data: {meta['train']['tokens']:,} train and {meta['val']['tokens']:,} validation "
           f"tokens -> {out} (unigram baseline {meta['unigram_bpb']:.4f} bits/byte)")
