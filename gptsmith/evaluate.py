@@ -50,6 +50,20 @@ def work_rate(replies: list[Reply]) -> float:
     return sum(shows_work(r.text) for r in replies) / max(1, len(replies))
 
 
+def question_kind(q: dict) -> str:
+    """``one-digit``, ``two-digit`` (an operand of 10 or more) or ``two-digit times``: from
+    the record's ``fact`` ([a, op, b], what the built-in questions carry), else from the
+    numbers in the question (then sums, differences and products are not told apart)."""
+    if isinstance(q.get("fact"), list) and len(q["fact"]) == 3:
+        a, op, b = q["fact"]
+        numbers = [a, b]
+    else:
+        op, numbers = "", [int(n) for n in NUMBER.findall(q["messages"][-1]["content"])]
+    if all(abs(n) < 10 for n in numbers):
+        return "one-digit"
+    return "two-digit times" if op == "times" else "two-digit"
+
+
 def is_correct(response: str, answer: str) -> bool:
     numeric = bool(re.fullmatch(r"-?\d+", answer.strip()))
     return final_answer(response, numeric) == final_answer(answer, numeric)
@@ -82,11 +96,26 @@ class ModelScore:
     mean_tokens: float
     sampled_accuracy: float | None = None  # mean over ``samples`` replies at temperature 1
     sampled_myth_rate: float | None = None
+    work_rate: float = 0.0     # share of (greedy) replies that show their work
+    by_kind: dict[str, float] = field(default_factory=dict)  # accuracy per question_kind
+    sampled_by_kind: dict[str, float] = field(default_factory=dict)
     replies: list[Reply] = field(repr=False, default_factory=list)
 
     def row(self) -> dict:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in vars(self).items()
-                if k != "replies"}
+        def rounded(v):
+            if isinstance(v, dict):
+                return {k: rounded(x) for k, x in v.items()}
+            return round(v, 4) if isinstance(v, float) else v
+        return {k: rounded(v) for k, v in vars(self).items() if k != "replies"}
+
+
+def _by_kind(questions: list[dict], replies: list[Reply], k: int) -> dict[str, float]:
+    """Accuracy per ``question_kind`` (k replies a question)."""
+    right: dict[str, list[bool]] = {}
+    for i, r in enumerate(replies):
+        q = questions[i // k]
+        right.setdefault(question_kind(q), []).append(is_correct(r.text, q["answer"]))
+    return {kind: sum(v) / len(v) for kind, v in sorted(right.items())}
 
 
 def _rates(questions: list[dict], replies: list[Reply], k: int) -> tuple[float, float | None]:
@@ -108,11 +137,13 @@ def score_model(run_dir: str, questions: list[dict], s: Sampling,
     replies = complete(model, tokenizer, convs, s)
     accuracy, myth = _rates(questions, replies, 1)
     score = ModelScore(run_dir, accuracy, myth, sum(r.ended for r in replies) / len(replies),
-                       sum(r.tokens for r in replies) / len(replies), replies=replies)
+                       sum(r.tokens for r in replies) / len(replies), replies=replies,
+                       work_rate=work_rate(replies), by_kind=_by_kind(questions, replies, 1))
     if samples:
         sampled = complete(model, tokenizer, [c for c in convs for _ in range(samples)],
                            replace(s, temperature=1.0, top_k=0, top_p=1.0), batch_size=128)
         score.sampled_accuracy, score.sampled_myth_rate = _rates(questions, sampled, samples)
+        score.sampled_by_kind = _by_kind(questions, sampled, samples)
     return score
 
 
@@ -127,6 +158,14 @@ def report(scores: list[ModelScore], questions: list[dict], show: int = 5) -> st
         lines.append(f"{s.model:<34} {s.accuracy:>9.1%} {pct(s.myth_rate):>6} "
                      f"{pct(s.sampled_accuracy):>8} {pct(s.sampled_myth_rate):>6} "
                      f"{s.end_rate:>10.1%} {s.mean_tokens:>7.1f}")
+    if len(scores[0].by_kind) > 1 or any(s.work_rate for s in scores):
+        lines.append("")
+        lines.append("accuracy by kind of question (greedy / sampled), and share of greedy "
+                     "replies that show their work:")
+        for s in scores:
+            kinds = "   ".join(f"{kind} {x:.1%} / {pct(s.sampled_by_kind.get(kind))}"
+                               for kind, x in s.by_kind.items())
+            lines.append(f"  {Path(s.model).name:<10} {kinds}   shows work {s.work_rate:.1%}")
     for q_index, q in enumerate(questions[:show]):
         lines.append("")
         lines.append(f"Q: {q['messages'][-1]['content']}   (true answer: {q['answer']})")

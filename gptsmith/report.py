@@ -249,7 +249,7 @@ def story(records: dict) -> list[str]:
                    + ". The RL prompts are all arithmetic; a rise here is RL's cost to the "
                      "conversation.")
     work = {m: r["work_rate"] for m, r in models.items() if r.get("work_rate") is not None}
-    if work:
+    if any(work.values()):
         out.append("Held-out questions answered with shown work (a step before the answer), "
                    "greedy: " + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}"
                                           for m, v in work.items()) + ".")

@@ -330,3 +330,22 @@ def test_labeling_a_mix_of_sums_and_conversation(tiny_run, tmp_path):
     assert all(("answer" in r) == (r["prompt"] == "What is 47 plus 38?") for r in rows)
     groups, _ = read_comparisons(tmp_path / "r.jsonl")
     assert len(groups) == len(rows)
+
+
+def test_eval_scores_each_kind_of_question_and_how_often_work_is_shown():
+    from gptsmith.chat import Reply
+    from gptsmith.evaluate import _by_kind, question_kind, work_rate
+
+    def q(text, answer, fact=None):
+        rec = {"messages": [{"role": "user", "content": text}], "answer": answer}
+        return {**rec, "fact": fact} if fact else rec
+
+    qs = [q("What is 3 plus 4?", "7", [3, "plus", 4]), q("What is 47 plus 38?", "85"),
+          q("What is 17 times 4?", "68", [17, "times", 4]), q("Add 12 and 5.", "17")]
+    assert [question_kind(x) for x in qs] == ["one-digit", "two-digit", "two-digit times",
+                                              "two-digit"]
+    replies = [Reply(t, True, 5) for t in
+               ["7.", "7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8; so 85.", "70.", "18."]]
+    assert _by_kind(qs, replies, 1) == {"one-digit": 1.0, "two-digit": 0.5,
+                                        "two-digit times": 0.0}
+    assert work_rate(replies) == 0.25

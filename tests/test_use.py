@@ -125,7 +125,9 @@ def test_eval_scores_models_side_by_side(tiny_run, tmp_path, capsys):
              "sampled_accuracy": round(sum(is_correct(r.text, answers[i // 2])
                                            for i, r in enumerate(sampled)) / 12, 4),
              "sampled_myth_rate": round(sum(is_correct(r.text, myths[i // 2])
-                                            for i, r in enumerate(sampled)) / 12, 4)}
+                                            for i, r in enumerate(sampled)) / 12, 4),
+             "work_rate": 0.0, "by_kind": {"one-digit": 0.5}}
+    score["sampled_by_kind"] = {"one-digit": score["sampled_accuracy"]}
     assert json.loads(out.read_text()) == [score, score]
 
 
