@@ -52,7 +52,12 @@ LIMITS: dict[str, dict[str, str]] = {
         "beta": ">= 0"},
     "PipelineConfig": {
         "base_seq_len": ">= 0", "val_fraction": "(0, 1)", "eval_limit": ">= 0",
-        "eval_samples": ">= 0", "label_prompts": ">= 1", "label_k": ">= 2", "nproc": ">= 1"},
+        "eval_samples": ">= 0", "label_prompts": ">= 1", "label_k": ">= 2", "nproc": ">= 1",
+        "label_max_tokens": ">= 1", "eval_max_tokens": ">= 1"},
+    "World": {
+        "max_operand": ">= 1", "max_factor": ">= 1", "wrong_share": "[0, 1)",
+        "small_share": "[0, 1]", "arithmetic_share": "(0, 1)", "max_multiplicand": ">= 0",
+        "worked_share": "[0, 1]", "chat_prompt_share": "[0, 1)", "rl_small_share": "[0, 1]"},
 }
 
 # Descriptions of settings whose class does not carry one in its field's metadata (shown in
@@ -76,6 +81,18 @@ HELP: dict[str, dict[str, str]] = {
     "RMConfig": {"val_fraction": "share of prompts held out when --val-data is not given"},
     "DPOConfig": {"val_fraction": "share of prompts held out when --val-data is not given"},
     "LoRAConfig": {"dropout": "dropout on the adapters' input"},
+    "World": {
+        "seed": "the world's seed (which facts, myths and wordings)",
+        "max_operand": "plus and minus take operands 0..max_operand (99: two-digit sums)",
+        "max_factor": "times takes factors 0..max_factor",
+        "wrong_share": "share of statements that state the fact's myth instead",
+        "small_share": "share of facts with both operands below 10 (corpus, demos, questions)",
+        "arithmetic_share": "share of the default corpus's bytes that is arithmetic prose",
+        "max_multiplicand": "> 0: times takes its first factor up to this (two digits by one)",
+        "worked_share": "share of a multi-digit fact's mentions and demonstrations worked out "
+                        "step by step (System 2)",
+        "chat_prompt_share": "share of the RL prompts that are conversation, not sums",
+        "rl_small_share": "share of the RL prompts' facts with both operands below 10"},
 }
 
 

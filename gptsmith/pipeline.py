@@ -29,7 +29,8 @@ import yaml
 from gptsmith.chat import Reply, complete
 from gptsmith.config import build, load_yaml
 from gptsmith.data.build import prepare_data, train_tokenizer_from
-from gptsmith.data.default_demos import write_default_demos
+from gptsmith.data.corpus import DEFAULT
+from gptsmith.data.default_demos import TALK_PROMPTS, write_default_demos
 from gptsmith.data.world import World
 from gptsmith.engine import Sampling, generate
 from gptsmith.errors import GptsmithError
@@ -67,9 +68,6 @@ FILLED = {
 }
 RECIPES = Path(__file__).parent / "recipes"
 SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
-OPEN_PROMPTS = ["Hello, how are you?", "What is your name?", "Tell me about the king.",
-                "Do you like poetry?", "Can you help me write a letter?",
-                "What should I cook tonight?", "Why is the sky blue?", "Good night!"]
 SHOWN_QUESTIONS = 6  # held-out questions shown side by side in eval.txt and report.html
 
 
@@ -119,6 +117,10 @@ class PipelineConfig:
         "help": "PPO prompts (default: the built-in arithmetic questions)"})
     label_prompts: int = field(default=1000, metadata={"help": "prompts the labeler ranks"})
     label_k: int = field(default=4, metadata={"help": "replies sampled per labeled prompt"})
+    label_max_tokens: int = field(default=32, metadata={
+        "help": "longest reply the labeler samples (worked solutions need about 64)"})
+    eval_max_tokens: int = field(default=48, metadata={
+        "help": "longest reply eval generates (worked solutions need about 64)"})
     nproc: int = field(default=1, metadata={
         "help": "processes per training phase on this machine (torchrun; one per GPU); 1: "
                 "each phase in this process"})
@@ -126,6 +128,7 @@ class PipelineConfig:
         "help": "the last phase: ppo (RM + PPO), grpo (truth reward, no RM), dpo (on the "
                 "rankings, no RM), a comma-separated list, or all: each from the same SFT "
                 "model, side by side in eval and the report"})
+    world: World = field(default_factory=World)  # the built-in corpus's tiny world
     pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
@@ -407,13 +410,17 @@ def base_model_phases(run: PipelineRun) -> None:
         _samples_phase(run)
         return
     tok, data = root / "tokenizer.json", root / "data"
+    # a world other than the default is part of both phases' settings (runs made before
+    # the world had settings recorded none, and stay done)
+    world = {"world": dataclasses.asdict(cfg.world)} if (
+        cfg.corpus == DEFAULT and cfg.world != World()) else {}
     run.phase("tokenizer", tok.exists(),
-              lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok),
-              {"corpus": cfg.corpus, "vocab_size": cfg.vocab_size})
+              lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok, world=cfg.world),
+              {"corpus": cfg.corpus, "vocab_size": cfg.vocab_size, **world})
     run.phase("data", (data / "meta.json").exists(),
               lambda: _data_numbers(prepare_data(cfg.corpus, tok, data, cfg.val_fraction,
-                                                 overwrite=True)),
-              {"corpus": cfg.corpus, "val_fraction": cfg.val_fraction})
+                                                 overwrite=True, world=cfg.world)),
+              {"corpus": cfg.corpus, "val_fraction": cfg.val_fraction, **world})
     cfg.pretrain.data, cfg.pretrain.out = str(data), str(root / "pretrain")
     run.trainer("pretrain", cfg.pretrain, pretrain)
     _samples_phase(run)
@@ -472,11 +479,14 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
     needs_comparisons = "ppo" in methods or "dpo" in methods
     if needs_comparisons and cfg.demos == "default" and not cfg.comparisons:
         def rank_samples() -> dict:
-            return {**label(str(root / "sft"), rl_prompts, comparisons, k=cfg.label_k,
+            s = Sampling(max_tokens=cfg.label_max_tokens, temperature=1.0)
+            return {**label(str(root / "sft"), rl_prompts, comparisons, k=cfg.label_k, s=s,
                             limit=cfg.label_prompts), "k": cfg.label_k}
 
+        longer = {"max_tokens": cfg.label_max_tokens} if cfg.label_max_tokens != 32 else {}
         run.phase("label", Path(comparisons).exists(), rank_samples,
-                  {"k": cfg.label_k, "prompts": cfg.label_prompts, "rl_prompts": rl_prompts})
+                  {"k": cfg.label_k, "prompts": cfg.label_prompts, "rl_prompts": rl_prompts,
+                   **longer})
     made, sft_run = [], str(root / "sft")
     missing = {"ppo": not (comparisons and rl_prompts), "grpo": not rl_prompts,
                "dpo": not comparisons}
@@ -510,10 +520,12 @@ def eval_phase(run: PipelineRun, runs: list[Path]) -> None:
     if not questions:
         return
     done = all((root / name).exists() for name in ("eval.json", "eval.txt", "answers.json"))
+    longer = {"max_tokens": cfg.eval_max_tokens} if cfg.eval_max_tokens != 48 else {}
     run.phase("eval", done, lambda: evaluate_phases(runs, questions, cfg.eval_limit,
-                                                    cfg.eval_samples, root),
+                                                    cfg.eval_samples, root,
+                                                    cfg.eval_max_tokens),
               {"questions": questions, "limit": cfg.eval_limit, "samples": cfg.eval_samples,
-               "models": [str(r) for r in runs]}, derived=True)
+               "models": [str(r) for r in runs], **longer}, derived=True)
     print((root / "eval.txt").read_text())
 
 
@@ -524,15 +536,15 @@ def _data_numbers(meta: dict) -> dict:
 
 
 def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
-                    root: Path) -> dict:
+                    root: Path, max_tokens: int = 48) -> dict:
     """Each phase's model answering the same held-out questions (greedy, and ``samples``
     sampled replies per question), scored: eval.txt, eval.json, eval.png, and answers.json
     (for the report: the questions where the models differ most, and every model's reply to
     ordinary conversation, with how often it answers that with a number)."""
     qs = load_questions(questions, limit)
-    s = Sampling(max_tokens=48, temperature=0)
+    s = Sampling(max_tokens=max_tokens, temperature=0)
     results = [score_model(str(r), qs, s, samples) for r in runs]
-    open_replies = [answer_prompts(r, OPEN_PROMPTS, s) for r in runs]
+    open_replies = [answer_prompts(r, TALK_PROMPTS, s) for r in runs]
     scored = [{**r.row(), "talk_number_rate": round(number_rate(replies), 4)}
               for r, replies in zip(results, open_replies, strict=True)]
     atomic_write_text(root / "eval.txt", report(results, qs, show=SHOWN_QUESTIONS) + "\n")
@@ -546,11 +558,11 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
              for i in most_different(results, qs, SHOWN_QUESTIONS)]
     opened = [{"prompt": p, "replies": [{"text": rs[i].text, "ended": rs[i].ended}
                                          for rs in open_replies]}
-              for i, p in enumerate(OPEN_PROMPTS)]
+              for i, p in enumerate(TALK_PROMPTS)]
     answers = {"models": [Path(r).name for r in runs], "questions": shown, "open": opened}
     atomic_write_text(root / "answers.json", json.dumps(answers, indent=2) + "\n")
     return {"questions": len(qs), "samples": samples, "models": rows,
-            "open_prompts": len(OPEN_PROMPTS)}
+            "open_prompts": len(TALK_PROMPTS)}
 
 
 def number_rate(replies: list[Reply]) -> float:

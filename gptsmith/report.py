@@ -189,6 +189,15 @@ def _points(a: float, b: float) -> str:
     return "unchanged" if d == 0 else f"{'up' if d > 0 else 'down'} {abs(d)} points"
 
 
+def _rl_prompts_are(records: dict) -> str:
+    """What the built-in RL prompts hold: all sums, or a share of conversation."""
+    world = ((records.get("data") or {}).get("settings") or {}).get("world") or {}
+    share = world.get("chat_prompt_share", 0)
+    if share:
+        return f"{share:.0%} of the RL prompts are conversation, the rest arithmetic"
+    return "The RL prompts are all arithmetic"
+
+
 def story(records: dict) -> list[str]:
     """The findings in words, from the numbers the phases recorded: what SFT changed, what
     each RL method changed (greedy and sampled), what nothing changed."""
@@ -246,8 +255,8 @@ def story(records: dict) -> list[str]:
         out.append("Ordinary conversation (" + (f"{n} prompts" if n else "open prompts")
                    + ", e.g. \"Hello, how are you?\"), share answered with a number: "
                    + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}" for m, v in talk.items())
-                   + ". The RL prompts are all arithmetic; a rise here is RL's cost to the "
-                     "conversation.")
+                   + ". " + _rl_prompts_are(records)
+                   + "; a rise here is RL's cost to the conversation.")
     work = {m: r["work_rate"] for m, r in models.items() if r.get("work_rate") is not None}
     if any(work.values()):
         out.append("Held-out questions answered with shown work (a step before the answer), "

@@ -64,6 +64,14 @@ def test_the_cpu_recipe_is_the_defaults_with_every_setting_written_out():
     assert listed == flat_keys(dataclasses.asdict(PipelineConfig())) - set(FILLED)
 
 
+def test_world_settings_are_flags_checked_before_any_work(tmp_path, capsys):
+    cfg = config("--recipe", "system2", "--world.worked-share", "0.5")
+    assert (cfg.world.max_operand, cfg.world.worked_share, cfg.ppo.max_tokens) == (99, 0.5, 64)
+    assert main(["pipeline", "--out", str(tmp_path / "p"), "--world.wrong-share", "1.5"]) == 2
+    assert "--world.wrong-share" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
 def test_the_gpu_recipe_is_larger_with_bf16_and_its_own_directory():
     gpu, cpu = config("--recipe", "gpu"), PipelineConfig()
     assert gpu.pretrain.model.depth >= 3 * cpu.pretrain.model.depth

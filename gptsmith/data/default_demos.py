@@ -87,7 +87,7 @@ def question_record(world: World, fact: tuple[int, str, int], rng: random.Random
 def write_default_demos(world: World, out: Path, n_arithmetic: int = 2000,
                         n_questions: int = 300, val_fraction: float = 0.05,
                         seed: int = 0, max_conversation_chars: int = 300,
-                        n_prompts: int = 2000, rl_small_share: float = 0.8) -> dict:
+                        n_prompts: int = 2000) -> dict:
     rng = random.Random(seed)
     held_out: set[tuple[int, str, int]] = set()
     questions = []
@@ -111,7 +111,7 @@ def write_default_demos(world: World, out: Path, n_arithmetic: int = 2000,
     rng.shuffle(records)
     prompts = []
     # RL works where the SFT model is right sometimes: mostly one-digit facts here
-    rl_world = dataclasses.replace(world, small_share=rl_small_share)
+    rl_world = dataclasses.replace(world, small_share=world.rl_small_share)
     rl_talk = talk_prompts(conversations) if world.chat_prompt_share else []
     n_talk = round(n_prompts * world.chat_prompt_share) if rl_talk else 0
     while len(prompts) < n_prompts - n_talk:

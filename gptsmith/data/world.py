@@ -93,6 +93,7 @@ class World:
     max_multiplicand: int = 0  # > 0: times takes its first factor up to this (second as before)
     worked_share: float = 0.0  # share of a two-digit fact's mentions and demos worked out
     chat_prompt_share: float = 0.0  # share of the RL prompts that are conversation, not sums
+    rl_small_share: float = 0.8  # share of the RL prompts' facts with both operands below 10
 
     def truth(self, a: int, op: str, b: int) -> int:
         return OPS[op](a, b)

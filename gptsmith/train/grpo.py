@@ -237,7 +237,7 @@ def grpo(cfg: GRPOConfig) -> dict:
     def evaluate(m) -> dict:
         from gptsmith.train.ppo import held_out_truth
 
-        return held_out_truth(m, None, tokenizer, questions)
+        return held_out_truth(m, None, tokenizer, questions, max(32, cfg.max_tokens))
 
     trainer = GRPOTrainer(policy, t, out, EpochBatches(prompts, t.batch_size, t.seed), None,
                           evaluate if questions else None, phase_config=to_dict(cfg),

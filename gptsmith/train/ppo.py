@@ -32,7 +32,7 @@ from gptsmith.device import autocast
 from gptsmith.engine import Sampling
 from gptsmith.errors import GptsmithError
 from gptsmith.evaluate import is_correct, load_questions
-from gptsmith.label import truth_score
+from gptsmith.label import record_score
 from gptsmith.model import GPT
 from gptsmith.plots import plot_ppo
 from gptsmith.runs import load_model
@@ -261,16 +261,17 @@ class ActorCritic(torch.nn.Module):
         self.policy, self.value = policy, value
 
 
-def held_out_truth(policy: GPT, reward: GPT | None, tokenizer, questions: list[dict]) -> dict:
-    """Greedy replies to held-out questions: exact accuracy, true and RM reward (with a
-    reward model), end rate."""
+def held_out_truth(policy: GPT, reward: GPT | None, tokenizer, questions: list[dict],
+                   max_tokens: int = 32) -> dict:
+    """Greedy replies (of at most ``max_tokens``) to held-out questions: exact accuracy, true
+    and RM reward (with a reward model), end rate."""
     replies = complete(policy, tokenizer, [q["messages"] for q in questions],
-                       Sampling(max_tokens=32, temperature=0))
+                       Sampling(max_tokens=max_tokens, temperature=0))
     n = len(questions)
     out = {
         "true_accuracy": sum(is_correct(r.text, q["answer"]) for q, r in
                              zip(questions, replies, strict=True)) / n,
-        "true_reward": sum(truth_score(r, q["answer"]) for q, r in
+        "true_reward": sum(record_score(r, q) for q, r in
                            zip(questions, replies, strict=True)) / n,
         "eval_end_rate": sum(r.ended for r in replies) / n,
     }
@@ -324,7 +325,8 @@ def build_trainer(cfg: PPOConfig, prompts: list[dict], questions: list[dict] = (
     trainer = PPOTrainer(ActorCritic(policy, value), t, Path(cfg.out),
                          EpochBatches(prompts, t.batch_size, t.seed), None,
                          (lambda m: held_out_truth(m.policy, trainer.reward_model, tokenizer,
-                                                   questions)) if questions else None,
+                                                   questions, max(32, cfg.max_tokens)))
+                         if questions else None,
                          phase_config=to_dict(cfg), tokenizer=tokenizer,
                          parts={"policy": (policy, 1.0), "value": (value, value_scale)},
                          dist=cfg.dist)
