@@ -283,6 +283,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+OPEN_SHOWN = 8  # conversational prompts whose replies the report shows
+
+
 def _reply(r: dict) -> str:
     mark = {True: ("right", "&#10003; "), False: ("wrong", "&#10007; ")}.get(r.get("right"))
     cls, sign = mark or ("", "")
@@ -295,7 +298,7 @@ def _answers(answers: dict) -> str:
     known = [[f"<td>{escape(q['prompt'])}</td>", f"<td>{escape(q['answer'])}</td>",
               *(_reply(r) for r in q["replies"])] for q in answers["questions"]]
     free = [[f"<td>{escape(q['prompt'])}</td>", *(_reply(r) for r in q["replies"])]
-            for q in answers["open"]]
+            for q in answers["open"][:OPEN_SHOWN]]
     return ("<h2>Where the models differ</h2>"
             "<h3>Held-out questions, greedy replies</h3>"
             "<p class=cap>The questions where the models disagree most (some right, some "
@@ -304,6 +307,9 @@ def _answers(answers: dict) -> str:
             "method moved towards.</p>"
             + _table(["question", "truth", *models], known)
             + "<h3>Ordinary conversation (no right answer)</h3>"
+            + (f"<p class=cap>The first {OPEN_SHOWN} of {len(answers['open'])} held-out "
+               "prompts; all are in answers.json.</p>"
+               if len(answers["open"]) > OPEN_SHOWN else "")
             + _table(["prompt", *models], free))
 
 
