@@ -155,6 +155,24 @@ def cmd_data_fetch(args) -> None:
         print(f"{name}: {fetch(name)}")
 
 
+def read_world(path: str | None, corpus: str = "default"):
+    """The tiny world of ``--world world.json`` (None: the default world); only the default
+    corpus has one."""
+    from gptsmith.data.world import World
+
+    if not path:
+        return None
+    if corpus != "default":
+        raise InvalidSetting(f"--world {path}: only the default corpus has a world "
+                             f"(--corpus is {corpus})")
+    check_exists(path, "--world")
+    try:
+        return World.load(Path(path))
+    except (ValueError, TypeError, KeyError) as e:  # JSON errors are ValueErrors
+        raise GptsmithError(f"--world {path}: not a world.json of `gptsmith data "
+                            f"prepare` ({e})") from None
+
+
 def cmd_data_prepare(args) -> None:
     from gptsmith.data.build import prepare_data
 
@@ -166,8 +184,9 @@ def cmd_data_prepare(args) -> None:
     check_out_dir(args.out) if not args.overwrite else _writable_parent(Path(args.out), "--out")
     if Path(args.out).is_file():
         raise GptsmithError(f"--out {args.out}: a file; give a directory to write the data in")
+    world = read_world(args.world, args.corpus)
     prepare_data(args.corpus, Path(args.tokenizer), Path(args.out), args.val_fraction,
-                 overwrite=args.overwrite)
+                 overwrite=args.overwrite, world=world)
 
 
 def cmd_data_demos(args) -> None:
@@ -175,19 +194,11 @@ def cmd_data_demos(args) -> None:
     from gptsmith.data.world import World
 
     at_least(args.arithmetic, 0, "--arithmetic")
-    if args.world:
-        check_exists(args.world, "--world")
+    world = read_world(args.world) or World()
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise GptsmithError(f"--out {args.out}: a file; give a directory to write the "
                             "demonstrations in")
     _writable_parent(Path(args.out), "--out")
-    world = World()
-    if args.world:
-        try:
-            world = World.load(Path(args.world))
-        except (ValueError, TypeError, KeyError) as e:  # JSON errors are ValueErrors
-            raise GptsmithError(f"--world {args.world}: not a world.json of `gptsmith data "
-                                f"prepare` ({e})") from None
     write_default_demos(world, Path(args.out), n_arithmetic=args.arithmetic)
 
 
@@ -207,6 +218,9 @@ def register_data(sub) -> None:
     c.add_argument("--val-fraction", type=finite_float, default=0.02,
                    help="share held out (default: 0.02)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    c.add_argument("--world", help="world.json of the default corpus's tiny world (e.g. one "
+                   "a pipeline with --world.* settings saved in its data/; default: the "
+                   "default world)")
     c.set_defaults(func=cmd_data_prepare)
     c = dsub.add_parser("demos", help="write the built-in SFT demonstrations and eval questions",
                         description="Real conversations (chatterbot corpus) plus correct, brief "
@@ -228,8 +242,10 @@ def cmd_tokenizer_train(args) -> None:
     at_least(args.vocab_size, 257 + len(SPECIAL_TOKENS), "--vocab-size",
              " (the 256 bytes, the special tokens and at least one merge)")
     at_least(args.max_bytes, 1, "--max-bytes")
+    world = read_world(args.world, args.corpus)
     check_out_file(args.out, "--out")
-    train_tokenizer_from(args.corpus, args.vocab_size, Path(args.out), args.max_bytes)
+    train_tokenizer_from(args.corpus, args.vocab_size, Path(args.out), args.max_bytes,
+                         world=world)
 
 
 def register_tokenizer(sub) -> None:
@@ -244,6 +260,8 @@ def register_tokenizer(sub) -> None:
     c.add_argument("--out", required=True, help="tokenizer.json to write")
     c.add_argument("--max-bytes", type=int, default=50_000_000,
                    help="train on at most this much text (default: 50 MB)")
+    c.add_argument("--world", help="world.json of the default corpus's tiny world (default: "
+                   "the default world)")
     c.set_defaults(func=cmd_tokenizer_train)
 
 

@@ -349,3 +349,30 @@ def test_eval_scores_each_kind_of_question_and_how_often_work_is_shown():
     assert _by_kind(qs, replies, 1) == {"one-digit": 1.0, "two-digit": 0.5,
                                         "two-digit times": 0.0}
     assert work_rate(replies) == 0.25
+
+
+def test_the_data_commands_take_a_world_file_and_name_a_bad_one(tmp_path, capsys):
+    import dataclasses
+    import json
+
+    from gptsmith.cli import main
+    from gptsmith.data.world import World
+
+    world = tmp_path / "world.json"
+    world.write_text(json.dumps(dataclasses.asdict(World(max_operand=99, worked_share=0.4))))
+    tok = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", "--world", str(world), "--vocab-size", "300",
+                 "--max-bytes", "200000", "--out", str(tok)]) == 0
+    text = tok.read_text()
+    assert main(["tokenizer", "train", "--corpus", str(tok), "--world", str(world),
+                 "--out", str(tmp_path / "t2.json")]) == 2
+    assert "only the default corpus has a world" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    for argv in (["tokenizer", "train", "--out", str(tmp_path / "t3.json")],
+                 ["data", "prepare", "--tokenizer", str(tok), "--out", str(tmp_path / "d")],
+                 ["data", "demos", "--out", str(tmp_path / "demos")]):
+        assert main([*argv, "--world", str(bad)]) == 2
+        assert f"--world {bad}: not a world.json" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in ("t2.json", "t3.json", "d", "demos"))
+    assert tok.read_text() == text
