@@ -1,7 +1,8 @@
 """Many processes, one run: on 2 CPU processes (gloo, started by PyTorch's torchrun) every
-phase computes what one process computes with the same global batch, a run resumes on
-another number of processes, FSDP2's gradients are one process's, and PPO's statistics are
-global. Tiny models and one thread a process: the multi-GPU path kept honest on a CPU."""
+phase computes what one process computes with the same global batch (PPO and GRPO under
+FSDP2 too), a run resumes on another number of processes, FSDP2's gradients are one
+process's, and PPO's statistics are global. Tiny models and one thread a process: the
+multi-GPU path kept honest on a CPU."""
 
 import dataclasses
 import json
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -17,7 +19,8 @@ from gptsmith.model import GPT, GPTConfig
 
 TOL = 1e-3  # the issue's bound on the difference of the loss curves
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "GPTSMITH_FAULT": ""}
-PHASES = ("pretrain", "sft", "rm", "dpo", "ppo")
+PHASES = ("pretrain", "sft", "rm", "dpo", "ppo")  # on 2 processes with DDP, the default
+SHARDED = ("ppo-fsdp", "grpo-fsdp")  # RL on 2 processes with FSDP2, ranks decoding unequally
 
 
 def torchrun(*args: str, nproc: int = 2, fault: str = "") -> subprocess.CompletedProcess:
@@ -53,7 +56,8 @@ def write_jsonl(path: Path, records) -> str:
 @pytest.fixture(scope="module")
 def inputs(data_dir, tokenizer, tmp_path_factory) -> dict[str, str]:
     """Token shards, a tiny base model and its reward model, demonstrations whose replies
-    differ in length (padding), comparisons with 1 and 3 pairs a prompt, prompts."""
+    differ in length (padding), comparisons with 1 and 3 pairs a prompt, prompts, and
+    prompts most of which leave room for 1 or 2 reply tokens (ranks decode unequal steps)."""
     from gptsmith.runs import save_model
     from gptsmith.train.reward import reward_model_from
 
@@ -74,10 +78,13 @@ def inputs(data_dir, tokenizer, tmp_path_factory) -> dict[str, str]:
                     "rejected": f"It is {i + 5}."} for i in range(40)]
     prompts = [{"prompt": f"What is {i} plus {i % 7}?", "answer": str(i + i % 7)}
                for i in range(24)]
+    long_prompts = [{**p, "prompt": "so " * 23 * (i % 4 > 0) + p["prompt"]}  # of ~62 tokens
+                    for i, p in enumerate(prompts)]
     inp = {"data": str(data_dir), "base": str(root / "base"), "rm": str(root / "rm"),
            "demos": write_jsonl(root / "demos.jsonl", demos),
            "comparisons": write_jsonl(root / "cmp.jsonl", comparisons),
-           "prompts": write_jsonl(root / "prompts.jsonl", prompts)}
+           "prompts": write_jsonl(root / "prompts.jsonl", prompts),
+           "long_prompts": write_jsonl(root / "long.jsonl", long_prompts)}
     (root / "inputs.json").write_text(json.dumps(inp))
     return inp
 
@@ -114,21 +121,39 @@ def phase_configs(inp: dict, out: Path, nproc: int) -> dict:
     }
 
 
+def sharded_configs(inp: dict, out: Path) -> dict:
+    """PPO, and GRPO (a reward model among its rewards), on the long prompts under FSDP2
+    (in one process: the same run, nothing to shard)."""
+    from gptsmith.train.distributed import DistConfig
+    from gptsmith.train.grpo import GRPOConfig
+
+    fsdp, ppo = DistConfig("fsdp"), phase_configs(inp, out, 1)["ppo"]
+    return {
+        "ppo-fsdp": dataclasses.replace(ppo, prompts=inp["long_prompts"], dist=fsdp,
+                                        out=str(out / "ppo-fsdp")),
+        "grpo-fsdp": GRPOConfig(policy=inp["base"], prompts=inp["long_prompts"],
+                                reward=f"truth,{inp['rm']}", out=str(out / "grpo-fsdp"),
+                                group_size=2, max_tokens=4, minibatches=2, dist=fsdp,
+                                train=dataclasses.replace(ppo.train, batch_size=4)),
+    }
+
+
 def run_phase(name: str, cfg) -> dict:
     from gptsmith.train.dpo import dpo
+    from gptsmith.train.grpo import grpo
     from gptsmith.train.ppo import ppo
     from gptsmith.train.pretrain import pretrain
     from gptsmith.train.reward import train_reward_model
     from gptsmith.train.sft import sft
 
     return {"pretrain": pretrain, "sft": sft, "rm": train_reward_model, "dpo": dpo,
-            "ppo": ppo}[name](cfg)
+            "ppo": ppo, "grpo": grpo}[name.removesuffix("-fsdp")](cfg)
 
 
 @pytest.fixture(scope="module")
 def one_process(inputs, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("one")
-    for name, cfg in phase_configs(inputs, root, 1).items():
+    for name, cfg in {**phase_configs(inputs, root, 1), **sharded_configs(inputs, root)}.items():
         run_phase(name, cfg)
     return root
 
@@ -148,6 +173,23 @@ def test_every_phase_on_2_processes_gives_the_curves_of_one(phase, one_process,
     assert largest_difference(one_process / phase, two_processes / phase) <= TOL
     assert (two_processes / phase / "model.safetensors").exists()
     assert (two_processes / phase / "checkpoints" / "latest.txt").exists()  # DCP
+
+
+@pytest.mark.parametrize("phase", SHARDED)
+def test_rl_under_fsdp_on_2_processes_gives_the_curves_of_one(phase, one_process,
+                                                              two_processes):
+    """The ranks' rollouts decode different numbers of steps: the policy decodes with its
+    weights gathered once; reference, reward and value models are sharded too."""
+    from safetensors.torch import load_file
+
+    steps = json.loads((two_processes / "decode_steps.json").read_text())  # rank: rollouts
+    assert len(steps[0]) == len(steps[1]) and steps[0] != steps[1]
+    assert largest_difference(one_process / phase, two_processes / phase) <= TOL
+    assert (two_processes / phase / "checkpoints" / "latest.txt").exists()  # DCP of shards
+    want = load_file(one_process / phase / "model.safetensors")
+    got = load_file(two_processes / phase / "model.safetensors")  # the policy alone, whole
+    assert got.keys() == want.keys()
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) <= TOL
 
 
 def test_ppo_on_2_processes_steers_by_the_global_kl(two_processes):
@@ -241,14 +283,30 @@ def test_ppo_whitens_over_the_rollouts_of_every_rank(two_rank_pieces):
 def main(inputs: str, out: str) -> None:
     """Run by torchrun on 2 ranks for ``two_processes``: the pieces (each rank takes its
     half of a batch, or its own data, through the wrappers and statistics the trainers
-    use), then every phase."""
+    use), then every phase, then PPO and GRPO under FSDP2 counting each rank's decoding
+    steps."""
     from gptsmith.train import distributed as ranks
+    from gptsmith.train import rollout
 
     ranks.init("cpu")
     torch.set_num_threads(1)
     pieces(Path(out) / "pieces.pt")
-    for name, cfg in phase_configs(json.loads(Path(inputs).read_text()), Path(out), 2).items():
+    inp, root = json.loads(Path(inputs).read_text()), Path(out)
+    for name, cfg in phase_configs(inp, root, 2).items():
         run_phase(name, cfg)
+    steps, generate = [], rollout.generate  # the decoding steps of each rollout on this rank
+
+    def counted(*args):
+        replies = generate(*args)
+        steps.append(max(len(r) for r in replies))
+        return replies
+
+    with mock.patch.object(rollout, "generate", counted):
+        for name, cfg in sharded_configs(inp, root).items():
+            run_phase(name, cfg)
+    steps = ranks.gather_objects(steps)
+    if ranks.is_main():
+        (root / "decode_steps.json").write_text(json.dumps(steps))
     ranks.close()
 
 

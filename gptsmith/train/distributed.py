@@ -13,6 +13,10 @@ A run on N ranks computes what one process computes with the same global batch:
   reduced over every rank (``global_mean``), and a loss that is a mean over the global
   batch is each rank's ``mean_share`` of it.
 
+Under FSDP2 a forward all-gathers each layer's weights, a collective every rank must join;
+decoding runs a different number of steps on each rank, so the RL phases decode inside
+``gathered(model)``: whole weights fetched once, decoded with no collective, sharded again.
+
 Without torchrun (or with one process) nothing here communicates, and every helper returns
 exactly what the one-process code computed before there were ranks.
 """
@@ -186,7 +190,8 @@ def _sum_hook(_state, bucket):
 def parallel(module: torch.nn.Module, strategy: str, bf16: bool) -> torch.nn.Module:
     """``module`` made data-parallel, its gradients summed over ranks: wrapped in DDP, or
     sharded in place with FSDP2 (each transformer layer, then the rest; bf16 weights in
-    compute and fp32 gradient reductions with ``bf16``). Unchanged in one process."""
+    compute and fp32 gradient reductions with ``bf16``). Unchanged in one process, and under
+    DDP when frozen (a reference or reward model: whole on every rank, nothing to reduce)."""
     if world() == 1:
         return module
     if strategy == "fsdp":
@@ -202,6 +207,8 @@ def parallel(module: torch.nn.Module, strategy: str, bf16: bool) -> torch.nn.Mod
                 m.set_force_sum_reduction_for_comms(True)
                 m.set_gradient_divide_factor(1.0)
         return module
+    if not any(p.requires_grad for p in module.parameters()):
+        return module
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(module.parameters()).device
@@ -209,6 +216,26 @@ def parallel(module: torch.nn.Module, strategy: str, bf16: bool) -> torch.nn.Mod
                                   forward_sync_buffers=False)
     ddp.register_comm_hook(None, _sum_hook)
     return ddp
+
+
+@contextlib.contextmanager
+def gathered(*models: torch.nn.Module):
+    """Within: the FSDP2-sharded ``models`` (as ``parallel`` shards them) hold their whole
+    weights on every rank, all-gathered once on entry, which every rank reaches together; their
+    forwards then need no collective, so each rank may decode its own number of steps. Sharded
+    again on exit. Nothing happens to models that are not sharded (one process, DDP)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for model in models for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in sharded:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in sharded:  # FSDP2's defaults again: layers reshard after forward, roots not
+            m.set_reshard_after_forward(all(m is not model for model in models), recurse=False)
+            m.reshard()
 
 
 @contextlib.contextmanager
@@ -235,11 +262,11 @@ def full_norm(norm: torch.Tensor) -> float:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """The whole model's weights on rank 0 (None elsewhere), gathered from FSDP2's shards;
-    None without sharding (the model holds them whole)."""
+    """The whole model's weights on rank 0 (None elsewhere), gathered from FSDP2's shards
+    (of the model, or of its parts: PPO's policy and value); None without sharding."""
     from torch.distributed.fsdp import FSDPModule
 
-    if not isinstance(model, FSDPModule):
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

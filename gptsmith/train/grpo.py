@@ -9,7 +9,9 @@ A group whose replies all score the same teaches nothing: its advantages are zer
 
 Under torchrun each rank samples the groups of its share of the prompts (a group never
 spans ranks); batch baselines and scales, the loss normalisers and the minibatches are
-those of the global batch, as in one process.
+those of the global batch, as in one process. Under FSDP2 the policy, the reference and the
+reward models are sharded; the policy samples with its weights gathered whole
+(``ranks.gathered``), as each rank decodes its own number of steps.
 """
 
 from __future__ import annotations
@@ -119,15 +121,14 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int)
 class GRPOTrainer(Trainer):
     """The shared loop with a group-baseline RL iteration as its step."""
 
-    def wrap(self) -> None:
-        if ranks.world() > 1 and self.strategy == "fsdp":
-            raise GptsmithError("--dist.strategy fsdp: not for grpo yet (each rank's replies "
-                                "decode a different number of steps); use ddp")
-        super().wrap()
-
-    def setup(self, cfg: GRPOConfig, ref, tokenizer, terms) -> None:
+    def setup(self, cfg: GRPOConfig, ref, tokenizer, terms, reward_models=()) -> None:
+        """``reward_models``: those the reward's ``terms`` score with, moved and sharded in
+        place like the reference (under FSDP2; whole on every rank otherwise)."""
         self.grpo, self.tok, self.terms = cfg, tokenizer, terms
-        self.ref = ref.to(self.device) if ref is not None else None
+        for m in [ref, *reward_models]:
+            if m is not None:
+                ranks.parallel(m.to(self.device), self.strategy, self.precision == "bf16")
+        self.ref = ref
 
     def _ref_logprobs(self, seq, pos):
         if self.grpo.beta == 0:
@@ -143,8 +144,9 @@ class GRPOTrainer(Trainer):
         batch = self.batches.next()  # this rank's share of the prompts
         records = [q for q in batch for _ in range(G)]
         first = self.cfg.seed + (self.step * self.cfg.batch_size + ranks.rank() * len(batch)) * G
-        r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
-                   cfg.temperature, first, self.precision)
+        with ranks.gathered(self.model):  # ranks decode their own number of steps
+            r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
+                       cfg.temperature, first, self.precision)
         rewards = total_reward(self.terms, records, r)
         adv = advantages(rewards.view(len(batch), G), cfg.advantage,
                          cfg.scale_rewards).reshape(-1, 1)
@@ -223,7 +225,13 @@ def grpo(cfg: GRPOConfig) -> dict:
         print(f"{out}: already trained with these settings")
         return done
     policy, tokenizer = load_model(cfg.policy)
-    terms = parse_rewards(cfg.reward, lambda d: load_model(d)[0].requires_grad_(False))
+    reward_models = []
+
+    def load_reward_model(run_dir: str):
+        reward_models.append(load_model(run_dir)[0].requires_grad_(False))
+        return reward_models[-1]
+
+    terms = parse_rewards(cfg.reward, load_reward_model)
     prompts = load_questions(cfg.prompts, require_answer=False)
     questions = load_questions(cfg.eval_questions, cfg.eval_limit) if cfg.eval_questions else []
     ref = None
@@ -242,7 +250,7 @@ def grpo(cfg: GRPOConfig) -> dict:
     trainer = GRPOTrainer(policy, t, out, EpochBatches(prompts, t.batch_size, t.seed), None,
                           evaluate if questions else None, phase_config=to_dict(cfg),
                           tokenizer=tokenizer, dist=cfg.dist)
-    trainer.setup(cfg, ref, tokenizer, terms)
+    trainer.setup(cfg, ref, tokenizer, terms, reward_models)
     trainer.lora, trainer.lora_base, trainer.eval_at_start = cfg.lora, cfg.policy, bool(questions)
     trainer.progress_keys = {"reward": "reward", "kl": "kl", "train_accuracy": "acc",
                              "true_accuracy": "eval_acc"}

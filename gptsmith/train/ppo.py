@@ -14,7 +14,8 @@ informed and the advantages are not pure noise in the first iterations (as in In
 Under torchrun each rank rolls out its share of the prompts (row i of the global batch
 samples with the seed it has in one process); whitening, the KL statistics (hence β) and
 every mean of the losses are over the global batch, and the minibatches are those one
-process draws: the run is a one-process run up to float error.
+process draws: the run is a one-process run up to float error. Under FSDP2 all four models
+are sharded; the policy decodes with its weights gathered whole (``ranks.gathered``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from gptsmith.runs import load_model
 from gptsmith.train.batches import EpochBatches
 from gptsmith.train.distributed import DistConfig
 from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
-from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora
+from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora, lora_layers
 from gptsmith.train.reward import score_sequences
 from gptsmith.train.rollout import (
     recent_means,
@@ -149,19 +150,30 @@ class PPOTrainer(Trainer):
               reward_fn: Callable[[list[str]], list[float]] | None = None):
         """``reward_fn(texts)``, if given, scores replies instead of the reward model; ``ref``
         None: the reference is the policy with its LoRA adapters off."""
-        self.ppo, self.reward_model = cfg, reward.to(self.device)
-        self.ref = ref.to(self.device) if ref is not None else None
+        def frozen(m: GPT) -> GPT:  # sharded under FSDP2, else whole on every rank
+            return ranks.parallel(m.to(self.device), self.strategy, self.precision == "bf16")
+
+        self.ppo, self.reward_model = cfg, frozen(reward)
+        self.ref = frozen(ref) if ref is not None else None
         self.tok, self.reward_fn = tokenizer, reward_fn
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
 
     def wrap(self) -> None:
         """Policy and value data-parallel apart (PPO runs each on its own): the models the
-        update's losses go through."""
-        if ranks.world() > 1 and self.strategy == "fsdp":
-            raise GptsmithError("--dist.strategy fsdp: not for ppo yet (each rank's rollouts "
-                                "decode a different number of steps); use ddp")
-        self.policy = ranks.parallel(self.model.policy, "ddp", False)
-        self.value = ranks.parallel(self.model.value, "ddp", False)
+        update's losses go through (under FSDP2 the same modules, sharded in place)."""
+        if ranks.world() > 1 and self.strategy == "fsdp" and lora_layers(self.model):
+            raise GptsmithError("--dist.strategy fsdp with --lora.rank: LoRA trains few "
+                                "weights; use --dist.strategy ddp")
+        bf16 = self.precision == "bf16"
+        self.policy = ranks.parallel(self.model.policy, self.strategy, bf16)
+        self.value = ranks.parallel(self.model.value, self.strategy, bf16)
+
+    def _save_model(self, gathered: dict | None) -> None:
+        """model.safetensors: the policy (under FSDP2 its part of both models' weights)."""
+        if gathered is not None:
+            gathered = {k.removeprefix("policy."): v for k, v in gathered.items()
+                        if k.startswith("policy.")}
+        super()._save_model(gathered)
 
     def extra_state(self) -> dict:
         return {"kl_coef": self.kl.coef}
@@ -175,8 +187,9 @@ class PPOTrainer(Trainer):
         policy, value = self.model.policy, self.model.value
         batch = self.batches.next()  # this rank's share: rows from rank·len(batch) on
         first = self.cfg.seed + self.step * self.cfg.batch_size + ranks.rank() * len(batch)
-        r = sample(policy, tok, [q["messages"] for q in batch], cfg.max_tokens,
-                   cfg.temperature, first, self.precision)
+        with ranks.gathered(policy):  # ranks decode their own number of steps
+            r = sample(policy, tok, [q["messages"] for q in batch], cfg.max_tokens,
+                       cfg.temperature, first, self.precision)
         seq, pos, mask, ended, texts = r.seq, r.pos, r.mask, r.ended, r.texts
         with autocast(dev, self.precision):
             logp, entropy = reply_logprobs(policy, seq, pos, cfg.temperature, with_entropy=True)
@@ -265,8 +278,9 @@ def held_out_truth(policy: GPT, reward: GPT | None, tokenizer, questions: list[d
                    max_tokens: int = 32) -> dict:
     """Greedy replies (of at most ``max_tokens``) to held-out questions: exact accuracy, true
     and RM reward (with a reward model), end rate."""
-    replies = complete(policy, tokenizer, [q["messages"] for q in questions],
-                       Sampling(max_tokens=max_tokens, temperature=0))
+    with ranks.gathered(policy):  # under FSDP2: decoded with no collective per step
+        replies = complete(policy, tokenizer, [q["messages"] for q in questions],
+                           Sampling(max_tokens=max_tokens, temperature=0))
     n = len(questions)
     out = {
         "true_accuracy": sum(is_correct(r.text, q["answer"]) for q, r in
