@@ -58,12 +58,14 @@ def test_killed_sft_and_grpo_end_as_if_never_killed(kill, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_every_phase_killed_at_random_steps_and_times(kill, tmp_path, capsys):
-    """One point a phase (a kill at a random step) keeps CI short; `make checks` runs twenty
-    a phase, half of them kills at random times."""
-    assert kill.main(["--points", "1", "--dir", str(tmp_path), "--seed", "1"]) == 0
+def test_every_other_phase_killed_at_random_steps_and_times(kill, tmp_path, capsys):
+    """One point a phase (a kill at a random step) keeps CI short, for the phases the test
+    above leaves out; `make checks` runs twenty a phase, half of them kills at random times."""
+    others = [p for p in kill.PHASES if p not in ("sft", "grpo")]
+    assert kill.main(["--points", "1", "--dir", str(tmp_path), "--seed", "1",
+                      "--phases", ",".join(others)]) == 0
     out = capsys.readouterr().out
-    assert all(f"{phase}: 1 points" in out for phase in kill.PHASES)
+    assert all(f"{phase}: 1 points" in out for phase in others)
 
 
 def test_a_rerun_clears_what_a_kill_left_half_written(data_dir, tmp_path):
