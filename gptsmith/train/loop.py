@@ -525,10 +525,15 @@ def finished_summary(run_dir: Path, config: dict) -> dict | None:
     return summary
 
 
+# Settings added since runs were first recorded, with the value that behaves as before: a
+# run recorded without one ran with that value.
+AS_BEFORE = {"length_window": 1}
+
+
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, AS_BEFORE.get(key)), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_differences(a, b, f"{prefix}{key}.")
         elif a != b and key not in RESUMABLE_CHANGES:

@@ -41,6 +41,10 @@ class SFTConfig:
     skip_bad: bool = field(default=False, metadata={
         "help": "skip (and count) unusable records instead of stopping"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data if steps is 0"})
+    length_window: int = field(default=1, metadata={
+        "help": "batches drawn at a time and grouped by length, so that padding wastes less "
+                "(1: plain shuffle; 8 made the default SFT 1.6x faster but its held-out "
+                "results a little worse)"})
     out: str = field(default="runs/sft", metadata={"help": "run directory to write"})
     train: TrainConfig = field(default_factory=_sft_train)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -125,7 +129,8 @@ def sft(cfg: SFTConfig) -> dict:
     # resolved here, not in cfg: the saved config keeps "0 = by epochs"
     t = steps_for_epochs(cfg.train, len(train_ex), cfg.epochs)
     batches = EpochBatches(train_ex, t.batch_size, t.seed,
-                           collate=functools.partial(pad_batch, pad_id=tokenizer.pad_id))
+                           collate=functools.partial(pad_batch, pad_id=tokenizer.pad_id),
+                           length=lambda e: len(e[0]), window=cfg.length_window)
     val_batches = [pad_batch(val_ex[i:i + t.batch_size], tokenizer.pad_id)
                    for i in range(0, len(val_ex), t.batch_size)]
 
@@ -150,9 +155,12 @@ def sft(cfg: SFTConfig) -> dict:
     trainer = Trainer(model, t, out, batches, loss_fn, evaluate, phase_config=to_dict(cfg),
                       tokenizer=tokenizer, dist=cfg.dist)
     trainer.lora, trainer.lora_base = cfg.lora, cfg.base
-    padded = sum(max(len(e[0]) for e in train_ex[i:i + t.batch_size]) * len(
-        train_ex[i:i + t.batch_size]) for i in range(0, len(train_ex), t.batch_size))
-    learned = sum(sum(m) for _, m in train_ex)
+    # one pass as the trainer draws it (a copy of its sampler): positions computed, learned
+    one_pass = EpochBatches(train_ex, t.batch_size, t.seed, length=lambda e: len(e[0]),
+                            window=cfg.length_window)
+    drawn = [one_pass.next() for _ in range(max(1, len(train_ex) // t.batch_size))]
+    padded = sum(max(len(e[0]) for e in b) * len(b) for b in drawn)
+    learned = sum(sum(m) for b in drawn for _, m in b)
     print(f"fine-tuning {cfg.base} on {len(train_ex)} demonstrations ({len(val_ex)} held out): "
           f"{t.steps} steps of {t.batch_size}, on {trainer.device} ({trainer.precision}); "
           f"{trainable_summary(model)}")
