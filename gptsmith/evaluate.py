@@ -26,6 +26,12 @@ from gptsmith.runs import load_model
 NUMBER = re.compile(r"-?\d+")
 
 
+def has_number(text: str) -> bool:
+    """Whether ``text`` holds a digit: how conversation is told from an arithmetic answer
+    (the labeler's preference, the report's "answered with a number")."""
+    return bool(re.search(r"\d", text))
+
+
 def final_answer(text: str, numeric: bool) -> str:
     if numeric:
         numbers = NUMBER.findall(text)

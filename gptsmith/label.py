@@ -30,7 +30,6 @@ reply that ends its turn wins.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from tqdm import tqdm
 
 from gptsmith.chat import Reply, complete
 from gptsmith.engine import Sampling
-from gptsmith.evaluate import is_correct, load_questions, shows_work
+from gptsmith.evaluate import has_number, is_correct, load_questions, shows_work
 from gptsmith.runs import atomic_write_text, load_model
 
 BRIEF_TOKENS = 16  # a reply of at most this many tokens (end of turn included) is brief
@@ -55,7 +54,7 @@ def truth_score(reply: Reply, answer: str, show_work: bool = False) -> int:
 
 def talk_score(reply: Reply) -> int:
     """Conversation: no number first, then ending the turn."""
-    return 2 * (not re.search(r"\d", reply.text)) + int(reply.ended)
+    return 2 * (not has_number(reply.text)) + int(reply.ended)
 
 
 def record_score(reply: Reply, record: dict) -> int:

@@ -34,7 +34,7 @@ from gptsmith.data.default_demos import TALK_PROMPTS, write_default_demos
 from gptsmith.data.world import World
 from gptsmith.engine import Sampling, generate
 from gptsmith.errors import GptsmithError
-from gptsmith.evaluate import is_correct, load_questions, report, score_model
+from gptsmith.evaluate import has_number, is_correct, load_questions, report, score_model
 from gptsmith.label import label
 from gptsmith.plots import plot_eval
 from gptsmith.report import NAMES, summary_rows, summary_table, write_report
@@ -568,7 +568,7 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
 def number_rate(replies: list[Reply]) -> float:
     """Share of replies to ordinary conversation that contain a number: the RL prompts are
     arithmetic, and a model that learned "every question is a sum" answers them with one."""
-    return sum(bool(re.search(r"\d", r.text)) for r in replies) / max(1, len(replies))
+    return sum(has_number(r.text) for r in replies) / max(1, len(replies))
 
 
 def most_different(results: list, qs: list[dict], n: int) -> list[int]:

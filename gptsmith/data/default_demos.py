@@ -34,6 +34,7 @@ from pathlib import Path
 from gptsmith.data.fetch import chatterbot_conversations
 from gptsmith.data.worked import has_work
 from gptsmith.data.world import World
+from gptsmith.evaluate import has_number
 from gptsmith.runs import atomic_write_text
 
 # Conversation held out of the demonstrations and RL prompts; a good reply holds no number.
@@ -61,7 +62,7 @@ def talk_prompts(conversations: list[list[str]]) -> list[str]:
     """Conversation for RL: first turns of ``conversations`` with no number anywhere, no
     numeric question, and none of ``TALK_PROMPTS`` (compared ignoring case)."""
     return sorted({t[0].strip() for t in conversations
-                   if not any(re.search(r"\d", x) for x in t)
+                   if not any(has_number(x) for x in t)
                    and not NUMERIC_QUESTION.search(t[0]) and not _talks_held_out(t)})
 
 
