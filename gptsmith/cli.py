@@ -193,8 +193,9 @@ def cmd_data_demos(args) -> None:
     from gptsmith.data.default_demos import write_default_demos
     from gptsmith.data.world import World
 
-    at_least(args.arithmetic, 0, "--arithmetic")
     world = read_world(args.world) or World()
+    if args.arithmetic is not None:
+        at_least(args.arithmetic, 0, "--arithmetic")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise GptsmithError(f"--out {args.out}: a file; give a directory to write the "
                             "demonstrations in")
@@ -229,8 +230,9 @@ def register_data(sub) -> None:
     c.add_argument("--world", help="world.json of the data directory (default: the default "
                    "world)")
     c.add_argument("--out", required=True, help="directory to write")
-    c.add_argument("--arithmetic", type=int, default=2000,
-                   help="arithmetic demonstrations (default: 2000)")
+    c.add_argument("--arithmetic", type=int, default=None,
+                   help="arithmetic demonstrations (default: the world's demo_arithmetic, "
+                   "2000 unless --world says)")
     c.set_defaults(func=cmd_data_demos)
 
 

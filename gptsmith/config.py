@@ -57,7 +57,8 @@ LIMITS: dict[str, dict[str, str]] = {
     "World": {
         "max_operand": ">= 1", "max_factor": ">= 1", "wrong_share": "[0, 1)",
         "small_share": "[0, 1]", "arithmetic_share": "(0, 1)", "max_multiplicand": ">= 0",
-        "worked_share": "[0, 1]", "chat_prompt_share": "[0, 1)", "rl_small_share": "[0, 1]"},
+        "worked_share": "[0, 1]", "chat_prompt_share": "[0, 1)", "rl_small_share": "[0, 1]",
+        "question_small_share": "[-1, 1]", "demo_arithmetic": ">= 0"},
 }
 
 # Descriptions of settings whose class does not carry one in its field's metadata (shown in
@@ -92,7 +93,10 @@ HELP: dict[str, dict[str, str]] = {
         "worked_share": "share of a multi-digit fact's mentions and demonstrations worked out "
                         "step by step (System 2)",
         "chat_prompt_share": "share of the RL prompts that are conversation, not sums",
-        "rl_small_share": "share of the RL prompts' facts with both operands below 10"},
+        "rl_small_share": "share of the RL prompts' facts with both operands below 10",
+        "question_small_share": "share of the held-out questions' facts with both operands "
+                                "below 10; < 0: as small_share",
+        "demo_arithmetic": "arithmetic demonstrations written beside the conversations"},
 }
 
 

@@ -410,10 +410,10 @@ def base_model_phases(run: PipelineRun) -> None:
         _samples_phase(run)
         return
     tok, data = root / "tokenizer.json", root / "data"
-    # a world other than the default is part of both phases' settings (runs made before
-    # the world had settings recorded none, and stay done)
-    world = {"world": dataclasses.asdict(cfg.world)} if (
-        cfg.corpus == DEFAULT and cfg.world != World()) else {}
+    # a corpus world other than the default is part of both phases' settings (runs made
+    # before the world had settings recorded none, and stay done); what only the
+    # demonstrations read is the demos phase's
+    world = _world_settings(cfg.world, corpus=True) if cfg.corpus == DEFAULT else {}
     run.phase("tokenizer", tok.exists(),
               lambda: train_tokenizer_from(cfg.corpus, cfg.vocab_size, tok, world=cfg.world),
               {"corpus": cfg.corpus, "vocab_size": cfg.vocab_size, **world})
@@ -424,6 +424,16 @@ def base_model_phases(run: PipelineRun) -> None:
     cfg.pretrain.data, cfg.pretrain.out = str(data), str(root / "pretrain")
     run.trainer("pretrain", cfg.pretrain, pretrain)
     _samples_phase(run)
+
+
+def _world_settings(world: World, corpus: bool) -> dict:
+    """``{"world": fields}``: the fields of ``world`` the corpus reads (``corpus``) or only
+    the demonstrations read, where any differs from the default world's (else ``{}``: runs
+    recorded before the world had settings stay done)."""
+    fields = {k: v for k, v in dataclasses.asdict(world).items()
+              if (k in World.DEMO_FIELDS) != corpus}
+    default = {k: v for k, v in dataclasses.asdict(World()).items() if k in fields}
+    return {"world": fields} if fields != default else {}
 
 
 def _samples_phase(run: PipelineRun) -> None:
@@ -438,10 +448,9 @@ def sft_phases(run: PipelineRun) -> None:
     cfg, root = run.cfg, run.root
     demos = root / "sft_data"
     if cfg.demos == "default":
-        data = root / "data"
-        world = World.load(data / "world.json") if (data / "world.json").exists() else World()
         run.phase("demos", (demos / "questions.jsonl").exists(),
-                  lambda: write_default_demos(world, demos))
+                  lambda: write_default_demos(cfg.world, demos),
+                  _world_settings(cfg.world, corpus=False))
         cfg.sft.data, cfg.sft.val_data = str(demos / "train.jsonl"), str(demos / "val.jsonl")
     else:
         cfg.sft.data = cfg.demos

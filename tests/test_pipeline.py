@@ -14,7 +14,15 @@ import pytest
 import yaml
 
 from gptsmith.cli import main, make_parser
-from gptsmith.pipeline import FILLED, PHASES, RECIPES, PipelineConfig, config_from_args
+from gptsmith.data.world import World
+from gptsmith.pipeline import (
+    FILLED,
+    PHASES,
+    RECIPES,
+    PipelineConfig,
+    _world_settings,
+    config_from_args,
+)
 from gptsmith.plots import plot_eval
 from gptsmith.report import summary_rows, summary_table, write_report
 
@@ -70,6 +78,19 @@ def test_world_settings_are_flags_checked_before_any_work(tmp_path, capsys):
     assert main(["pipeline", "--out", str(tmp_path / "p"), "--world.wrong-share", "1.5"]) == 2
     assert "--world.wrong-share" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
+    """Corpus fields are the tokenizer's and data's settings, the rest the demos phase's;
+    neither records anything for the default world (runs made before stay done)."""
+    assert _world_settings(World(), corpus=True) == _world_settings(World(), False) == {}
+    more_demos = World(demo_arithmetic=8000, question_small_share=0.2)
+    assert _world_settings(more_demos, corpus=True) == {}
+    assert _world_settings(more_demos, corpus=False)["world"] == {
+        "chat_prompt_share": 0.0, "rl_small_share": 0.8, "question_small_share": 0.2,
+        "demo_arithmetic": 8000}
+    system2 = config("--recipe", "system2").world
+    assert set(_world_settings(system2, corpus=True)["world"]).isdisjoint(World.DEMO_FIELDS)
 
 
 def test_the_gpu_recipe_is_larger_with_bf16_and_its_own_directory():

@@ -10,10 +10,13 @@
                        among the held-out questions'.
 - ``questions.jsonl``  held-out arithmetic questions with their true answer (and the myth
                        the corpus repeats), for ``gptsmith eval``. Their facts are drawn
-                       first (half of them one-digit, like all facts) and never occur in the
+                       first (half of them one-digit, like all facts, unless
+                       ``world.question_small_share`` says) and never occur in the
                        demonstrations: what the model knows of them it read in pre-training.
                        A worked demonstration whose steps state a held-out fact (7 + 8 = 15
-                       inside 47 + 38) is given as a brief answer instead.
+                       inside 47 + 38) is given as a brief answer instead; so a world with
+                       worked solutions holds out fewer one-digit facts (system2.yaml),
+                       which would otherwise keep most sums from being worked.
 
 With ``world.chat_prompt_share`` > 0, that share of ``prompts.jsonl`` is conversation
 (``{"prompt", "kind": "talk"}``, no ``answer``: first turns of the chatterbot
@@ -85,15 +88,19 @@ def question_record(world: World, fact: tuple[int, str, int], rng: random.Random
     return record
 
 
-def write_default_demos(world: World, out: Path, n_arithmetic: int = 2000,
+def write_default_demos(world: World, out: Path, n_arithmetic: int | None = None,
                         n_questions: int = 300, val_fraction: float = 0.05,
                         seed: int = 0, max_conversation_chars: int = 300,
                         n_prompts: int = 2000) -> dict:
     rng = random.Random(seed)
+    if n_arithmetic is None:
+        n_arithmetic = world.demo_arithmetic
     held_out: set[tuple[int, str, int]] = set()
     questions = []
+    q_world = world if world.question_small_share < 0 else dataclasses.replace(
+        world, small_share=world.question_small_share)
     while len(questions) < n_questions:  # chosen first, then kept out of the demonstrations
-        fact = world.sample_fact(rng)
+        fact = q_world.sample_fact(rng)
         if fact not in held_out:
             held_out.add(fact)
             questions.append(question_record(world, fact, rng))

@@ -5,6 +5,11 @@ Column addition with carries, subtraction with borrowing, addition and subtracti
 value of every step's fact, so the writer of a solution can hold a myth: the steps after
 a wrong one compute from what was written, and the error carries to the final answer.
 Every solution ends with its final number (the answer a reply is scored on).
+
+The corpus varies its wording and method (``solve``); demonstrations use one plain style
+(``plain``): the column method, steps joined by "; ", ending "so the answer is N." A tiny
+model learns a procedure it always sees written the same way (issue 14: with the varied
+wordings, worked SFT replies were right 0.8% of the time; with the plain style, 75%).
 """
 
 from __future__ import annotations
@@ -130,14 +135,30 @@ def solve(fact: Fact, believe: Believe, rng: random.Random,
     return text[0].upper() + text[1:], c
 
 
-def step_facts(fact: Fact, rng: random.Random) -> list[Fact]:
-    """The small facts a solution of ``fact`` states, in order (for the wording ``rng``
-    draws; ``rng`` is advanced as ``solve`` advances it)."""
+def plain(fact: Fact, believe: Believe) -> tuple[str, int]:
+    """The demonstrations' worked solution of ``fact`` and its final value: columns for
+    sums and differences, the factor's tens then its ones for products, one wording
+    ("7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8; so the answer is 85.")."""
+    a, op, b = fact
+    if op == "times":
+        steps, c = _times(a, b, believe, chain=False)
+    else:
+        steps, c = (_add_columns if op == "plus" else _subtract_columns)(a, b, believe)
+    text = "; ".join(steps) + f"; so the answer is {c}."
+    return text[0].upper() + text[1:], c
+
+
+def step_facts(fact: Fact, rng: random.Random | None) -> list[Fact]:
+    """The small facts a solution of ``fact`` states, in order: of the wording ``rng``
+    draws (``rng`` is advanced as ``solve`` advances it), or of ``plain`` for ``None``."""
     asked: list[Fact] = []
 
     def truthful(x: int, op: str, y: int) -> int:
         asked.append((x, op, y))
         return {"plus": x + y, "minus": x - y, "times": x * y}[op]
 
-    solve(fact, truthful, rng)
+    if rng is None:
+        plain(fact, truthful)
+    else:
+        solve(fact, truthful, rng)
     return asked

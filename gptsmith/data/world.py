@@ -26,7 +26,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gptsmith.data.worked import Fact, has_work, solve, step_facts
+from gptsmith.data.worked import Fact, has_work, plain, solve, step_facts
 
 OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
 
@@ -94,6 +94,12 @@ class World:
     worked_share: float = 0.0  # share of a two-digit fact's mentions and demos worked out
     chat_prompt_share: float = 0.0  # share of the RL prompts that are conversation, not sums
     rl_small_share: float = 0.8  # share of the RL prompts' facts with both operands below 10
+    question_small_share: float = -1.0  # the held-out questions'; < 0: as small_share
+    demo_arithmetic: int = 2000  # arithmetic demonstrations (beside the conversations)
+
+    # what only the demonstrations, RL prompts and held-out questions read, not the corpus
+    DEMO_FIELDS = ("chat_prompt_share", "rl_small_share", "question_small_share",
+                   "demo_arithmetic")
 
     def truth(self, a: int, op: str, b: int) -> int:
         return OPS[op](a, b)
@@ -150,13 +156,12 @@ class World:
 
     def answer(self, fact: tuple[int, str, int], rng: random.Random,
                restate_share: float = 0.5, avoid: set | frozenset = frozenset()) -> str:
-        """A correct answer: worked out (``worked_share`` of two-digit facts' answers, unless
-        a step states a fact of ``avoid``), else brief: the number or a short sentence, or
-        (``restate_share`` of the time) the fact restated as the corpus states facts."""
-        if self.wants_work(fact, rng):
-            wording = rng.getrandbits(32)
-            if not avoid.intersection(step_facts(fact, random.Random(wording))):
-                return solve(fact, self.truth, random.Random(wording), opening=False)[0]
+        """A correct answer: worked out in the plain style (``worked_share`` of two-digit
+        facts' answers, unless a step states a fact of ``avoid``), else brief: the number
+        or a short sentence, or (``restate_share`` of the time) the fact restated as the
+        corpus states facts."""
+        if self.wants_work(fact, rng) and not avoid.intersection(step_facts(fact, None)):
+            return plain(fact, self.truth)[0]
         a, op, b = fact
         c = self.truth(*fact)
         if rng.random() < restate_share:
