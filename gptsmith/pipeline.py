@@ -34,7 +34,14 @@ from gptsmith.data.default_demos import TALK_PROMPTS, write_default_demos
 from gptsmith.data.world import World
 from gptsmith.engine import Sampling, generate
 from gptsmith.errors import GptsmithError
-from gptsmith.evaluate import has_number, is_correct, load_questions, report, score_model
+from gptsmith.evaluate import (
+    has_number,
+    is_correct,
+    load_questions,
+    question_kind,
+    report,
+    score_model,
+)
 from gptsmith.label import label
 from gptsmith.plots import plot_eval
 from gptsmith.report import NAMES, summary_rows, summary_table, write_report
@@ -69,6 +76,8 @@ FILLED = {
 RECIPES = Path(__file__).parent / "recipes"
 SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
 SHOWN_QUESTIONS = 6  # held-out questions shown side by side in eval.txt and report.html
+TWO_DIGIT_SHOWN = 5  # held-out two-digit questions shown beside the seed's 17 x 24
+SEED_QUESTION = ("What is 17 times 24?", "408")  # System 1 vs System 2, as the seed puts it
 
 
 def _cpu_grpo() -> GRPOConfig:
@@ -553,7 +562,10 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
     qs = load_questions(questions, limit)
     s = Sampling(max_tokens=max_tokens, temperature=0)
     results = [score_model(str(r), qs, s, samples) for r in runs]
-    open_replies = [answer_prompts(r, TALK_PROMPTS, s) for r in runs]
+    two_digit = [i for i, q in enumerate(qs) if question_kind(q) == "two-digit"]
+    extra = [SEED_QUESTION[0]] if two_digit else []  # System 2: the seed's 17 x 24 too
+    replies = [answer_prompts(r, TALK_PROMPTS + extra, s) for r in runs]
+    open_replies = [rs[:len(TALK_PROMPTS)] for rs in replies]
     scored = [{**r.row(), "talk_number_rate": round(number_rate(replies), 4)}
               for r, replies in zip(results, open_replies, strict=True)]
     atomic_write_text(root / "eval.txt", report(results, qs, show=SHOWN_QUESTIONS) + "\n")
@@ -561,17 +573,26 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
     rows = {Path(row["model"]).name: row for row in scored}
     plot_eval({NAMES.get(name, name): row for name, row in rows.items()}, root / "eval.png")
     shown = [{"prompt": qs[i]["messages"][-1]["content"], "answer": qs[i]["answer"],
-              "replies": [{"text": r.replies[i].text, "ended": r.replies[i].ended,
-                           "right": is_correct(r.replies[i].text, qs[i]["answer"])}
-                          for r in results]}
+              "replies": [_reply_row(r.replies[i], qs[i]["answer"]) for r in results]}
              for i in most_different(results, qs, SHOWN_QUESTIONS)]
     opened = [{"prompt": p, "replies": [{"text": rs[i].text, "ended": rs[i].ended}
                                          for rs in open_replies]}
               for i, p in enumerate(TALK_PROMPTS)]
     answers = {"models": [Path(r).name for r in runs], "questions": shown, "open": opened}
+    if two_digit:  # the seed's 17 x 24, then held-out two-digit sums and differences
+        answers["two_digit"] = [
+            {"prompt": SEED_QUESTION[0], "answer": SEED_QUESTION[1],
+             "replies": [_reply_row(rs[-1], SEED_QUESTION[1]) for rs in replies]},
+            *({"prompt": qs[i]["messages"][-1]["content"], "answer": qs[i]["answer"],
+               "replies": [_reply_row(r.replies[i], qs[i]["answer"]) for r in results]}
+              for i in two_digit[:TWO_DIGIT_SHOWN])]
     atomic_write_text(root / "answers.json", json.dumps(answers, indent=2) + "\n")
     return {"questions": len(qs), "samples": samples, "models": rows,
             "open_prompts": len(TALK_PROMPTS)}
+
+
+def _reply_row(r: Reply, answer: str) -> dict:
+    return {"text": r.text, "ended": r.ended, "right": is_correct(r.text, answer)}
 
 
 def number_rate(replies: list[Reply]) -> float:

@@ -310,7 +310,23 @@ def _answers(answers: dict) -> str:
             + (f"<p class=cap>The first {OPEN_SHOWN} of {len(answers['open'])} held-out "
                "prompts; all are in answers.json.</p>"
                if len(answers["open"]) > OPEN_SHOWN else "")
-            + _table(["prompt", *models], free))
+            + _table(["prompt", *models], free)
+            + _two_digit(answers, models))
+
+
+def _two_digit(answers: dict, models: list[str]) -> str:
+    """System 2: every model's greedy reply to the seed's 17 x 24 and to the first held-out
+    two-digit questions (answers.json holds them when the questions have two-digit ones)."""
+    if not answers.get("two_digit"):
+        return ""
+    rows = [[f"<td>{escape(q['prompt'])}</td>", f"<td>{escape(q['answer'])}</td>",
+             *(_reply(r) for r in q["replies"])] for q in answers["two_digit"]]
+    return ("<h3>Worked out or answered at once: two-digit questions</h3>"
+            "<p class=cap>The seed's 17 x 24 (a product of two two-digit numbers: outside "
+            "the tiny world, which multiplies by one digit at most), then the first held-out "
+            "two-digit questions. A reply that states steps before its answer shows its "
+            "work; how often each model does is in the summary above.</p>"
+            + _table(["question", "truth", *models], rows))
 
 
 def _settings(root: Path, records: dict) -> str:

@@ -400,3 +400,25 @@ def test_the_data_commands_take_a_world_file_and_name_a_bad_one(tmp_path, capsys
         assert f"--world {bad}: not a world.json" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in ("t2.json", "t3.json", "d", "demos"))
     assert tok.read_text() == text
+
+
+def test_the_report_shows_each_models_replies_to_17_times_24_and_two_digit_questions(
+        tiny_run, tmp_path):
+    from gptsmith.pipeline import SEED_QUESTION, TWO_DIGIT_SHOWN, evaluate_phases
+    from gptsmith.report import write_report
+
+    qs = [{"prompt": "What is 3 plus 4?", "answer": "7", "fact": [3, "plus", 4]},
+          *({"prompt": f"What is {a} plus 38?", "answer": str(a + 38), "fact": [a, "plus", 38]}
+            for a in range(40, 48))]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in qs))
+    evaluate_phases([tiny_run, tiny_run], str(path), 0, 0, tmp_path, max_tokens=4)
+    shown = json.loads((tmp_path / "answers.json").read_text())["two_digit"]
+    assert [r["prompt"] for r in shown] == [SEED_QUESTION[0]] + [
+        q["prompt"] for q in qs[1:1 + TWO_DIGIT_SHOWN]]
+    assert all(len(r["replies"]) == 2 for r in shown)
+    html = write_report(tmp_path, []).read_text()
+    assert "Worked out or answered at once" in html and "What is 17 times 24?" in html
+    path.write_text(json.dumps(qs[0]) + "\n")  # no two-digit question: no such table
+    evaluate_phases([tiny_run], str(path), 0, 0, tmp_path, max_tokens=4)
+    assert "two_digit" not in json.loads((tmp_path / "answers.json").read_text())
