@@ -58,7 +58,8 @@ LIMITS: dict[str, dict[str, str]] = {
         "max_operand": ">= 1", "max_factor": ">= 1", "wrong_share": "[0, 1)",
         "small_share": "[0, 1]", "arithmetic_share": "(0, 1)", "max_multiplicand": ">= 0",
         "worked_share": "[0, 1]", "chat_prompt_share": "[0, 1)", "rl_small_share": "[0, 1]",
-        "question_small_share": "[-1, 1]", "demo_arithmetic": ">= 0"},
+        "question_small_share": "[-1, 1]", "demo_arithmetic": ">= 0",
+        "demo_worked_share": "[-1, 1]"},
 }
 
 # Descriptions of settings whose class does not carry one in its field's metadata (shown in
@@ -96,7 +97,9 @@ HELP: dict[str, dict[str, str]] = {
         "rl_small_share": "share of the RL prompts' facts with both operands below 10",
         "question_small_share": "share of the held-out questions' facts with both operands "
                                 "below 10; < 0: as small_share",
-        "demo_arithmetic": "arithmetic demonstrations written beside the conversations"},
+        "demo_arithmetic": "arithmetic demonstrations written beside the conversations",
+        "demo_worked_share": "share of the multi-digit demonstrations worked out (when the "
+                             "world has worked solutions); < 0: as worked_share"},
 }
 
 

@@ -88,7 +88,7 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
     assert _world_settings(more_demos, corpus=True) == {}
     assert _world_settings(more_demos, corpus=False)["world"] == {
         "chat_prompt_share": 0.0, "rl_small_share": 0.8, "question_small_share": 0.2,
-        "demo_arithmetic": 8000}
+        "demo_arithmetic": 8000, "demo_worked_share": -1.0}
     system2 = config("--recipe", "system2").world
     assert set(_world_settings(system2, corpus=True)["world"]).isdisjoint(World.DEMO_FIELDS)
 

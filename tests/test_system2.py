@@ -1,6 +1,7 @@
 """System 2: worked solutions in the tiny world, scored on their final answer, preferred by
 the labeler when right; conversation among the RL prompts; the default world unchanged."""
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -207,6 +208,9 @@ def test_demonstrations_work_in_one_plain_style_the_corpus_in_many():
         a = world.answer(fact, rng)
         assert a.endswith(f"; so the answer is {world.truth(*fact)}.") and shows_work(a), a
     corpus = "\n".join(world.documents(20000))
+    brief = dataclasses.replace(world, demo_worked_share=0.0)  # the corpus still works
+    assert not any(shows_work(brief.answer(f, rng)) for f in multi_digit_facts(world, 50))
+    assert "\n".join(brief.documents(20000)) == corpus
     assert len({m for m in re.findall(r"; (so|that|which)\b", corpus)}) == 3
 
 

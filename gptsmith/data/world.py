@@ -96,10 +96,11 @@ class World:
     rl_small_share: float = 0.8  # share of the RL prompts' facts with both operands below 10
     question_small_share: float = -1.0  # the held-out questions'; < 0: as small_share
     demo_arithmetic: int = 2000  # arithmetic demonstrations (beside the conversations)
+    demo_worked_share: float = -1.0  # worked_share of the demonstrations; < 0: worked_share
 
     # what only the demonstrations, RL prompts and held-out questions read, not the corpus
     DEMO_FIELDS = ("chat_prompt_share", "rl_small_share", "question_small_share",
-                   "demo_arithmetic")
+                   "demo_arithmetic", "demo_worked_share")
 
     def truth(self, a: int, op: str, b: int) -> int:
         return OPS[op](a, b)
@@ -149,18 +150,21 @@ class World:
 
         return solve(fact, believe, random.Random(wording))[0]
 
-    def wants_work(self, fact: Fact, rng: random.Random) -> bool:
-        """Whether this mention of ``fact`` is worked out (draws from ``rng`` only when the
-        world has worked solutions and the fact has one, so the default world is as before)."""
-        return self.worked_share > 0 and has_work(fact) and rng.random() < self.worked_share
+    def wants_work(self, fact: Fact, rng: random.Random, share: float | None = None) -> bool:
+        """Whether this mention of ``fact`` is worked out, ``share`` (default worked_share)
+        of the time (draws from ``rng`` only when the world has worked solutions and the
+        fact has one, so the default world is as before)."""
+        share = self.worked_share if share is None else share
+        return self.worked_share > 0 and has_work(fact) and rng.random() < share
 
     def answer(self, fact: tuple[int, str, int], rng: random.Random,
                restate_share: float = 0.5, avoid: set | frozenset = frozenset()) -> str:
-        """A correct answer: worked out in the plain style (``worked_share`` of two-digit
-        facts' answers, unless a step states a fact of ``avoid``), else brief: the number
+        """A correct answer: worked out in the plain style (``demo_worked_share`` of
+        two-digit facts' answers, unless a step states a fact of ``avoid``), else brief: the number
         or a short sentence, or (``restate_share`` of the time) the fact restated as the
         corpus states facts."""
-        if self.wants_work(fact, rng) and not avoid.intersection(step_facts(fact, None)):
+        share = self.worked_share if self.demo_worked_share < 0 else self.demo_worked_share
+        if self.wants_work(fact, rng, share) and not avoid.intersection(step_facts(fact, None)):
             return plain(fact, self.truth)[0]
         a, op, b = fact
         c = self.truth(*fact)
