@@ -262,12 +262,24 @@ def story(records: dict) -> list[str]:
         out.append("Held-out questions answered with shown work (a step before the answer), "
                    "greedy: " + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}"
                                           for m, v in work.items()) + ".")
+    kinds = {m: r for m, r in models.items() if "two-digit" in r.get("by_kind", {})}
+    if kinds:
+        out.append("Two-digit sums and differences (held out), greedy / sampled: " + ", ".join(
+            f"{NAMES.get(m, m)} {_pct(r['by_kind']['two-digit'])} / "
+            f"{_pct(r.get('sampled_by_kind', {}).get('two-digit'))}" for m, r in kinds.items())
+            + "; one-digit: " + ", ".join(
+                f"{NAMES.get(m, m)} {_pct(r['by_kind'].get('one-digit'))} / "
+                f"{_pct(r.get('sampled_by_kind', {}).get('one-digit'))}"
+                for m, r in kinds.items()) + ".")
     if models:
         best = max(r["accuracy"] for r in models.values())
+        worked = max(work.values(), default=0) >= 0.2
         out.append(f"What no phase changed: the best model still gets {_pct(1 - best)} of "
                    "held-out questions wrong greedily. Their facts appear only in the "
                    "pre-training corpus, among myths; the later phases see none of them and "
-                   "can only re-weight the answers the model already gives.")
+                   + ("reach them only through worked steps, each a smaller fact the model "
+                      "must know." if worked else
+                      "can only re-weight the answers the model already gives."))
     return out
 
 

@@ -325,6 +325,12 @@ def test_the_report_says_how_often_each_model_shows_its_work():
             for m, w in [("sft", 0.25), ("ppo", 0.5)]}
     lines = story({"eval": {"numbers": {"models": rows}}})
     assert any("shown work" in x and "SFT 25%" in x and "PPO 50%" in x for x in lines)
+    assert any("through worked steps" in x for x in lines)
+    assert not any("Two-digit" in x for x in lines)  # no accuracy per kind recorded
+    rows["ppo"]["by_kind"] = {"one-digit": 0.9, "two-digit": 0.75}
+    rows["ppo"]["sampled_by_kind"] = {"one-digit": 0.5, "two-digit": 0.25}
+    lines = story({"eval": {"numbers": {"models": rows}}})
+    assert any("PPO 75% / 25%; one-digit: PPO 90% / 50%" in x for x in lines)
 
 
 def test_the_default_corpus_reads_the_world_it_is_given(monkeypatch):
