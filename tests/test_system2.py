@@ -14,7 +14,14 @@ from gptsmith.chat import Reply
 from gptsmith.data.default_demos import TALK_PROMPTS, write_default_demos
 from gptsmith.data.worked import has_work, plain, step_facts
 from gptsmith.data.world import World
-from gptsmith.evaluate import final_answer, is_correct, load_questions, shows_work, work_rate
+from gptsmith.evaluate import (
+    final_answer,
+    is_correct,
+    load_questions,
+    question_kind,
+    shows_work,
+    work_rate,
+)
 from gptsmith.label import rank, record_score, talk_score, truth_score
 
 SYSTEM2 = World(max_operand=99, max_factor=9, max_multiplicand=99, worked_share=0.5)
@@ -432,3 +439,29 @@ def test_the_report_shows_each_models_replies_to_17_times_24_and_two_digit_quest
     path.write_text(json.dumps(qs[0]) + "\n")  # no two-digit question: no such table
     evaluate_phases([tiny_run], str(path), 0, 0, tmp_path, max_tokens=4)
     assert "two_digit" not in json.loads((tmp_path / "answers.json").read_text())
+
+
+def test_data_demos_writes_as_many_arithmetic_demonstrations_as_the_world_says(
+        chatterbot, tmp_path):
+    from gptsmith.cli import main
+
+    chatterbot(CONVS)
+    world = tmp_path / "world.json"
+    World(max_operand=99, worked_share=0.4, demo_arithmetic=60, demo_worked_share=1.0,
+          question_small_share=0.0).save(world)
+
+    def arithmetic(out):
+        rows = [json.loads(x)["messages"] for name in ("train.jsonl", "val.jsonl")
+                for x in (out / name).read_text().splitlines()]
+        talk = [default_demos._conversation(c)["messages"] for c in CONVS]
+        return [m[1]["content"] for m in rows if m not in talk]
+
+    assert main(["data", "demos", "--world", str(world), "--out", str(tmp_path / "a")]) == 0
+    replies = arithmetic(tmp_path / "a")
+    assert len(replies) == 60 and sum(shows_work(r) for r in replies) > 15
+    questions = load_questions(tmp_path / "a" / "questions.jsonl")
+    sums = [q for q in questions if q["fact"][1] != "times"]  # times stays within 0..10
+    assert sum(question_kind(q) == "one-digit" for q in sums) < 0.05 * len(sums)  # not half
+    assert main(["data", "demos", "--world", str(world), "--arithmetic", "7",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert len(arithmetic(tmp_path / "b")) == 7
