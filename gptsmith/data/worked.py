@@ -9,7 +9,8 @@ Every solution ends with its final number (the answer a reply is scored on).
 The corpus varies its wording and method (``solve``); demonstrations use one plain style
 (``plain``): the column method, steps joined by "; ", ending "so the answer is N." A tiny
 model learns a procedure it always sees written the same way (issue 14: with the varied
-wordings, worked SFT replies were right 0.8% of the time; with the plain style, 75%).
+wordings in 800 demonstrations, worked SFT replies to held-out two-digit questions were
+right 0.8% of the time; with the plain style in 2,000-2,900, 45-77%).
 """
 
 from __future__ import annotations
