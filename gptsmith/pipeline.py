@@ -293,8 +293,8 @@ class PipelineRun:
         derived one is redone), redone when it was made but never recorded."""
         old = self.book["phases"].get(name)
         if done and old is not None:
-            changed = config_differences(portable(old.get("settings", {}), self.root),
-                                         settings)
+            changed = config_differences(
+                _without_moved(portable(old.get("settings", {}), self.root)), settings)
             if changed and derived:
                 print(f"== {name}: its inputs changed, redoing it")
                 return False
@@ -443,6 +443,19 @@ def _world_settings(world: World, corpus: bool) -> dict:
               if (k in World.DEMO_FIELDS) != corpus}
     default = {k: v for k, v in dataclasses.asdict(World()).items() if k in fields}
     return {"world": fields} if fields != default else {}
+
+
+def _without_moved(settings: dict) -> dict:
+    """Recorded settings as recorded now: the world fields only the demonstrations read were
+    once recorded (with the corpus's) by the tokenizer and data phases; they are the demos
+    phase's now, and a run recorded then stays done."""
+    world = settings.get("world")
+    if not isinstance(world, dict) or not any(k in world for k in World.DEMO_FIELDS):
+        return settings
+    corpus = {k: v for k, v in world.items() if k not in World.DEMO_FIELDS}
+    default = {k: v for k, v in dataclasses.asdict(World()).items() if k in corpus}
+    rest = {k: v for k, v in settings.items() if k != "world"}
+    return rest if corpus == default else {**rest, "world": corpus}
 
 
 def _samples_phase(run: PipelineRun) -> None:

@@ -20,6 +20,7 @@ from gptsmith.pipeline import (
     PHASES,
     RECIPES,
     PipelineConfig,
+    _without_moved,
     _world_settings,
     config_from_args,
 )
@@ -91,6 +92,13 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
         "demo_arithmetic": 8000, "demo_worked_share": -1.0}
     system2 = config("--recipe", "system2").world
     assert set(_world_settings(system2, corpus=True)["world"]).isdisjoint(World.DEMO_FIELDS)
+    # recorded before the demonstration fields moved to the demos phase: still the same
+    old = {"corpus": "default", "world": {**dataclasses.asdict(system2), "demo_arithmetic": 1}}
+    assert _without_moved(old) == {"corpus": "default",
+                                   **_world_settings(system2, corpus=True)}
+    assert _without_moved({"world": {"chat_prompt_share": 0.2, **{
+        k: v for k, v in dataclasses.asdict(World()).items()
+        if k not in World.DEMO_FIELDS}}}) == {}
 
 
 def test_the_gpu_recipe_is_larger_with_bf16_and_its_own_directory():
