@@ -439,8 +439,12 @@ def _world_settings(world: World, corpus: bool) -> dict:
     """``{"world": fields}``: the fields of ``world`` the corpus reads (``corpus``) or only
     the demonstrations read, where any differs from the default world's (else ``{}``: runs
     recorded before the world had settings stay done)."""
-    fields = {k: v for k, v in dataclasses.asdict(world).items()
-              if (k in World.DEMO_FIELDS) != corpus}
+    return _unless_default({k: v for k, v in dataclasses.asdict(world).items()
+                            if (k in World.DEMO_FIELDS) != corpus})
+
+
+def _unless_default(fields: dict) -> dict:
+    """``{"world": fields}``, or ``{}`` where the default world has these values."""
     default = {k: v for k, v in dataclasses.asdict(World()).items() if k in fields}
     return {"world": fields} if fields != default else {}
 
@@ -452,10 +456,9 @@ def _without_moved(settings: dict) -> dict:
     world = settings.get("world")
     if not isinstance(world, dict) or not any(k in world for k in World.DEMO_FIELDS):
         return settings
-    corpus = {k: v for k, v in world.items() if k not in World.DEMO_FIELDS}
-    default = {k: v for k, v in dataclasses.asdict(World()).items() if k in corpus}
     rest = {k: v for k, v in settings.items() if k != "world"}
-    return rest if corpus == default else {**rest, "world": corpus}
+    return {**rest, **_unless_default({k: v for k, v in world.items()
+                                       if k not in World.DEMO_FIELDS})}
 
 
 def _samples_phase(run: PipelineRun) -> None:
