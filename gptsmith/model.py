@@ -216,6 +216,20 @@ class KVCache:
                       length)
 
 
+def document_attention(documents: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor):
+    """RoPE tables (B, 1, T, head_dim) and the attention mask (B, 1, T, T) of rows packed
+    with several documents: positions restart at each document, and a position sees the
+    earlier positions of its own document only."""
+    B, T = documents.shape
+    index = torch.arange(T, device=documents.device)
+    starts = torch.ones_like(documents, dtype=torch.bool)
+    starts[:, 1:] = documents[:, 1:] != documents[:, :-1]
+    at = index - torch.where(starts, index, 0).cummax(dim=1).values  # position in its document
+    same = documents[:, :, None] == documents[:, None, :]
+    mask = same & (index[None, :] <= index[:, None])
+    return rope_cos[at][:, None], rope_sin[at][:, None], mask[:, None]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
@@ -313,7 +327,7 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, reduction: str = "mean",
-                positions: torch.Tensor | None = None):
+                positions: torch.Tensor | None = None, documents: torch.Tensor | None = None):
         """Logits (B, T, vocab), or per-position scalars (B, T) with a scalar head.
 
         With ``targets`` the cross-entropy is returned instead (-1 targets are ignored);
@@ -321,6 +335,9 @@ class GPT(nn.Module):
         where the cache stands and the cache advances by T. ``positions`` (B, R) keeps only
         those positions' outputs, taken before the head: a reply's logits cost R, not T,
         projections onto the vocabulary (what PPO, reward scoring and prefill need).
+        ``documents`` (B, T) packs several sequences in a row: each run of equal ids is one
+        sequence, attending only to itself and with positions from 0, exactly as if it had a
+        row of its own (ids must differ between the runs of a row).
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -329,6 +346,8 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {longest} tokens exceeds the model context of {self.cfg.seq_len}"
             )
+        if documents is not None and cache is not None:
+            raise ValueError("packed documents cannot be decoded with a KV cache")
         slots = torch.arange(start, start + T, device=idx.device)
         mask, causal = None, cache is None or (start == 0 and T > 1)
         if cache is not None and cache.pad is not None:
@@ -342,6 +361,9 @@ class GPT(nn.Module):
             # padding slots see themselves only, so no softmax row is empty (no NaN)
             visible |= keys[None, None, :] == slots[None, :, None]
             mask, causal = visible[:, None], False
+        elif documents is not None:
+            cos, sin, mask = document_attention(documents, self.rope_cos, self.rope_sin)
+            causal = False
         else:
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
             if cache is not None and start > 0 and T > 1:

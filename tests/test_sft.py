@@ -8,7 +8,7 @@ import torch
 from gptsmith.chat import render
 from gptsmith.errors import GptsmithError
 from gptsmith.train.loop import TrainConfig
-from gptsmith.train.sft import SFTConfig, pad_batch, sft
+from gptsmith.train.sft import SFTConfig, pack_batch, pad_batch, sft
 
 
 def test_targets_are_the_assistant_tokens_only(tokenizer):
@@ -21,6 +21,37 @@ def test_targets_are_the_assistant_tokens_only(tokenizer):
     assert y[0][y[0] >= 0].tolist() == [*tokenizer.encode("4"), tokenizer.end_id]
     assert y[1][y[1] >= 0].tolist() == [*tokenizer.encode("Hello, everybody!"), tokenizer.end_id]
     assert (x[0, len(a[0]) - 1:] == tokenizer.pad_id).all()
+
+
+def test_packed_batch_learns_exactly_what_the_padded_one_does():
+    from gptsmith.model import GPT, GPTConfig
+
+    gen = torch.Generator().manual_seed(0)
+    examples = [(torch.randint(0, 64, (n,), generator=gen).tolist(),
+                 [i % 3 != 0 for i in range(n)]) for n in (5, 30, 12, 7, 40, 3, 22, 9)]
+    x, y, docs = pack_batch(examples, pad_id=0, rows_multiple=1)
+    assert x.shape == (4, 39)  # 8 conversations of 2..39 inputs in 4 rows of the longest
+    assert int((y >= 0).sum()) == int((pad_batch(examples, 0)[1] >= 0).sum())
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, depth=2, seq_len=64))
+
+    def loss_and_grads(*batch):
+        model.zero_grad()
+        x, y, *docs = batch
+        loss = model(x, y, reduction="sum", documents=docs[0] if docs else None)
+        loss.backward()
+        return loss, [p.grad.clone() for p in model.parameters()]
+
+    padded, packed = loss_and_grads(*pad_batch(examples, 0)), loss_and_grads(x, y, docs)
+    torch.testing.assert_close(packed[0], padded[0])
+    for a, b in zip(packed[1], padded[1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # shared by 3 ranks: a multiple of 3 rows, the extra ones learn nothing
+    x3, y3, _ = pack_batch(examples, pad_id=0, rows_multiple=3)
+    assert x3.shape == (6, 39) and (y3[4:] == -1).all()
+    with pytest.raises(ValueError, match="KV cache"):
+        from gptsmith.model import KVCache
+        model(x, documents=docs, cache=KVCache(model.cfg, 4, 64, None))
 
 
 def demos_file(path, n=200):
@@ -42,6 +73,8 @@ def test_sft_learns_the_demonstrations(tiny_run, tmp_path):
     assert (tmp_path / "sft" / "model.safetensors").exists()
     again = sft(cfg)  # finished: recognised, not retrained
     assert again["train_seconds"] == summary["train_seconds"]
+    cfg.pack = False  # packing changes how, not what: the run is still done
+    assert sft(cfg)["train_seconds"] == summary["train_seconds"]
 
 
 def test_conversation_longer_than_the_context_is_named(tiny_run, tmp_path):

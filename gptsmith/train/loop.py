@@ -53,10 +53,11 @@ from gptsmith.train.batches import RankShare
 from gptsmith.train.distributed import DistConfig
 from gptsmith.train.lora import LoRAConfig, lora_layers, merged_state_dict, save_adapter
 
-# Fields that may change between a run and its resumption without changing its result.
+# Fields that may change between a run and its resumption without changing its result
+# (beyond rounding: packing SFT batches computes the same loss from fewer positions).
 # How the work is spread over ranks is one of them: a DCP checkpoint loads on any.
 RESUMABLE_CHANGES = {"log_every", "eval_every", "checkpoint_every", "threads", "compile",
-                     "progress", "log", "dist", "strategy"}
+                     "progress", "log", "dist", "strategy", "pack"}
 
 
 @dataclass
