@@ -281,12 +281,24 @@ def cmd_train(args) -> None:
     from gptsmith.train import distributed
 
     distributed.init(cfg.train.device)  # under torchrun: join the other ranks, on this GPU
+    out, replaced = Path(cfg.out), None
     try:
-        if args.overwrite and Path(cfg.out).exists() and distributed.is_main():
-            shutil.rmtree(cfg.out)
+        if args.overwrite and out.exists() and distributed.is_main():
+            # moved aside, not deleted: bad input found before the new run starts (the
+            # data, the base model) then leaves the old run as it was
+            replaced = out.with_name(f".{out.name}.replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            out.rename(replaced)
         distributed.barrier()
-        args.train_fn(cfg)
+        try:
+            args.train_fn(cfg)
+        except BaseException:
+            if replaced is not None and not out.exists():
+                replaced.rename(out)
+            raise
     finally:
+        if replaced is not None and replaced.exists():
+            shutil.rmtree(replaced)
         distributed.close()
 
 
@@ -325,7 +337,8 @@ def add_training_command(sub, name: str, config_cls, train_fn, help: str, descri
     each showing the default that this trainer really uses."""
     c = sub.add_parser(name, help=help, description=description)
     c.add_argument("--config", help="YAML file of settings (flags override it)")
-    c.add_argument("--overwrite", action="store_true", help="delete --out first")
+    c.add_argument("--overwrite", action="store_true", help=(
+        "replace the run in --out; it is kept if the new one fails before it starts"))
     add_arguments(c, config_cls())
     c.add_argument("--log", dest="train.log", default=argparse.SUPPRESS, metavar="WRITERS",
                    help="the same as --train.log: tensorboard, wandb or both, comma-separated "

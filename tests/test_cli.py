@@ -487,6 +487,22 @@ def test_sft_out_must_be_a_run_directory(where, tiny_run, tmp_path, capsys):
         assert other.read_text() == "keep me"
 
 
+def test_overwrite_keeps_the_old_run_when_the_new_input_is_bad(tiny_run, tmp_path, capsys):
+    out = tmp_path / "sft"
+    argv = ["sft", "--base", str(tiny_run), "--out", str(out), "--val-fraction", "0",
+            "--train.steps", "1", "--no-train.progress"]
+    assert main([*argv, "--data", str(_demos(tmp_path))]) == 0
+    before = (out / "summary.json").read_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "response": "a"}\n{"prompt": "q2"}\n')
+    assert main([*argv, "--data", str(bad), "--overwrite"]) == 2
+    assert "bad.jsonl:2" in _one_line_error(capsys)
+    assert (out / "summary.json").read_text() == before  # still the old run, whole
+    assert main([*argv, "--data", str(_demos(tmp_path, 30)), "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["train_examples"] == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "d.jsonl", "sft"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--model", "{run}", "--input", "{demos}", "--output", "{dir}"],
      "--output {dir}: a directory; give the path of a file to write"),
