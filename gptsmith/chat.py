@@ -57,10 +57,11 @@ def check_conversation(messages: list[dict], for_generation: bool = False) -> st
     return None
 
 
-def render(tokenizer: Tokenizer, messages: list[dict],
-           for_generation: bool = False) -> tuple[list[int], list[int]]:
+def render(tokenizer: Tokenizer, messages: list[dict], for_generation: bool = False,
+           with_mask: bool = True) -> tuple[list[int], list[int]]:
     """Token ids and loss mask (1 on assistant tokens, closing end-of-turn included), in the
-    tokenizer's chat template.
+    tokenizer's chat template (``with_mask=False``: the ids and an empty mask, in time linear
+    in the conversation's length; the mask renders every assistant turn's prefix).
 
     The template writes the conversation as text, which is tokenized in one piece (special
     token strings parsed), so the ids equal ``transformers``' ``apply_chat_template``. Each
@@ -79,6 +80,8 @@ def render(tokenizer: Tokenizer, messages: list[dict],
     special = tokenizer.special_tokens()
     template = tokenizer.chat_template
     text = render_text(template, msgs, for_generation, special)
+    if not with_mask:
+        return tokenizer.hf_special.encode(text, add_special_tokens=False).ids, []
     spans = []
     end = tokenizer.hf.id_to_token(tokenizer.end_id)
     for i, m in enumerate(msgs):
@@ -106,7 +109,7 @@ def _defuse(text: str, specials: list[str]) -> str:
 
 def prompt_ids(tokenizer: Tokenizer, messages: list[dict]) -> list[int]:
     """The ids to generate the next assistant turn from."""
-    return render(tokenizer, messages, for_generation=True)[0]
+    return render(tokenizer, messages, for_generation=True, with_mask=False)[0]
 
 
 @dataclass

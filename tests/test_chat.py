@@ -30,6 +30,9 @@ def test_prompt_rendering_is_the_training_prefix(tokenizer):
     prompt = prompt_ids(tokenizer, conv("Hello there"))
     assert prompt[-1] == tokenizer.hf.token_to_id("<|assistant|>")
     assert full[:len(prompt)] == prompt
+    long = conv(*[f"turn {i}" for i in range(21)])  # 10 exchanges, then the user: no mask
+    assert prompt_ids(tokenizer, long) == render(tokenizer, long, for_generation=True)[0]
+    assert render(tokenizer, long, for_generation=True, with_mask=False)[1] == []
 
 
 @pytest.mark.parametrize("messages,problem", [
