@@ -331,6 +331,27 @@ def test_first_minibatch_has_ratio_one(tiny_run, tiny_ppo):
     assert out["grad_norm_policy"] > 0 and out["grad_norm_value"] > 0
 
 
+def test_a_minibatch_computes_only_up_to_its_longest_reply(tiny_run, tiny_ppo):
+    """Rows padded to the batch's longest reply: a minibatch of shorter ones runs the model
+    over fewer columns, with the log-probs and values the whole batch gave them."""
+    from gptsmith.train.rollout import reply_logprobs
+
+    tr = tiny_trainer(tiny_run, tiny_ppo, PROMPTS, temperature=0.7)
+    ro = tr.rollout()
+    ends = ro["pos"].max(1).values
+    short = (ends < ends.max()).nonzero().flatten()
+    assert len(short)  # prompts of different lengths: some rows end early
+    widths = []
+    hook = tr.model.policy.register_forward_pre_hook(
+        lambda m, args: widths.append(args[0].size(1)))
+    with torch.no_grad():
+        logp = reply_logprobs(tr.model.policy, ro["seq"][short], ro["pos"][short], 0.7)
+    hook.remove()
+    assert widths == [int(ends[short].max()) + 1] and widths[0] < ro["seq"].size(1) - 1
+    mask = ro["mask"][short] > 0
+    torch.testing.assert_close(logp[mask], ro["logp"][short][mask], rtol=1e-5, atol=1e-6)
+
+
 def test_the_progress_bar_shows_reward_kl_and_accuracy(tiny_run, tiny_ppo, tmp_path,
                                                        monkeypatch):
     import gptsmith.train.loop as loop

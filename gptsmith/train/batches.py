@@ -85,6 +85,22 @@ class RankShare:
         self.batches.load_state_dict(state)
 
 
+def first_fit(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Indices of ``lengths`` packed into rows holding at most ``width`` each: longest first,
+    each into the first row with room (first-fit decreasing; ties keep their order)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, left in enumerate(room) if left >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
 def right_padded(seqs: Sequence[Sequence[int]], fill: int, width: int = 0) -> torch.Tensor:
     """Sequences left-aligned in one (B, width) tensor, ``fill`` after each (width 0: the
     longest). The one place training pads; the engine left-pads (``engine.left_padded``)."""

@@ -43,6 +43,7 @@ from gptsmith.train.loop import TrainConfig, Trainer, finished_summary
 from gptsmith.train.lora import LoRAConfig, adapters_off, apply_lora, lora_layers
 from gptsmith.train.reward import score_sequences
 from gptsmith.train.rollout import (
+    at_positions,
     recent_means,
     reply_logprobs,
     reward_scores,
@@ -198,7 +199,7 @@ class PPOTrainer(Trainer):
                     ref_logp = reply_logprobs(policy, seq, pos, cfg.temperature)
             else:
                 ref_logp = reply_logprobs(self.ref, seq, pos, cfg.temperature)
-            values = value(seq, positions=pos).float()
+            values = at_positions(value, seq, pos).float()
             if self.reward_fn is None:
                 score = reward_scores(self.reward_model, r)
         if self.reward_fn is not None:
@@ -232,7 +233,7 @@ class PPOTrainer(Trainer):
                 old_v, ret = ro["values"][idx], ro["returns"][idx]
                 with autocast(self.device, self.precision):
                     logp = reply_logprobs(self.policy, seq, pos, cfg.temperature)
-                    v = self.value(seq, positions=pos).float()
+                    v = at_positions(self.value, seq, pos).float()
                 ratio = (logp - old_logp).exp()
                 policy_loss = clipped_policy_loss(ratio, adv, mask, cfg.clip)
                 value_loss = clipped_value_loss(v, old_v, ret, mask, cfg.value_clip)

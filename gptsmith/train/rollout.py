@@ -67,13 +67,22 @@ def sample(policy: GPT, tok: Tokenizer, conversations: list[list[dict]], max_tok
                    torch.tensor(ended, device=device), texts)
 
 
+def at_positions(model: GPT, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``model(seq, positions=pos)``, without computing the columns after the last position
+    any row reads: a minibatch's rows are padded to the whole batch's longest reply, and a
+    causal model's outputs up to a position do not depend on what follows it. (Packing
+    short rows together, as SFT does, measured no faster here: rollouts are alike in
+    length, so two rarely fit in the longest one's width.)"""
+    return model(seq[:, :int(pos.max()) + 1] if pos.numel() else seq, positions=pos)
+
+
 def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, temperature: float = 1.0,
                    with_entropy=False):
     """log π of each reply token (B, R): the logits at ``pos`` predict the token after it.
 
     ``temperature`` is the one the replies were sampled at, so π is what they came from.
     """
-    logp_all = F.log_softmax(model(seq, positions=pos).float() / temperature, dim=-1)
+    logp_all = F.log_softmax(at_positions(model, seq, pos).float() / temperature, dim=-1)
     targets = seq.gather(1, pos + 1)
     logp = logp_all.gather(2, targets[..., None]).squeeze(-1)
     if not with_entropy:
@@ -83,7 +92,7 @@ def reply_logprobs(model: GPT, seq: torch.Tensor, pos: torch.Tensor, temperature
 
 def reward_scores(reward_model: GPT, r: Replies) -> torch.Tensor:
     """The reward model's score of each reply as generated, at its last token (B,)."""
-    return reward_model(r.seq, positions=r.last[:, None]).float()[:, 0]
+    return at_positions(reward_model, r.seq, r.last[:, None]).float()[:, 0]
 
 
 def recent_means(metrics_path: Path, keys: tuple[str, ...], n: int = 10) -> dict:

@@ -16,7 +16,7 @@ from gptsmith.data.shards import split_held_out
 from gptsmith.errors import GptsmithError
 from gptsmith.runs import load_model
 from gptsmith.tokenizer import Tokenizer
-from gptsmith.train.batches import EpochBatches, right_padded
+from gptsmith.train.batches import EpochBatches, first_fit, right_padded
 from gptsmith.train.distributed import DistConfig, world
 from gptsmith.train.loop import LossSum, TrainConfig, Trainer, finished_summary, steps_for_epochs
 from gptsmith.train.lora import LoRAConfig, apply_lora, trainable_summary
@@ -87,17 +87,8 @@ def pack_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, rows_mu
     those of ``pad_batch`` (up to rounding), from fewer positions. The number of rows is a
     multiple of ``rows_multiple`` (the ranks sharing the batch; extra rows learn nothing)."""
     width = max(len(ids) - 1 for ids, _ in examples)
-    rows: list[list[tuple[list[int], list[int]]]] = []
-    room: list[int] = []
-    for ids, mask in sorted(examples, key=lambda e: -len(e[0])):
-        n = len(ids) - 1
-        row = next((r for r, left in enumerate(room) if left >= n), None)
-        if row is None:
-            rows.append([])
-            room.append(width)
-            row = len(rows) - 1
-        rows[row].append((ids, mask))
-        room[row] -= n
+    rows = [[examples[i] for i in row]
+            for row in first_fit([len(ids) - 1 for ids, _ in examples], width)]
     rows += [[] for _ in range(-len(rows) % rows_multiple)]
     x = torch.full((len(rows), width), pad_id, dtype=torch.long)
     y = torch.full((len(rows), width), -1, dtype=torch.long)
