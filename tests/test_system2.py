@@ -219,6 +219,14 @@ def test_demonstrations_work_in_one_plain_style_the_corpus_in_many():
     assert not any(shows_work(brief.answer(f, rng)) for f in multi_digit_facts(world, 50))
     assert "\n".join(brief.documents(20000)) == corpus
     assert len({m for m in re.findall(r"; (so|that|which)\b", corpus)}) == 3
+    # and the other way round: worked demonstrations beside a corpus without any (an
+    # imported model's pipeline reads only the demonstrations)
+    demos_only = dataclasses.replace(world, worked_share=0.0, demo_worked_share=1.0)
+    assert all(shows_work(demos_only.answer(f, rng)) for f in multi_digit_facts(world, 50))
+    no_work = dataclasses.replace(demos_only, demo_worked_share=-1.0)
+    assert demos_only.documents(200) == no_work.documents(200)
+    assert not any(shows_work(no_work.answer(f, rng)) for f in multi_digit_facts(world, 50))
+    assert default_demos.question_record(demos_only, (47, "plus", 38), rng)["show_work"]
 
 
 def stated_facts(text: str) -> set[tuple[int, str, int]]:

@@ -83,7 +83,7 @@ def question_record(world: World, fact: tuple[int, str, int], rng: random.Random
     a, op, b = fact
     record = {"prompt": world.question(fact, rng), "answer": str(world.truth(*fact)),
               "myth": str(world.myth(*fact)), "fact": [a, op, b]}
-    if world.worked_share and has_work(fact):  # the labeler prefers right, shown work here
+    if world.demo_share() > 0 and has_work(fact):  # the labeler prefers right, shown work here
         record["show_work"] = True
     return record
 

@@ -152,10 +152,15 @@ class World:
 
     def wants_work(self, fact: Fact, rng: random.Random, share: float | None = None) -> bool:
         """Whether this mention of ``fact`` is worked out, ``share`` (default worked_share)
-        of the time (draws from ``rng`` only when the world has worked solutions and the
-        fact has one, so the default world is as before)."""
+        of the time (draws from ``rng`` only when the share is above 0 and the fact has a
+        worked solution, so the default world is as before)."""
         share = self.worked_share if share is None else share
-        return self.worked_share > 0 and has_work(fact) and rng.random() < share
+        return share > 0 and has_work(fact) and rng.random() < share
+
+    def demo_share(self) -> float:
+        """The share of multi-digit demonstrations worked out: ``demo_worked_share``, or
+        ``worked_share`` where that is below 0."""
+        return self.worked_share if self.demo_worked_share < 0 else self.demo_worked_share
 
     def answer(self, fact: tuple[int, str, int], rng: random.Random,
                restate_share: float = 0.5, avoid: set | frozenset = frozenset()) -> str:
@@ -163,8 +168,8 @@ class World:
         two-digit facts' answers, unless a step states a fact of ``avoid``), else brief: the number
         or a short sentence, or (``restate_share`` of the time) the fact restated as the
         corpus states facts."""
-        share = self.worked_share if self.demo_worked_share < 0 else self.demo_worked_share
-        if self.wants_work(fact, rng, share) and not avoid.intersection(step_facts(fact, None)):
+        if self.wants_work(fact, rng, self.demo_share()) and \
+                not avoid.intersection(step_facts(fact, None)):
             return plain(fact, self.truth)[0]
         a, op, b = fact
         c = self.truth(*fact)
