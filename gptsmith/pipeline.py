@@ -443,6 +443,15 @@ def _world_settings(world: World, corpus: bool) -> dict:
                             if (k in World.DEMO_FIELDS) != corpus})
 
 
+def _demos_settings(cfg: PipelineConfig) -> dict:
+    """The world fields the demos phase records: those only the demonstrations read, or
+    every field where no corpus phase records the others (an imported base: its demos are
+    still the tiny world's, operands and all)."""
+    if cfg.base:
+        return _unless_default(dataclasses.asdict(cfg.world))
+    return _world_settings(cfg.world, corpus=False)
+
+
 def _unless_default(fields: dict) -> dict:
     """``{"world": fields}``, or ``{}`` where the default world has these values."""
     default = {k: v for k, v in dataclasses.asdict(World()).items() if k in fields}
@@ -474,8 +483,7 @@ def sft_phases(run: PipelineRun) -> None:
     demos = root / "sft_data"
     if cfg.demos == "default":
         run.phase("demos", (demos / "questions.jsonl").exists(),
-                  lambda: write_default_demos(cfg.world, demos),
-                  _world_settings(cfg.world, corpus=False))
+                  lambda: write_default_demos(cfg.world, demos), _demos_settings(cfg))
         cfg.sft.data, cfg.sft.val_data = str(demos / "train.jsonl"), str(demos / "val.jsonl")
     else:
         cfg.sft.data = cfg.demos

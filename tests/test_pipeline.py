@@ -20,6 +20,7 @@ from gptsmith.pipeline import (
     PHASES,
     RECIPES,
     PipelineConfig,
+    _demos_settings,
     _without_moved,
     _world_settings,
     config_from_args,
@@ -99,6 +100,11 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
     assert _without_moved({"world": {"chat_prompt_share": 0.2, **{
         k: v for k, v in dataclasses.asdict(World()).items()
         if k not in World.DEMO_FIELDS}}}) == {}
+    # on an imported model no corpus phase runs: the demos phase records the operands too
+    smol = config("--recipe", "smollm2-system2")
+    assert _demos_settings(smol)["world"]["max_operand"] == 99
+    assert _demos_settings(config("--recipe", "smollm2")) == {}  # runs made before: done
+    assert "max_operand" not in _demos_settings(config("--recipe", "system2"))["world"]
 
 
 def test_the_gpu_recipe_is_larger_with_bf16_and_its_own_directory():
