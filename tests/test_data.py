@@ -91,6 +91,19 @@ def test_shards_round_trip_the_text(tokenizer, tok_path, tmp_path):
     assert meta["train"]["bytes"] + meta["val"]["bytes"] == sum(len(t) for t in texts)
 
 
+def test_a_small_corpus_the_hash_holds_nothing_out_of_still_gets_validation(tok_path,
+                                                                           tmp_path):
+    """The split hashes each piece (and its path): 20 pieces at --val-fraction 0.2 hold
+    none out 1% of the time, by where the corpus lies; then the last piece is held out."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [json.dumps({"text": f"Doc {i} says hi."})
+                                                 .encode() for i in range(5)])
+    assert main(["data", "prepare", "--corpus", str(corpus), "--tokenizer", str(tok_path),
+                 "--out", str(tmp_path / "d"), "--val-fraction", "1e-9"]) == 0
+    meta = read_meta(tmp_path / "d")
+    assert meta["train"]["bytes"] == 4 * len("Doc 0 says hi.")
+    assert meta["val"]["bytes"] == len("Doc 4 says hi.")
+
+
 def test_corpus_formats_directory_jsonl_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -123,6 +123,10 @@ def prepare_shards(docs: Iterable[Document], tokenizer: Tokenizer, out: Path,
                 batch.append((split, piece))
             if len(batch) >= 512:
                 flush_batch()
+        if not writers["val"].tokens and all(split == "train" for split, _ in batch) and (
+                len(batch) > 1 or (batch and writers["train"].tokens)):
+            # the hash held out none of a small corpus's pieces: the last one is validation
+            batch[-1] = ("val", batch[-1][1])
         flush_batch()
         for w in writers.values():
             w.flush()
