@@ -75,9 +75,13 @@ def encode_conversations(convs: list[Conversation], tokenizer: Tokenizer, seq_le
 def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int):
     """Inputs and targets padded to the longest example; targets are -1 where not learned."""
     x = right_padded([ids[:-1] for ids, _ in examples], pad_id)
-    y = right_padded([[t if m else -1 for t, m in zip(ids[1:], mask[1:], strict=True)]
-                      for ids, mask in examples], -1)
+    y = right_padded([targets(ids, mask) for ids, mask in examples], -1)
     return x, y
+
+
+def targets(ids: list[int], mask: list[int]) -> list[int]:
+    """Each position's next token where it is learned, else -1."""
+    return [t if m else -1 for t, m in zip(ids[1:], mask[1:], strict=True)]
 
 
 def pack_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, rows_multiple: int = 1):
@@ -98,8 +102,7 @@ def pack_batch(examples: list[tuple[list[int], list[int]]], pad_id: int, rows_mu
         for d, (ids, mask) in enumerate(row):
             n = len(ids) - 1
             x[r, at:at + n] = torch.as_tensor(ids[:-1])
-            y[r, at:at + n] = torch.as_tensor([t if m else -1 for t, m in zip(ids[1:], mask[1:],
-                                                                              strict=True)])
+            y[r, at:at + n] = torch.as_tensor(targets(ids, mask))
             docs[r, at:at + n] = d
             at += n
         docs[r, at:] = len(row)  # the tail's padding is a document of its own
