@@ -9,19 +9,25 @@ TORCH ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo torch || echo torch==2.13
 
 .PHONY: demo test setup bench bench-trl116 checks clean
 
+# `make demo` installs only what the pipeline needs; `make test` adds the test extra
+# (transformers, peft, playwright, ... : the references the tests compare against).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-test
 
-demo: setup
+demo: $(VENV)/.installed
 	$(BIN)/gptsmith pipeline
 
-test: setup
+test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
