@@ -298,7 +298,8 @@ def main():
                    help="rollouts per iteration")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--response-length", type=int, default=defaults.max_tokens)
-    p.add_argument("--ppo-epochs", type=int, default=defaults.ppo_epochs)
+    p.add_argument("--ppo-epochs", type=int, default=4,
+                   help="4, the shape of the README's row (the default run uses 2)")
     p.add_argument("--minibatches", type=int, default=defaults.minibatches)
     p.add_argument("--steps", type=int, default=2, help="timed iterations per side per round")
     add_run_flags(p, rounds=5)

@@ -67,7 +67,7 @@ class PPOConfig:
     out: str = field(default="runs/ppo", metadata={"help": "run directory to write"})
     max_tokens: int = field(default=16, metadata={"help": "longest reply in a rollout"})
     temperature: float = 1.0
-    ppo_epochs: int = 4
+    ppo_epochs: int = 2
     minibatches: int = 4
     clip: float = field(default=0.2, metadata={"help": "policy ratio clip"})
     value_clip: float = 0.2
