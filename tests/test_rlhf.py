@@ -160,7 +160,7 @@ def ppo_config(root, out, steps, **train):
 
     return PPOConfig(policy=str(root / "sft"), reward=str(root / "rm"),
                      prompts=str(root / "prompts.jsonl"), out=str(out), max_tokens=3,
-                     kl_coef=0.01, kl_target=0.0, minibatches=2,
+                     kl_coef=0.01, kl_target=0.0, minibatches=2, ppo_epochs=4,
                      train=TrainConfig(steps=steps, batch_size=32, lr=5e-4, warmup_steps=1,
                                        min_lr_ratio=1.0, weight_decay=0.0, eval_every=1000,
                                        checkpoint_every=4, log_every=1, precision="fp32",
