@@ -1,13 +1,13 @@
 """Kill -9 and resume: every training phase, killed at random points, must end exactly where
 an uninterrupted run ends (the same metrics.jsonl, summary and weights, bit for bit).
 
-Each phase (pretrain, sft, rm, ppo, grpo, dpo) runs the real command line in a subprocess on
-tiny settings, first once uninterrupted (the reference, and the input of the later phases),
-then once per point: SIGKILLed at a random point, then run again with the same command until
-it finishes. Half the points kill at a random step, by the loop's fault hook (right after the
-step, or in the middle of writing a checkpoint); the other half at a random time: a quarter
-of those while the process starts, the rest at a random time after it began to train (so
-also while it evaluates, saves the model, plots or writes the summary).
+Each phase (pretrain, sft, rm, ppo, grpo, rft, dpo) runs the real command line in a
+subprocess on tiny settings, first once uninterrupted (the reference, and the input of the
+later phases), then once per point: SIGKILLed at a random point, then run again with the same
+command until it finishes. Half the points kill at a random step, by the loop's fault hook
+(right after the step, or in the middle of writing a checkpoint); the other half at a random
+time: a quarter of those while the process starts, the rest at a random time after it began
+to train (so also while it evaluates, saves the model, plots or writes the summary).
 
     python checks/kill.py --points 20                 # every phase, 20 points each
     python checks/kill.py --points 2 --phases sft,ppo
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PHASES = ("pretrain", "sft", "rm", "ppo", "grpo", "dpo")
+PHASES = ("pretrain", "sft", "rm", "ppo", "grpo", "rft", "dpo")
 # metrics of the machine, not of the run: they differ between any two runs
 TIMING_KEYS = {"tok_per_s", "train_seconds"}
 COMMON = ["--train.precision", "fp32", "--train.threads", "1", "--train.device", "cpu",
@@ -97,6 +97,11 @@ def phase_args(phase: str, files: dict[str, Path], ref: Path) -> list[str]:
                  "--eval-questions", q, "--eval-limit", "4", "--group-size", "2",
                  "--max-tokens", "4", "--train.steps", "6", "--train.batch-size", "2",
                  "--train.eval-every", "3", "--train.checkpoint-every", "2"],
+        "rft": ["--policy", str(ref / "sft"), "--prompts", q, "--reward", "truth",
+                "--eval-questions", q, "--eval-limit", "4", "--group-size", "2",
+                "--max-tokens", "4", "--min-reward=-1e9", "--sft-data", str(files["demos"]),
+                "--sft-batch", "2", "--train.steps", "6", "--train.batch-size", "2",
+                "--train.eval-every", "3", "--train.checkpoint-every", "2"],
         "dpo": ["--policy", str(ref / "sft"), "--data", str(files["comparisons"]),
                 "--val-fraction", "0.2", "--train.steps", "8", "--train.batch-size", "4",
                 "--train.warmup-steps", "2", "--train.eval-every", "4", "--train.log-every", "1",
@@ -260,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         files = build_world(root)
         ref = root / "ref"
         needed = {"sft": ["pretrain"], "rm": ["pretrain", "sft"], "dpo": ["pretrain", "sft"],
-                  "grpo": ["pretrain", "sft"], "ppo": ["pretrain", "sft", "rm"]}
+                  "grpo": ["pretrain", "sft"], "rft": ["pretrain", "sft"],
+                  "ppo": ["pretrain", "sft", "rm"]}
         todo = [ph for ph in PHASES if ph in phases or
                 any(ph in needed.get(x, []) for x in phases)]
         refs = {}  # phase -> (args, outcome, (training start, end) in seconds)

@@ -403,6 +403,16 @@ def register_grpo(sub) -> None:
                          "comma-separated, each optionally @WEIGHT.")
 
 
+def register_rft(sub) -> None:
+    from gptsmith.train.rft import RFTConfig, rft
+
+    add_training_command(sub, "rft", RFTConfig, rft,
+                         "rejection-sampling fine-tuning (expert iteration) on the best replies",
+                         "Samples a group of replies per prompt, keeps the best if it scores "
+                         "at least --min-reward, and fine-tunes on the kept ones. --reward: "
+                         "truth, an RM run or module:function, as for grpo.")
+
+
 # -- real models in and out ---------------------------------------------------------------
 def cmd_import(args) -> None:
     """A run directory from a Hugging Face directory, a GGUF file or a built-in model."""
@@ -834,7 +844,8 @@ def register_sample(sub) -> None:
 REGISTER = (register_pipeline, register_report, register_data, register_tokenizer,
             register_pretrain, register_import, register_export, register_sft, register_chat,
             register_serve, register_studio, register_generate, register_eval, register_label,
-            register_rm, register_ppo, register_grpo, register_dpo, register_sample)
+            register_rm, register_ppo, register_grpo, register_rft, register_dpo,
+            register_sample)
 
 
 def make_parser() -> argparse.ArgumentParser:

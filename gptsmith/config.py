@@ -50,6 +50,9 @@ LIMITS: dict[str, dict[str, str]] = {
         "eval_limit": ">= 0", "group_size": ">= 2", "max_tokens": ">= 1", "temperature": "> 0",
         "epochs": ">= 1", "minibatches": ">= 1", "clip_low": ">= 0", "clip_high": ">= 0",
         "beta": ">= 0"},
+    "RFTConfig": {
+        "eval_limit": ">= 0", "group_size": ">= 1", "max_tokens": ">= 1", "temperature": "> 0",
+        "sft_batch": ">= 0", "sft_coef": ">= 0"},
     "PipelineConfig": {
         "base_seq_len": ">= 0", "val_fraction": "(0, 1)", "eval_limit": ">= 0",
         "eval_samples": ">= 0", "label_prompts": ">= 1", "label_k": ">= 2", "nproc": ">= 1",
@@ -80,6 +83,9 @@ HELP: dict[str, dict[str, str]] = {
         "minibatches": "updates per pass over a batch of replies",
         "clip_low": "policy ratio clip below 1 (1 - clip_low)",
         "clip_high": "policy ratio clip above 1 (1 + clip_high)"},
+    "RFTConfig": {
+        "eval_limit": "held-out questions scored per evaluation (0 = all)",
+        "temperature": "sampling temperature of the replies"},
     "RMConfig": {"val_fraction": "share of prompts held out when --val-data is not given"},
     "DPOConfig": {"val_fraction": "share of prompts held out when --val-data is not given"},
     "LoRAConfig": {"dropout": "dropout on the adapters' input"},

@@ -52,16 +52,18 @@ from gptsmith.train.loop import config_differences, fault
 from gptsmith.train.ppo import PPOConfig, ppo
 from gptsmith.train.pretrain import PretrainConfig, pretrain
 from gptsmith.train.reward import RMConfig, train_reward_model
+from gptsmith.train.rft import RFTConfig, rft
 from gptsmith.train.sft import SFTConfig, sft
 
 PHASES = ("tokenizer", "data", "pretrain", "samples", "demos", "sft", "label", "rm", "ppo",
-          "grpo", "dpo", "eval")
-RL_METHODS = ("ppo", "grpo", "dpo")
+          "grpo", "rft", "dpo", "eval")
+RL_METHODS = ("ppo", "grpo", "rft", "dpo")
 # What each phase writes, relative to the pipeline directory: what --from deletes.
 OUTPUTS = {
     "tokenizer": ["tokenizer.json"], "data": ["data"], "pretrain": ["pretrain"],
     "samples": ["pretrain/samples.txt"], "demos": ["sft_data"], "sft": ["sft"],
-    "label": ["rankings.jsonl"], "rm": ["rm"], "ppo": ["ppo"], "grpo": ["grpo"], "dpo": ["dpo"],
+    "label": ["rankings.jsonl"], "rm": ["rm"], "ppo": ["ppo"], "grpo": ["grpo"], "rft": ["rft"],
+    "dpo": ["dpo"],
     "eval": ["eval.txt", "eval.json", "eval.png", "answers.json"],
 }
 # Settings the pipeline fills in itself, and the pipeline flag to use instead.
@@ -71,7 +73,9 @@ FILLED = {
     "sft.out": "--out", "rm.base": "--out", "rm.data": "--comparisons", "rm.out": "--out",
     "ppo.policy": "--out", "ppo.reward": "--out", "ppo.prompts": "--rl-prompts",
     "ppo.out": "--out", "grpo.policy": "--out", "grpo.prompts": "--rl-prompts",
-    "grpo.out": "--out", "dpo.policy": "--out", "dpo.data": "--comparisons", "dpo.out": "--out",
+    "grpo.out": "--out", "rft.policy": "--out", "rft.prompts": "--rl-prompts",
+    "rft.out": "--out", "rft.sft_data": "--demos", "dpo.policy": "--out",
+    "dpo.data": "--comparisons", "dpo.out": "--out",
 }
 RECIPES = Path(__file__).parent / "recipes"
 SAMPLE_PROMPTS = ["ROMEO.\n", "The king said", "What is 3 plus 4?", "12 + 5 ="]
@@ -134,8 +138,9 @@ class PipelineConfig:
         "help": "processes per training phase on this machine (torchrun; one per GPU); 1: "
                 "each phase in this process"})
     rl: str = field(default="ppo", metadata={
-        "help": "the last phase: ppo (RM + PPO), grpo (truth reward, no RM), dpo (on the "
-                "rankings, no RM), a comma-separated list, or all: each from the same SFT "
+        "help": "the last phase: ppo (RM + PPO), grpo (truth reward, no RM), rft "
+                "(rejection-sampling fine-tuning, truth reward), dpo (on the rankings, no "
+                "RM), a comma-separated list, or all: each from the same SFT "
                 "model, side by side in eval and the report"})
     world: World = field(default_factory=World)  # the built-in corpus's tiny world
     pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
@@ -143,6 +148,7 @@ class PipelineConfig:
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     grpo: GRPOConfig = field(default_factory=_cpu_grpo)
+    rft: RFTConfig = field(default_factory=RFTConfig)
     dpo: DPOConfig = field(default_factory=_cpu_dpo)
 
 
@@ -506,14 +512,14 @@ def rl_methods(rl: str) -> list[str]:
     names = RL_METHODS if rl == "all" else [m.strip() for m in rl.split(",") if m.strip()]
     unknown = [m for m in names if m not in RL_METHODS]
     if unknown or not names:
-        raise GptsmithError(f"--rl {rl!r}: give ppo, grpo, dpo, a comma-separated list of "
+        raise GptsmithError(f"--rl {rl!r}: give ppo, grpo, rft, dpo, a comma-separated list of "
                             "them, or all")
     return [m for m in RL_METHODS if m in names]
 
 
 def rlhf_phases(run: PipelineRun) -> list[Path]:
     """label (unless --comparisons gives them), then each method of --rl from the SFT model:
-    rm and ppo, grpo (the truth reward), dpo (on the comparisons); the run directories made
+    rm and ppo, grpo and rft (the truth reward), dpo (on the comparisons); the run directories made
     (none without comparisons and prompts)."""
     cfg, root = run.cfg, run.root
     methods = rl_methods(cfg.rl)
@@ -531,7 +537,7 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
                    **longer})
     made, sft_run = [], str(root / "sft")
     missing = {"ppo": not (comparisons and rl_prompts), "grpo": not rl_prompts,
-               "dpo": not comparisons}
+               "rft": not rl_prompts, "dpo": not comparisons}
     for method in [m for m in methods if missing[m]]:
         print(f"== {method}: skipped (give --comparisons and --rl-prompts for your own data)")
     if "ppo" in methods and not missing["ppo"]:
@@ -542,12 +548,15 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
         cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
         run.trainer("ppo", cfg.ppo, ppo, {"rollouts": cfg.ppo.train.batch_size})
         made.append(root / "ppo")
-    if "grpo" in methods and not missing["grpo"]:
-        cfg.grpo.policy, cfg.grpo.prompts, cfg.grpo.out = sft_run, rl_prompts, str(root / "grpo")
-        cfg.grpo.eval_questions = cfg.grpo.eval_questions or questions
-        run.trainer("grpo", cfg.grpo, grpo, {"rollouts": cfg.grpo.train.batch_size
-                                                         * cfg.grpo.group_size})
-        made.append(root / "grpo")
+    for name, train in (("grpo", grpo), ("rft", rft)):  # sampled groups, a reward program
+        if name in methods and not missing[name]:
+            c = getattr(cfg, name)
+            c.policy, c.prompts, c.out = sft_run, rl_prompts, str(root / name)
+            c.eval_questions = c.eval_questions or questions
+            if name == "rft":  # its mixed-in SFT loss (sft_batch) reads SFT's demonstrations
+                c.sft_data = cfg.sft.data
+            run.trainer(name, c, train, {"rollouts": c.train.batch_size * c.group_size})
+            made.append(root / name)
     if "dpo" in methods and not missing["dpo"]:
         cfg.dpo.policy, cfg.dpo.data, cfg.dpo.out = sft_run, comparisons, str(root / "dpo")
         run.trainer("dpo", cfg.dpo, dpo)

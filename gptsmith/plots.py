@@ -104,6 +104,7 @@ RL_PANELS = (  # (title, [(key, label)], y from 0 to 1)
     ("held-out questions, greedy", [("true_accuracy", "share exactly right"),
                                     ("true_reward", "true reward")], False),
     ("KL to the SFT model (nats per reply)", [("kl", "KL")], False),
+    ("groups whose best reply is learned (RFT)", [("kept", "kept")], True),
     ("entropy of the policy (nats per token)", [("entropy", "entropy")], False),
     ("reply length (tokens)", [("reply_tokens", "reply length")], False),
     ("share of replies that end their turn", [("end_rate", "sampled"),
@@ -112,7 +113,7 @@ RL_PANELS = (  # (title, [(key, label)], y from 0 to 1)
 
 
 def plot_rl(metrics: Path, out: Path, title: str = "") -> None:
-    """One figure of an RL run (PPO or GRPO), one quantity per panel: the reward of the
+    """One figure of an RL run (PPO, GRPO or RFT), one quantity per panel: the reward of the
     sampled replies, the held-out greedy scores, KL, entropy, reply length, end rate."""
     rows = read_metrics(metrics)
     panels = [(t, [(k, lbl) for k, lbl in keys if any(k in r for r in rows)], unit)

@@ -15,8 +15,9 @@ from pathlib import Path
 from gptsmith.errors import GptsmithError
 from gptsmith.runs import atomic_write_text
 
-NAMES = {"pretrain": "base", "sft": "SFT", "ppo": "PPO", "grpo": "GRPO", "dpo": "DPO"}
-RL = ("ppo", "grpo", "dpo")
+NAMES = {"pretrain": "base", "sft": "SFT", "ppo": "PPO", "grpo": "GRPO", "rft": "RFT",
+         "dpo": "DPO"}
+RL = ("ppo", "grpo", "rft", "dpo")
 
 
 def _count(n: float) -> str:
@@ -60,6 +61,7 @@ DATA = {
     "rm": lambda m: f"{_count(m['train_pairs'])} comparisons",
     "ppo": lambda m: f"{m['steps']} iterations x {m['rollouts']} rollouts",
     "grpo": lambda m: f"{m['steps']} iterations x {m['rollouts']} replies",
+    "rft": lambda m: f"{m['steps']} iterations x {m['rollouts']} replies",
     "dpo": lambda m: f"{_count(m['train_pairs'])} comparisons",
     "eval": lambda m: f"{m['questions']} questions x {len(m['models'])} models",
 }
@@ -77,6 +79,8 @@ HEADLINE = {
                         f"{m['true_accuracy']:.1%} (held-out), KL {m['kl']:.2f} nats",
     "grpo": lambda m, r: f"reward {m['reward']:.2f}, true accuracy {m['true_accuracy']:.1%} "
                          f"(held-out), KL {m['kl']:.2f} nats",
+    "rft": lambda m, r: f"reward {m['reward']:.2f}, {m['kept']:.0%} of groups learned, true "
+                        f"accuracy {m['true_accuracy']:.1%} (held-out)",
     "dpo": lambda m, r: f"held-out preference accuracy {m['val_accuracy']:.1%}, margin "
                         f"{m['val_margin']:.2f}",
     "eval": lambda m, r: _eval(m),
@@ -169,6 +173,11 @@ SECTIONS = [  # (title, caption, images relative to the pipeline directory)
      "truth: a program that knows each prompt's answer), and pushes up the replies that beat "
      "their group's mean. No value model and no reward model; a KL penalty keeps it near the "
      "SFT model.", ["grpo/grpo.png"]),
+    ("RFT: fine-tuning on the best of a group",
+     "Rejection-sampling fine-tuning samples a group of replies per prompt, keeps the best one "
+     "when the reward says it is good enough (here: a right answer, or a reply to conversation "
+     "without a number), and fine-tunes on the kept replies as SFT does. It moves the model's "
+     "most likely reply, its greedy answer, to what its best samples do.", ["rft/rft.png"]),
     ("DPO: the comparisons, no reward model and no sampling",
      "DPO trains the SFT model directly on the labeler's comparisons: it raises the "
      "likelihood of the chosen reply relative to the rejected one, measured against the "
@@ -436,12 +445,12 @@ def redraw_plots(root: Path) -> None:
     """Every run's plots drawn again from its metrics.jsonl (as the current code draws them)."""
     from gptsmith.plots import plot_metrics, plot_ppo, plot_rl
 
-    for name in ("pretrain", "sft", "rm", "ppo", "grpo", "dpo"):
+    for name in ("pretrain", "sft", "rm", "ppo", "grpo", "rft", "dpo"):
         metrics = root / name / "metrics.jsonl"
         if not metrics.exists():
             continue
         plot_metrics(metrics, root / name / "loss.png", f"{TITLES.get(name, name)}: {root / name}")
         if name == "ppo":
             plot_ppo(metrics, root / name)
-        elif name == "grpo":
-            plot_rl(metrics, root / name / "grpo.png", "GRPO")
+        elif name in ("grpo", "rft"):
+            plot_rl(metrics, root / name / f"{name}.png", NAMES[name])

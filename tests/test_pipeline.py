@@ -280,26 +280,30 @@ def test_the_smollm2_recipe_runs_on_an_imported_model(tokenizer, tmp_path, capsy
 
 TINY_RL = ["--grpo.train.steps", "2", "--grpo.train.batch-size", "2", "--grpo.group-size", "2",
            "--grpo.max-tokens", "4", "--grpo.eval-limit", "4", "--no-grpo.train.progress",
+           "--rft.train.steps", "2", "--rft.train.batch-size", "2", "--rft.group-size", "2",
+           "--rft.max-tokens", "4", "--rft.eval-limit", "4", "--no-rft.train.progress",
            "--dpo.train.steps", "3", "--dpo.train.batch-size", "4", "--no-dpo.train.progress"]
 
 
 @pytest.mark.slow
 def test_rl_all_compares_the_methods_and_a_moved_pipeline_is_still_done(tmp_path,
                                                                           tiny_pipeline_args):
-    """--rl all runs PPO, GRPO and DPO from the same SFT model, side by side in eval and the
+    """--rl all runs PPO, GRPO, RFT and DPO from the same SFT model, side by side in eval and the
     report; the pipeline directory copied elsewhere is recognised as done there."""
     args = [*tiny_pipeline_args, "--rl", "all", *TINY_RL]
     out = tmp_path / "pipe"
     first = _pipeline(args)
-    phases = ["tokenizer", "data", "pretrain", "samples", "sft", "rm", "ppo", "grpo", "dpo",
-              "eval"]
+    phases = ["tokenizer", "data", "pretrain", "samples", "sft", "rm", "ppo", "grpo", "rft",
+              "dpo", "eval"]
     assert [r[0] for r in _table(first.stdout)] == phases
     models = [row["model"] for row in json.loads((out / "eval.json").read_text())]
-    assert [m.rsplit("/", 1)[-1] for m in models] == ["pretrain", "sft", "ppo", "grpo", "dpo"]
+    assert [m.rsplit("/", 1)[-1] for m in models] == ["pretrain", "sft", "ppo", "grpo", "rft",
+                                                      "dpo"]
     html = (out / "report.html").read_text()
     assert_self_contained(html)
-    for text in ("What happened", "GRPO moved greedy accuracy", "DPO moved greedy accuracy",
-                 "grpo/grpo.png", "dpo/loss.png", "What next", "gptsmith chat"):
+    for text in ("What happened", "GRPO moved greedy accuracy", "RFT moved greedy accuracy",
+                 "DPO moved greedy accuracy", "grpo/grpo.png", "rft/rft.png", "dpo/loss.png",
+                 "What next", "gptsmith chat"):
         assert text in html, text
     assert "{out}" not in html and str(out / "sft") in html  # the paths that really ran
 
@@ -323,7 +327,7 @@ def test_report_of_a_directory_without_a_pipeline_is_refused(tmp_path, capsys):
 
 def test_rl_names_the_methods_it_accepts(tmp_path, capsys):
     assert main(["pipeline", "--out", str(tmp_path / "p"), "--rl", "ppo,sac"]) == 2
-    assert "give ppo, grpo, dpo" in capsys.readouterr().err
+    assert "give ppo, grpo, rft, dpo" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()  # refused before anything ran
 
 

@@ -85,6 +85,24 @@ class RankShare:
         self.batches.load_state_dict(state)
 
 
+class Zipped:
+    """Several batch streams drawn together: ``next`` is the tuple of each one's next batch,
+    and the state is theirs, so a checkpoint resumes every stream where it was."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def next(self):
+        return tuple(s.next() for s in self.streams)
+
+    def state_dict(self) -> dict:
+        return {"streams": [s.state_dict() for s in self.streams]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for s, st in zip(self.streams, state["streams"], strict=True):
+            s.load_state_dict(st)
+
+
 def first_fit(lengths: Sequence[int], width: int) -> list[list[int]]:
     """Indices of ``lengths`` packed into rows holding at most ``width`` each: longest first,
     each into the first row with room (first-fit decreasing; ties keep their order)."""

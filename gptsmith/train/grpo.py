@@ -121,6 +121,8 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int)
 class GRPOTrainer(Trainer):
     """The shared loop with a group-baseline RL iteration as its step."""
 
+    plot_file = "grpo.png"
+
     def setup(self, cfg: GRPOConfig, ref, tokenizer, terms, reward_models=()) -> None:
         """``reward_models``: those the reward's ``terms`` score with, moved and sharded in
         place like the reference (under FSDP2; whole on every rank otherwise)."""
@@ -219,6 +221,18 @@ def check_config(cfg: GRPOConfig) -> None:
 def grpo(cfg: GRPOConfig) -> dict:
     """Run group-baseline RL on ``cfg.policy``; resumable like every phase."""
     check_config(cfg)
+    return run_sampled_rl(cfg, GRPOTrainer, cfg.advantage.upper(), cfg.beta > 0,
+                          ("reward", "kl", "train_accuracy", "entropy", "reply_tokens",
+                           "end_rate"))
+
+
+def run_sampled_rl(cfg, trainer_cls: type[GRPOTrainer], name: str, with_ref: bool,
+                   summary_keys: tuple[str, ...]) -> dict:
+    """What GRPO and rejection-sampling fine-tuning (``rft.py``) share around their step:
+    the policy (LoRA or whole), the reward terms and their models, the frozen reference
+    (``with_ref``: a copy, or the policy with its adapters off), the prompts, the held-out
+    evaluation and the finished run's plot and summary (``summary_keys`` averaged over the
+    last iterations)."""
     out = Path(cfg.out)
     done = finished_summary(out, to_dict(cfg))
     if done:
@@ -237,7 +251,7 @@ def grpo(cfg: GRPOConfig) -> dict:
     ref = None
     if cfg.lora.rank:
         apply_lora(policy, cfg.lora)
-    elif cfg.beta > 0:
+    elif with_ref:
         ref = load_model(cfg.policy)[0].requires_grad_(False)
     t = cfg.train
     torch.manual_seed(t.seed)
@@ -247,25 +261,23 @@ def grpo(cfg: GRPOConfig) -> dict:
 
         return held_out_truth(m, None, tokenizer, questions, max(32, cfg.max_tokens))
 
-    trainer = GRPOTrainer(policy, t, out, EpochBatches(prompts, t.batch_size, t.seed), None,
+    trainer = trainer_cls(policy, t, out, EpochBatches(prompts, t.batch_size, t.seed), None,
                           evaluate if questions else None, phase_config=to_dict(cfg),
                           tokenizer=tokenizer, dist=cfg.dist)
     trainer.setup(cfg, ref, tokenizer, terms, reward_models)
     trainer.lora, trainer.lora_base, trainer.eval_at_start = cfg.lora, cfg.policy, bool(questions)
-    trainer.progress_keys = {"reward": "reward", "kl": "kl", "train_accuracy": "acc",
-                             "true_accuracy": "eval_acc"}
-    print(f"{cfg.advantage.upper()}: policy {cfg.policy}, reward {cfg.reward}, "
-          f"{len(prompts)} prompts; {t.steps} iterations of {t.batch_size} prompts x "
-          f"{cfg.group_size} replies on {trainer.device}; {trainable_summary(policy)}")
+    trainer.progress_keys = {"reward": "reward", "kl": "kl", "kept": "kept",
+                             "train_accuracy": "acc", "true_accuracy": "eval_acc"}
+    print(f"{name}: policy {cfg.policy}, reward {cfg.reward}, {len(prompts)} prompts; "
+          f"{t.steps} iterations of {t.batch_size} prompts x {cfg.group_size} replies on "
+          f"{trainer.device}; {trainable_summary(policy)}")
 
     def last_iterations(_model) -> dict:
         # before summary.json, which marks the run done: a kill in between redraws it
         if ranks.is_main():
-            plot_rl(out / "metrics.jsonl", out / "grpo.png", cfg.advantage.upper())
-        return recent_means(out / "metrics.jsonl", ("reward", "kl", "train_accuracy",
-                                                    "entropy", "reply_tokens", "end_rate"))
+            plot_rl(out / "metrics.jsonl", out / trainer_cls.plot_file, name)
+        return recent_means(out / "metrics.jsonl", summary_keys)
 
-    summary = trainer.train_and_save(f"{cfg.advantage.upper()}: {out}",
-                                     finalize=last_iterations)
+    summary = trainer.train_and_save(f"{name}: {out}", finalize=last_iterations)
     print(f"done in {summary['train_seconds']:.0f}s: reward {summary.get('reward', 0):.3f}")
     return summary

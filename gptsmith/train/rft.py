@@ -1,0 +1,173 @@
+"""Rejection-sampling fine-tuning (RFT, also called expert iteration): RL by imitation of
+the policy's own best replies.
+
+Per iteration (``RFTTrainer.train_step``): sample a group of G replies for each of a batch
+of prompts; score them with the reward (``rewards.py``: the truth labeler, a reward model,
+a program); keep each group's best reply if it scores at least ``min_reward`` (with
+``truth``: a right answer, or a conversational reply without a number); then one SFT step
+on the kept replies (their tokens' negative log-likelihood, averaged over those tokens),
+plus, with ``sft_batch``, the SFT loss of a batch of demonstrations (InstructGPT's "ptx":
+self-training alone narrows what it is not rewarded for, such as conversation, to one reply).
+
+It is the policy gradient with a 0/1 advantage, taken on-policy, so it needs no value
+model, no reference and no clipping; what keeps it near the SFT model is that it only ever
+learns replies the model itself wrote. Where GRPO nudges every sampled reply by its
+advantage, RFT moves the model's mode to the best reply it can find, so it lifts the greedy
+answer more (README "System 2"). Llama 2's "rejection sampling fine-tuning" is this with a
+reward model, in a few large offline rounds; here the rounds are small and on-policy.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+import gptsmith.train.distributed as ranks
+from gptsmith.data.demos import read_demos
+from gptsmith.device import autocast
+from gptsmith.errors import GptsmithError
+from gptsmith.evaluate import is_correct
+from gptsmith.train.batches import EpochBatches, RankShare, Zipped
+from gptsmith.train.distributed import DistConfig
+from gptsmith.train.grpo import GRPOTrainer, run_sampled_rl
+from gptsmith.train.loop import TrainConfig
+from gptsmith.train.lora import LoRAConfig
+from gptsmith.train.rewards import total_reward
+from gptsmith.train.rollout import reply_logprobs, sample
+from gptsmith.train.sft import encode_conversations, pack_batch
+
+
+def _rft_train() -> TrainConfig:
+    return TrainConfig(steps=100, batch_size=16, lr=1e-4, warmup_steps=5, min_lr_ratio=0.1,
+                       weight_decay=0.0, eval_every=10, checkpoint_every=10, log_every=1)
+
+
+@dataclass
+class RFTConfig:
+    policy: str = field(default="", metadata={"help": "SFT run directory"})
+    prompts: str = field(default="", metadata={"help": "prompts (.jsonl: prompt or messages, "
+                                                       "plus fields the reward reads)"})
+    reward: str = field(default="truth", metadata={
+        "help": "truth | RM_RUN | module:function, comma-separated, each optionally @WEIGHT"})
+    eval_questions: str = field(default="", metadata={"help": "held-out known-answer questions"})
+    eval_limit: int = 100
+    out: str = field(default="runs/rft", metadata={"help": "run directory to write"})
+    group_size: int = field(default=8, metadata={"help": "replies sampled per prompt"})
+    max_tokens: int = field(default=16, metadata={"help": "longest reply"})
+    temperature: float = 1.0
+    min_reward: float = field(default=2.0, metadata={
+        "help": "a group's best reply is learned only if it scores at least this (truth: 2 "
+                "= a right answer, or conversation without a number; --min-reward=-1e9: "
+                "always, as with a reward model)"})
+    sft_data: str = field(default="", metadata={
+        "help": "demonstrations whose SFT loss is mixed into every step (as InstructGPT's "
+                "PPO-ptx mixes pre-training), so RL does not cost what SFT taught"})
+    sft_batch: int = field(default=0, metadata={
+        "help": "demonstrations of --sft-data per iteration (0: no SFT loss mixed in)"})
+    sft_coef: float = field(default=1.0, metadata={
+        "help": "weight of the mixed-in SFT loss (each loss is a mean over its tokens)"})
+    train: TrainConfig = field(default_factory=_rft_train)
+    dist: DistConfig = field(default_factory=DistConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+
+def best_of_groups(rewards: torch.Tensor, min_reward: float) -> torch.Tensor:
+    """1 on each group's best reply (the first of equals) where it scores at least
+    ``min_reward``, else 0: rewards and result are (P prompts, G replies)."""
+    best = rewards.max(1, keepdim=True)
+    keep = torch.zeros_like(rewards)
+    keep.scatter_(1, best.indices, (best.values >= min_reward).float())
+    return keep
+
+
+class RFTTrainer(GRPOTrainer):
+    """The shared loop with an RFT iteration as its step (GRPO's sampling and rewards)."""
+
+    plot_file = "rft.png"
+
+    def setup(self, cfg: RFTConfig, ref, tokenizer, terms, reward_models=()) -> None:
+        """GRPO's setup, and with ``sft_batch`` a stream of demonstrations drawn beside the
+        prompts (one data state, so a run resumes both where they were)."""
+        super().setup(cfg, ref, tokenizer, terms, reward_models)
+        self.mixed = cfg.sft_batch > 0
+        if self.mixed:
+            convs, _ = read_demos(cfg.sft_data, "auto", False)
+            examples, _ = encode_conversations(convs, tokenizer, self.model.cfg.seq_len, False)
+            collate = functools.partial(pack_batch, pad_id=tokenizer.pad_id,
+                                        rows_multiple=ranks.world())
+            demos = EpochBatches(examples, cfg.sft_batch, self.cfg.seed, collate)
+            self.batches = Zipped(self.batches, demos if ranks.world() == 1 else RankShare(demos))
+
+    def sft_loss(self, demos) -> torch.Tensor:
+        """This rank's share of the mean loss per assistant token of packed demonstrations."""
+        x, y, docs = (b.to(self.device) for b in demos)
+        n = ranks.global_count(int((y >= 0).sum()))
+        with autocast(self.device, self.precision):
+            total = self.forward_model(x, y, reduction="sum", documents=docs)
+        return total / max(1, n)
+
+    def train_step(self) -> dict:
+        cfg, G = self.grpo, self.grpo.group_size
+        self.set_lr()
+        batch = self.batches.next()  # this rank's share of the prompts (and demonstrations)
+        batch, demos = batch if self.mixed else (batch, None)
+        records = [q for q in batch for _ in range(G)]
+        first = self.cfg.seed + (self.step * self.cfg.batch_size + ranks.rank() * len(batch)) * G
+        with ranks.gathered(self.model):  # ranks decode their own number of steps
+            r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
+                       cfg.temperature, first, self.precision)
+        rewards = total_reward(self.terms, records, r)
+        keep = best_of_groups(rewards.view(len(batch), G), cfg.min_reward).reshape(-1)
+        # only the kept rows are run; a rank with none runs one row that learns nothing, so
+        # that every rank takes part in the gradient's all-reduce
+        rows = keep.nonzero().flatten().tolist() or [0]
+        mask = r.mask[rows] * keep[rows, None]
+        with autocast(self.device, self.precision):
+            logp = reply_logprobs(self.forward_model, r.seq[rows], r.pos[rows])
+        loss = ranks.mean_share(-logp, mask)
+        sft = self.sft_loss(demos) if demos is not None else torch.zeros(())
+        (loss + cfg.sft_coef * sft).backward()
+        norms = self.apply_gradients()
+        mean = ranks.global_mean
+        loss_sum, sft_sum, kept, n_groups = ranks.global_sums(
+            float(loss.detach()), float(sft.detach()), float(keep.sum()), len(batch))
+        metrics = {"loss": loss_sum, "kept": kept / n_groups, **norms,
+                   "reward": float(mean(rewards)), "reward_std": float(ranks.global_std(rewards)),
+                   "reply_tokens": float(mean(r.mask.sum(1))),
+                   "end_rate": float(mean(r.ended.float())),
+                   "tokens": ranks.global_count(int(r.mask.sum()))}
+        graded = [is_correct(t, q["answer"]) for t, q in zip(r.texts, records, strict=True)
+                  if "answer" in q]
+        right, n_graded = ranks.global_sums(sum(graded), len(graded))
+        if n_graded:
+            metrics["train_accuracy"] = right / n_graded
+        if demos is not None:
+            metrics["sft_loss"] = sft_sum
+        return metrics
+
+
+def check_config(cfg: RFTConfig) -> None:
+    """Refuse settings that cannot work, naming them."""
+    if not (cfg.policy and cfg.prompts):
+        raise GptsmithError("rft needs --policy SFT_RUN and --prompts FILE")
+    checks = [
+        (cfg.group_size >= 1, "--group-size must be >= 1"),
+        (cfg.temperature > 0, "--temperature must be > 0 (replies are sampled)"),
+        (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
+        (cfg.sft_batch >= 0 and cfg.sft_coef >= 0, "--sft-batch and --sft-coef must be >= 0"),
+        (cfg.sft_data or not cfg.sft_batch, "--sft-batch needs --sft-data FILE"),
+        (cfg.train.grad_accum == 1 and not cfg.train.compile,
+         "--train.grad-accum and --train.compile do not apply to rft"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise GptsmithError(message)
+
+
+def rft(cfg: RFTConfig) -> dict:
+    """Run rejection-sampling fine-tuning on ``cfg.policy``; resumable like every phase."""
+    check_config(cfg)
+    return run_sampled_rl(cfg, RFTTrainer, "RFT", False,
+                          ("reward", "kept", "train_accuracy", "reply_tokens", "end_rate"))

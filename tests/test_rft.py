@@ -1,0 +1,115 @@
+"""Rejection-sampling fine-tuning: which replies are learned, a short real run that learns a
+verifiable reward, and its settings checked."""
+
+import json
+
+import pytest
+import torch
+
+from gptsmith.errors import GptsmithError
+from gptsmith.train.loop import TrainConfig
+from gptsmith.train.rft import RFTConfig, best_of_groups, check_config, rft
+
+
+def test_each_groups_best_is_kept_only_when_good_enough():
+    rewards = torch.tensor([[1.0, 3.0, 3.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    assert best_of_groups(rewards, 2.0).tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
+    # a very low bar: every group's best (the first of equals), as with an RM's scores
+    assert best_of_groups(rewards, -1e9).tolist() == [[0, 1, 0, 0], [0, 1, 0, 0]]
+
+
+def has_a_7(prompts, replies, **fields):
+    return [float("7" in r) for r in replies]
+
+
+def _config(policy, prompts, out, steps) -> RFTConfig:
+    return RFTConfig(
+        policy=str(policy), prompts=str(prompts), reward="tests.test_rft:has_a_7",
+        out=str(out), group_size=8, max_tokens=2, min_reward=1.0,
+        train=TrainConfig(steps=steps, batch_size=4, lr=1e-2, warmup_steps=1, min_lr_ratio=1.0,
+                          weight_decay=0.0, checkpoint_every=5, log_every=1, precision="fp32",
+                          device="cpu", progress=False))
+
+
+def test_rft_learns_a_verifiable_reward(tiny_run, tmp_path):
+    """From an untrained tiny policy: reward "the reply has a 7" (a user function). Only
+    replies with a 7 are learned, so the share of them rises, and with it the share
+    of groups that have one."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": "Pick a digit."}) + "\n"
+                               for _ in range(16)))
+    summary = rft(_config(tiny_run, prompts, tmp_path / "run", 25))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["reward"] for r in rows[:3]) / 3
+    last = sum(r["reward"] for r in rows[-3:]) / 3
+    assert last > first + 0.3, (first, last)
+    assert {"kept", "reward", "reply_tokens", "end_rate", "grad_norm", "loss"} <= set(rows[-1])
+    assert (tmp_path / "run" / "rft.png").exists()
+    assert summary["kept"] > 0.5
+    again = rft(_config(tiny_run, prompts, tmp_path / "run", 25))  # done: not trained again
+    assert again["train_seconds"] == summary["train_seconds"]
+
+
+def test_a_batch_with_nothing_good_enough_learns_nothing(tiny_run, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Pick a digit."}) + "\n")
+    cfg = _config(tiny_run, prompts, tmp_path / "run", 2)
+    cfg.min_reward = 5.0  # has_a_7 scores at most 1
+    rft(cfg)
+    from gptsmith.runs import load_model
+
+    before, after = load_model(str(tiny_run))[0], load_model(str(tmp_path / "run"))[0]
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["kept"] == 0 for r in rows if "kept" in r)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"policy": ""}, "rft needs --policy"),
+    ({"group_size": 0}, "--group-size must be >= 1"),
+    ({"temperature": 0.0}, "--temperature must be > 0"),
+    ({"max_tokens": 0}, "--max-tokens must be >= 1"),
+])
+def test_bad_settings_are_named(bad, message):
+    cfg = RFTConfig(policy="runs/sft", prompts="p.jsonl")
+    for k, v in bad.items():
+        setattr(cfg, k, v)
+    with pytest.raises(GptsmithError, match=message):
+        check_config(cfg)
+
+
+def test_the_mixed_in_sft_loss_learns_the_demonstrations(tiny_run, tmp_path):
+    """With --sft-batch and nothing good enough to keep, the step is SFT alone: the loss of
+    the demonstrations falls."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Pick a digit."}) + "\n")
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": w}) + "\n"
+                             for w in ("yes", "no", "maybe", "never")))
+    cfg = _config(tiny_run, prompts, tmp_path / "run", 12)
+    cfg.min_reward, cfg.sft_data, cfg.sft_batch = 99.0, str(demos), 4
+    rft(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["sft_loss"] for r in rows if "sft_loss" in r]
+    assert len(losses) == 12 and losses[-1] < losses[0] * 0.5, losses
+    with pytest.raises(GptsmithError, match="--sft-batch needs --sft-data"):
+        check_config(RFTConfig(policy="runs/sft", prompts="p.jsonl", sft_batch=4))
+
+
+def test_zipped_streams_resume_where_they_were():
+    from gptsmith.train.batches import EpochBatches, Zipped
+
+    def streams():
+        return Zipped(EpochBatches(list(range(10)), 3, seed=1), EpochBatches(list("abcde"), 2,
+                                                                            seed=2))
+
+    z = streams()
+    for _ in range(4):
+        z.next()
+    state = z.state_dict()
+    ahead = [z.next() for _ in range(3)]
+    again = streams()
+    again.load_state_dict(state)
+    assert [again.next() for _ in range(3)] == ahead
