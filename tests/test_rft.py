@@ -16,6 +16,8 @@ def test_each_groups_best_is_kept_only_when_good_enough():
     assert best_of_groups(rewards, 2.0).tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
     # a very low bar: every group's best (the first of equals), as with an RM's scores
     assert best_of_groups(rewards, -1e9).tolist() == [[0, 1, 0, 0], [0, 1, 0, 0]]
+    # ties: every reply that reaches the group's best
+    assert best_of_groups(rewards, 1.0, ties=True).tolist() == [[0, 1, 1, 0], [0, 1, 0, 1]]
 
 
 def has_a_7(prompts, replies, **fields):
@@ -71,6 +73,7 @@ def test_a_batch_with_nothing_good_enough_learns_nothing(tiny_run, tmp_path):
     ({"group_size": 0}, "--group-size must be >= 1"),
     ({"temperature": 0.0}, "--temperature must be > 0"),
     ({"max_tokens": 0}, "--max-tokens must be >= 1"),
+    ({"keep": "all"}, "--keep must be best or ties"),
 ])
 def test_bad_settings_are_named(bad, message):
     cfg = RFTConfig(policy="runs/sft", prompts="p.jsonl")

@@ -61,6 +61,9 @@ class RFTConfig:
         "help": "a group's best reply is learned only if it scores at least this (truth: 2 "
                 "= a right answer, or conversation without a number; --min-reward=-1e9: "
                 "always, as with a reward model)"})
+    keep: str = field(default="best", metadata={
+        "help": "best: each group's best reply (the first of equals); ties: every reply "
+                "that scores the group's best"})
     sft_data: str = field(default="", metadata={
         "help": "demonstrations whose SFT loss is mixed into every step (as InstructGPT's "
                 "PPO-ptx mixes pre-training), so RL does not cost what SFT taught"})
@@ -73,10 +76,14 @@ class RFTConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
-def best_of_groups(rewards: torch.Tensor, min_reward: float) -> torch.Tensor:
-    """1 on each group's best reply (the first of equals) where it scores at least
-    ``min_reward``, else 0: rewards and result are (P prompts, G replies)."""
+def best_of_groups(rewards: torch.Tensor, min_reward: float, ties: bool = False
+                   ) -> torch.Tensor:
+    """1 on each group's best reply (the first of equals; ``ties``: every reply that
+    scores the best) where it scores at least ``min_reward``, else 0: rewards and result
+    are (P prompts, G replies)."""
     best = rewards.max(1, keepdim=True)
+    if ties:
+        return ((rewards == best.values) & (best.values >= min_reward)).float()
     keep = torch.zeros_like(rewards)
     keep.scatter_(1, best.indices, (best.values >= min_reward).float())
     return keep
@@ -119,7 +126,8 @@ class RFTTrainer(GRPOTrainer):
             r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
                        cfg.temperature, first, self.precision)
         rewards = total_reward(self.terms, records, r)
-        keep = best_of_groups(rewards.view(len(batch), G), cfg.min_reward).reshape(-1)
+        keep = best_of_groups(rewards.view(len(batch), G), cfg.min_reward,
+                              cfg.keep == "ties").reshape(-1)
         # only the kept rows are run; a rank with none runs one row that learns nothing, so
         # that every rank takes part in the gradient's all-reduce
         rows = keep.nonzero().flatten().tolist() or [0]
@@ -154,6 +162,7 @@ def check_config(cfg: RFTConfig) -> None:
         raise GptsmithError("rft needs --policy SFT_RUN and --prompts FILE")
     checks = [
         (cfg.group_size >= 1, "--group-size must be >= 1"),
+        (cfg.keep in ("best", "ties"), "--keep must be best or ties"),
         (cfg.temperature > 0, "--temperature must be > 0 (replies are sampled)"),
         (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
         (cfg.sft_batch >= 0 and cfg.sft_coef >= 0, "--sft-batch and --sft-coef must be >= 0"),
