@@ -46,18 +46,27 @@ def _grpo_train() -> TrainConfig:
 
 
 @dataclass
-class GRPOConfig:
-    policy: str = field(default="", metadata={"help": "SFT run directory (policy, reference)"})
+class SampledRLConfig:
+    """What GRPO and RFT (``rft.py``) share: the policy, its prompts, the reward, the
+    held-out evaluation and the groups of replies."""
+
+    policy: str = field(default="", metadata={"help": "SFT run directory"})
     prompts: str = field(default="", metadata={"help": "prompts (.jsonl: prompt or messages, "
                                                        "plus fields the reward reads)"})
     reward: str = field(default="truth", metadata={
         "help": "truth | RM_RUN | module:function, comma-separated, each optionally @WEIGHT"})
     eval_questions: str = field(default="", metadata={"help": "held-out known-answer questions"})
     eval_limit: int = 100
-    out: str = field(default="runs/grpo", metadata={"help": "run directory to write"})
+    out: str = field(default="", metadata={"help": "run directory to write"})
     group_size: int = field(default=8, metadata={"help": "replies sampled per prompt"})
     max_tokens: int = field(default=16, metadata={"help": "longest reply"})
     temperature: float = 1.0
+
+
+@dataclass
+class GRPOConfig(SampledRLConfig):
+    policy: str = field(default="", metadata={"help": "SFT run directory (policy, reference)"})
+    out: str = field(default="runs/grpo", metadata={"help": "run directory to write"})
     advantage: str = field(default="grpo", metadata={"help": "grpo | rloo | reinforce++"})
     scale_rewards: str = field(default="", metadata={
         "help": "group | batch | none; '': group for grpo, none for rloo, batch for reinforce++"})
@@ -140,16 +149,22 @@ class GRPOTrainer(Trainer):
                 return reply_logprobs(self.model, seq, pos, self.grpo.temperature)
         return reply_logprobs(self.ref, seq, pos, self.grpo.temperature)
 
-    def train_step(self) -> dict:
+    def sample_groups(self, batch: list[dict]):
+        """``group_size`` replies to each prompt of this rank's ``batch``, scored by the
+        reward: (the prompt record of each reply, the replies, their rewards)."""
         cfg, G = self.grpo, self.grpo.group_size
-        self.set_lr()
-        batch = self.batches.next()  # this rank's share of the prompts
         records = [q for q in batch for _ in range(G)]
         first = self.cfg.seed + (self.step * self.cfg.batch_size + ranks.rank() * len(batch)) * G
         with ranks.gathered(self.model):  # ranks decode their own number of steps
             r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
                        cfg.temperature, first, self.precision)
-        rewards = total_reward(self.terms, records, r)
+        return records, r, total_reward(self.terms, records, r)
+
+    def train_step(self) -> dict:
+        cfg, G = self.grpo, self.grpo.group_size
+        self.set_lr()
+        batch = self.batches.next()  # this rank's share of the prompts
+        records, r, rewards = self.sample_groups(batch)
         adv = advantages(rewards.view(len(batch), G), cfg.advantage,
                          cfg.scale_rewards).reshape(-1, 1)
         with torch.no_grad(), autocast(self.device, self.precision):
@@ -175,23 +190,34 @@ class GRPOTrainer(Trainer):
                     sums["kl"] += float(ranks.mean_share((kl * mask).sum(1)))
                     sums["entropy"] += float(ranks.mean_share(entropy, mask))
                 n += 1
-        grouped, mean = rewards.view(len(batch), G), ranks.global_mean
         summed = ranks.global_sums(*sums.values())
         metrics = {k: v / n for k, v in zip(sums, summed, strict=True)}
-        metrics.update(norms)
-        metrics.update({
-            "reward": float(mean(rewards)), "reward_std": float(ranks.global_std(rewards)),
-            "zero_spread_groups": float(mean((grouped.std(1) == 0).float())),
-            "reply_tokens": float(mean(r.mask.sum(1))),
-            "end_rate": float(mean(r.ended.float())),
-            "tokens": ranks.global_count(int(r.mask.sum())),
-        })
-        graded = [is_correct(t, q["answer"]) for t, q in zip(r.texts, records, strict=True)
-                  if "answer" in q]
-        right, n_graded = ranks.global_sums(sum(graded), len(graded))
-        if n_graded:
-            metrics["train_accuracy"] = right / n_graded
-        return metrics
+        zero_spread = (rewards.view(len(batch), G).std(1) == 0).float()
+        return {**metrics, **norms, **sampling_metrics(rewards, r, records),
+                "zero_spread_groups": float(ranks.global_mean(zero_spread))}
+
+
+def sampling_metrics(rewards: torch.Tensor, r, records: list[dict]) -> dict:
+    """What GRPO and RFT log of an iteration's sampled replies, over every rank: reward and
+    its spread, reply length, end rate, tokens, and accuracy where prompts have answers."""
+    mean = ranks.global_mean
+    metrics = {"reward": float(mean(rewards)), "reward_std": float(ranks.global_std(rewards)),
+               "reply_tokens": float(mean(r.mask.sum(1))),
+               "end_rate": float(mean(r.ended.float())),
+               "tokens": ranks.global_count(int(r.mask.sum()))}
+    graded = [is_correct(t, q["answer"]) for t, q in zip(r.texts, records, strict=True)
+              if "answer" in q]
+    right, n_graded = ranks.global_sums(sum(graded), len(graded))
+    if n_graded:
+        metrics["train_accuracy"] = right / n_graded
+    return metrics
+
+
+def refuse_unless(checks: list[tuple[bool, str]]) -> None:
+    """The message of the first setting check that fails, as an error."""
+    for ok, message in checks:
+        if not ok:
+            raise GptsmithError(message)
 
 
 def check_config(cfg: GRPOConfig) -> None:
@@ -213,9 +239,7 @@ def check_config(cfg: GRPOConfig) -> None:
         (cfg.train.grad_accum == 1 and not cfg.train.compile,
          "--train.grad-accum and --train.compile do not apply to grpo (use --minibatches)"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise GptsmithError(message)
+    refuse_unless(checks)
 
 
 def grpo(cfg: GRPOConfig) -> dict:
@@ -226,7 +250,7 @@ def grpo(cfg: GRPOConfig) -> dict:
                            "end_rate"))
 
 
-def run_sampled_rl(cfg, trainer_cls: type[GRPOTrainer], name: str, with_ref: bool,
+def run_sampled_rl(cfg: SampledRLConfig, trainer_cls: type[GRPOTrainer], name: str, with_ref: bool,
                    summary_keys: tuple[str, ...]) -> dict:
     """What GRPO and rejection-sampling fine-tuning (``rft.py``) share around their step:
     the policy (LoRA or whole), the reward terms and their models, the frozen reference

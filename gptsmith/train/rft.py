@@ -28,14 +28,18 @@ import gptsmith.train.distributed as ranks
 from gptsmith.data.demos import read_demos
 from gptsmith.device import autocast
 from gptsmith.errors import GptsmithError
-from gptsmith.evaluate import is_correct
 from gptsmith.train.batches import EpochBatches, RankShare, Zipped
 from gptsmith.train.distributed import DistConfig
-from gptsmith.train.grpo import GRPOTrainer, run_sampled_rl
+from gptsmith.train.grpo import (
+    GRPOTrainer,
+    SampledRLConfig,
+    refuse_unless,
+    run_sampled_rl,
+    sampling_metrics,
+)
 from gptsmith.train.loop import TrainConfig
 from gptsmith.train.lora import LoRAConfig
-from gptsmith.train.rewards import total_reward
-from gptsmith.train.rollout import reply_logprobs, sample
+from gptsmith.train.rollout import reply_logprobs
 from gptsmith.train.sft import encode_conversations, pack_batch
 
 
@@ -45,18 +49,8 @@ def _rft_train() -> TrainConfig:
 
 
 @dataclass
-class RFTConfig:
-    policy: str = field(default="", metadata={"help": "SFT run directory"})
-    prompts: str = field(default="", metadata={"help": "prompts (.jsonl: prompt or messages, "
-                                                       "plus fields the reward reads)"})
-    reward: str = field(default="truth", metadata={
-        "help": "truth | RM_RUN | module:function, comma-separated, each optionally @WEIGHT"})
-    eval_questions: str = field(default="", metadata={"help": "held-out known-answer questions"})
-    eval_limit: int = 100
+class RFTConfig(SampledRLConfig):
     out: str = field(default="runs/rft", metadata={"help": "run directory to write"})
-    group_size: int = field(default=8, metadata={"help": "replies sampled per prompt"})
-    max_tokens: int = field(default=16, metadata={"help": "longest reply"})
-    temperature: float = 1.0
     min_reward: float = field(default=2.0, metadata={
         "help": "a group's best reply is learned only if it scores at least this (truth: 2 "
                 "= a right answer, or conversation without a number; --min-reward=-1e9: "
@@ -120,12 +114,7 @@ class RFTTrainer(GRPOTrainer):
         self.set_lr()
         batch = self.batches.next()  # this rank's share of the prompts (and demonstrations)
         batch, demos = batch if self.mixed else (batch, None)
-        records = [q for q in batch for _ in range(G)]
-        first = self.cfg.seed + (self.step * self.cfg.batch_size + ranks.rank() * len(batch)) * G
-        with ranks.gathered(self.model):  # ranks decode their own number of steps
-            r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
-                       cfg.temperature, first, self.precision)
-        rewards = total_reward(self.terms, records, r)
+        records, r, rewards = self.sample_groups(batch)
         keep = best_of_groups(rewards.view(len(batch), G), cfg.min_reward,
                               cfg.keep == "ties").reshape(-1)
         # only the kept rows are run; a rank with none runs one row that learns nothing, so
@@ -138,23 +127,13 @@ class RFTTrainer(GRPOTrainer):
         sft = self.sft_loss(demos) if demos is not None else torch.zeros(())
         (loss + cfg.sft_coef * sft).backward()
         norms = self.apply_gradients()
-        mean = ranks.global_mean
         loss_sum, sft_sum, kept, n_groups = ranks.global_sums(
             float(loss.detach()), float(sft.detach()), float(keep.sum()), len(batch))
         metrics = {"loss": loss_sum, "kept": kept / n_groups, **norms,
-                   "reward": float(mean(rewards)), "reward_std": float(ranks.global_std(rewards)),
-                   "reply_tokens": float(mean(r.mask.sum(1))),
-                   "end_rate": float(mean(r.ended.float())),
-                   "tokens": ranks.global_count(int(r.mask.sum()))}
-        graded = [is_correct(t, q["answer"]) for t, q in zip(r.texts, records, strict=True)
-                  if "answer" in q]
-        right, n_graded = ranks.global_sums(sum(graded), len(graded))
-        if n_graded:
-            metrics["train_accuracy"] = right / n_graded
+                   **sampling_metrics(rewards, r, records)}
         if demos is not None:
             metrics["sft_loss"] = sft_sum
         return metrics
-
 
 def check_config(cfg: RFTConfig) -> None:
     """Refuse settings that cannot work, naming them."""
@@ -170,9 +149,7 @@ def check_config(cfg: RFTConfig) -> None:
         (cfg.train.grad_accum == 1 and not cfg.train.compile,
          "--train.grad-accum and --train.compile do not apply to rft"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise GptsmithError(message)
+    refuse_unless(checks)
 
 
 def rft(cfg: RFTConfig) -> dict:
