@@ -116,3 +116,16 @@ def test_zipped_streams_resume_where_they_were():
     again = streams()
     again.load_state_dict(state)
     assert [again.next() for _ in range(3)] == ahead
+
+
+def test_conversational_prompts_are_left_to_the_demonstrations_unless_asked(tiny_run,
+                                                                            tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Hello there.", "kind": "talk"}) + "\n")
+    cfg = _config(tiny_run, prompts, tmp_path / "run", 2)
+    cfg.reward = "truth"
+    with pytest.raises(GptsmithError, match="no prompt RFT can learn from"):
+        rft(cfg)
+    assert not (tmp_path / "run").exists()
+    cfg.talk = True
+    assert rft(cfg)["steps"] == 2

@@ -250,13 +250,14 @@ def grpo(cfg: GRPOConfig) -> dict:
                            "end_rate"))
 
 
-def run_sampled_rl(cfg: SampledRLConfig, trainer_cls: type[GRPOTrainer], name: str, with_ref: bool,
-                   summary_keys: tuple[str, ...]) -> dict:
+def run_sampled_rl(cfg: SampledRLConfig, trainer_cls: type[GRPOTrainer], name: str,
+                   with_ref: bool, summary_keys: tuple[str, ...],
+                   learns=lambda record: True) -> dict:
     """What GRPO and rejection-sampling fine-tuning (``rft.py``) share around their step:
     the policy (LoRA or whole), the reward terms and their models, the frozen reference
     (``with_ref``: a copy, or the policy with its adapters off), the prompts, the held-out
     evaluation and the finished run's plot and summary (``summary_keys`` averaged over the
-    last iterations)."""
+    last iterations). Only the prompt records ``learns`` accepts are drawn."""
     out = Path(cfg.out)
     done = finished_summary(out, to_dict(cfg))
     if done:
@@ -270,7 +271,9 @@ def run_sampled_rl(cfg: SampledRLConfig, trainer_cls: type[GRPOTrainer], name: s
         return reward_models[-1]
 
     terms = parse_rewards(cfg.reward, load_reward_model)
-    prompts = load_questions(cfg.prompts, require_answer=False)
+    prompts = [q for q in load_questions(cfg.prompts, require_answer=False) if learns(q)]
+    if not prompts:
+        raise GptsmithError(f"{cfg.prompts}: no prompt {name} can learn from")
     questions = load_questions(cfg.eval_questions, cfg.eval_limit) if cfg.eval_questions else []
     ref = None
     if cfg.lora.rank:

@@ -6,8 +6,11 @@ of prompts; score them with the reward (``rewards.py``: the truth labeler, a rew
 a program); keep each group's best reply if it scores at least ``min_reward`` (with
 ``truth``: a right answer, or a conversational reply without a number); then one SFT step
 on the kept replies (their tokens' negative log-likelihood, averaged over those tokens),
-plus, with ``sft_batch``, the SFT loss of a batch of demonstrations (InstructGPT's "ptx":
-self-training alone narrows what it is not rewarded for, such as conversation, to one reply).
+plus, with ``sft_batch``, the SFT loss of a batch of demonstrations (InstructGPT's "ptx").
+Conversational prompts (``"kind": "talk"``) are left out unless ``talk``: the truth reward
+scores every reply without a number alike, and learning one of them a group, over and over,
+narrowed the System 2 model's conversation to one sentence; the mixed-in demonstrations
+keep it instead.
 
 It is the policy gradient with a 0/1 advantage, taken on-policy, so it needs no value
 model, no reference and no clipping; what keeps it near the SFT model is that it only ever
@@ -58,6 +61,10 @@ class RFTConfig(SampledRLConfig):
     keep: str = field(default="best", metadata={
         "help": "best: each group's best reply (the first of equals); ties: every reply "
                 "that scores the group's best"})
+    talk: bool = field(default=False, metadata={
+        "help": "also learn from conversational prompts (\"kind\": \"talk\"); by default "
+                "they are left out and conversation is kept by --sft-batch: learning the "
+                "best of replies a reward scores alike narrowed every one to one sentence"})
     sft_data: str = field(default="", metadata={
         "help": "demonstrations whose SFT loss is mixed into every step (as InstructGPT's "
                 "PPO-ptx mixes pre-training), so RL does not cost what SFT taught"})
@@ -156,4 +163,5 @@ def rft(cfg: RFTConfig) -> dict:
     """Run rejection-sampling fine-tuning on ``cfg.policy``; resumable like every phase."""
     check_config(cfg)
     return run_sampled_rl(cfg, RFTTrainer, "RFT", False,
-                          ("reward", "kept", "train_accuracy", "reply_tokens", "end_rate"))
+                          ("reward", "kept", "train_accuracy", "reply_tokens", "end_rate"),
+                          learns=lambda q: cfg.talk or q.get("kind") != "talk")
