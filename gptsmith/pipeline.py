@@ -300,7 +300,7 @@ class PipelineRun:
         old = self.book["phases"].get(name)
         if done and old is not None:
             changed = config_differences(
-                _without_moved(portable(old.get("settings", {}), self.root)), settings)
+                _without_moved(name, portable(old.get("settings", {}), self.root)), settings)
             if changed and derived:
                 print(f"== {name}: its inputs changed, redoing it")
                 return False
@@ -464,12 +464,14 @@ def _unless_default(fields: dict) -> dict:
     return {"world": fields} if fields != default else {}
 
 
-def _without_moved(settings: dict) -> dict:
+def _without_moved(phase: str, settings: dict) -> dict:
     """Recorded settings as recorded now: the world fields only the demonstrations read were
     once recorded (with the corpus's) by the tokenizer and data phases; they are the demos
-    phase's now, and a run recorded then stays done."""
+    phase's now, and a run recorded then stays done. (The demos phase's own record keeps
+    them: it is where they belong.)"""
     world = settings.get("world")
-    if not isinstance(world, dict) or not any(k in world for k in World.DEMO_FIELDS):
+    if phase not in ("tokenizer", "data") or not isinstance(world, dict) or \
+            not any(k in world for k in World.DEMO_FIELDS):
         return settings
     rest = {k: v for k, v in settings.items() if k != "world"}
     return {**rest, **_unless_default({k: v for k, v in world.items()

@@ -95,11 +95,15 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
     assert set(_world_settings(system2, corpus=True)["world"]).isdisjoint(World.DEMO_FIELDS)
     # recorded before the demonstration fields moved to the demos phase: still the same
     old = {"corpus": "default", "world": {**dataclasses.asdict(system2), "demo_arithmetic": 1}}
-    assert _without_moved(old) == {"corpus": "default",
-                                   **_world_settings(system2, corpus=True)}
-    assert _without_moved({"world": {"chat_prompt_share": 0.2, **{
+    assert _without_moved("data", old) == {"corpus": "default",
+                                           **_world_settings(system2, corpus=True)}
+    assert _without_moved("tokenizer", {"world": {"chat_prompt_share": 0.2, **{
         k: v for k, v in dataclasses.asdict(World()).items()
         if k not in World.DEMO_FIELDS}}}) == {}
+    # the demos phase's own record is kept as it is: a finished system2 run stays done
+    for recipe in ("system2", "smollm2-system2"):
+        demos = _demos_settings(config("--recipe", recipe))
+        assert demos and _without_moved("demos", demos) == demos
     # on an imported model no corpus phase runs: the demos phase records the operands too
     smol = config("--recipe", "smollm2-system2")
     assert _demos_settings(smol)["world"]["max_operand"] == 99
