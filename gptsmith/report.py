@@ -175,9 +175,10 @@ SECTIONS = [  # (title, caption, images relative to the pipeline directory)
      "SFT model.", ["grpo/grpo.png"]),
     ("RFT: fine-tuning on the best of a group",
      "Rejection-sampling fine-tuning samples a group of replies per prompt, keeps the best one "
-     "when the reward says it is good enough (here: a right answer, or a reply to conversation "
-     "without a number), and fine-tunes on the kept replies as SFT does. It moves the model's "
-     "most likely reply, its greedy answer, to what its best samples do.", ["rft/rft.png"]),
+     "when the reward says it is good enough (here: a right answer), and fine-tunes on the "
+     "kept replies as SFT does, beside a few of SFT's demonstrations where the recipe mixes "
+     "them in. It moves the model's most likely reply, its greedy answer, to what its best "
+     "samples do.", ["rft/rft.png"]),
     ("DPO: the comparisons, no reward model and no sampling",
      "DPO trains the SFT model directly on the labeler's comparisons: it raises the "
      "likelihood of the chosen reply relative to the rejected one, measured against the "
