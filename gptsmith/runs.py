@@ -95,7 +95,7 @@ def save_model(run_dir: Path, model: GPT, state: dict[str, torch.Tensor] | None 
 
 
 # Settings of a phase that name the data it trains on: a resume must find the same bytes.
-DATA_KEYS = ("data", "val_data", "prompts", "eval_questions")
+DATA_KEYS = ("data", "val_data", "prompts", "eval_questions", "sft_data")
 
 
 def fingerprint(path: Path) -> dict[str, list]:
