@@ -550,13 +550,12 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
         cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
         run.trainer("ppo", cfg.ppo, ppo, {"rollouts": cfg.ppo.train.batch_size})
         made.append(root / "ppo")
+    cfg.rft.sft_data = cfg.sft.data  # what RFT's mixed-in SFT loss (sft_batch) reads
     for name, train in (("grpo", grpo), ("rft", rft)):  # sampled groups, a reward program
         if name in methods and not missing[name]:
             c = getattr(cfg, name)
             c.policy, c.prompts, c.out = sft_run, rl_prompts, str(root / name)
             c.eval_questions = c.eval_questions or questions
-            if name == "rft":  # its mixed-in SFT loss (sft_batch) reads SFT's demonstrations
-                c.sft_data = cfg.sft.data
             run.trainer(name, c, train, {"rollouts": c.train.batch_size * c.group_size})
             made.append(root / name)
     if "dpo" in methods and not missing["dpo"]:
