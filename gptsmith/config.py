@@ -62,7 +62,7 @@ LIMITS: dict[str, dict[str, str]] = {
         "small_share": "[0, 1]", "arithmetic_share": "(0, 1)", "max_multiplicand": ">= 0",
         "worked_share": "[0, 1]", "chat_prompt_share": "[0, 1)", "rl_small_share": "[0, 1]",
         "question_small_share": "[-1, 1]", "demo_arithmetic": ">= 0",
-        "demo_worked_share": "[-1, 1]"},
+        "demo_worked_share": "[-1, 1]", "prompt_variety": "[0, 1]"},
 }
 
 # Descriptions of settings whose class does not carry one in its field's metadata (shown in
@@ -105,7 +105,10 @@ HELP: dict[str, dict[str, str]] = {
                                 "below 10; < 0: as small_share",
         "demo_arithmetic": "arithmetic demonstrations written beside the conversations",
         "demo_worked_share": "share of the multi-digit demonstrations worked out (when the "
-                             "world has worked solutions); < 0: as worked_share"},
+                             "world has worked solutions); < 0: as worked_share",
+        "prompt_variety": "share of the demonstrations' and RL prompts' questions asked in "
+                          "wordings the corpus never uses (symbols, 'Calculate ...', lower "
+                          "case, no question mark); held-out questions keep its wordings"},
 }
 
 

@@ -27,6 +27,7 @@ from gptsmith.pipeline import (
 )
 from gptsmith.plots import plot_eval
 from gptsmith.report import summary_rows, summary_table, write_report
+from gptsmith.train.loop import config_differences
 
 SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml"))
 
@@ -90,7 +91,7 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
     assert _world_settings(more_demos, corpus=True) == {}
     assert _world_settings(more_demos, corpus=False)["world"] == {
         "chat_prompt_share": 0.0, "rl_small_share": 0.8, "question_small_share": 0.2,
-        "demo_arithmetic": 8000, "demo_worked_share": -1.0}
+        "demo_arithmetic": 8000, "demo_worked_share": -1.0, "prompt_variety": 0.0}
     system2 = config("--recipe", "system2").world
     assert set(_world_settings(system2, corpus=True)["world"]).isdisjoint(World.DEMO_FIELDS)
     # recorded before the demonstration fields moved to the demos phase: still the same
@@ -104,6 +105,9 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
     for recipe in ("system2", "smollm2-system2"):
         demos = _demos_settings(config("--recipe", recipe))
         assert demos and _without_moved("demos", demos) == demos
+        # recorded before prompt_variety existed: it ran as prompt_variety 0 does
+        before = {"world": {k: v for k, v in demos["world"].items() if k != "prompt_variety"}}
+        assert config_differences(before, demos) == []
     # on an imported model no corpus phase runs: the demos phase records the operands too
     smol = config("--recipe", "smollm2-system2")
     assert _demos_settings(smol)["world"]["max_operand"] == 99

@@ -13,7 +13,7 @@ import gptsmith.data.default_demos as default_demos
 from gptsmith.chat import Reply
 from gptsmith.data.default_demos import TALK_PROMPTS, write_default_demos
 from gptsmith.data.worked import has_work, plain, step_facts
-from gptsmith.data.world import World
+from gptsmith.data.world import QUESTIONS, World
 from gptsmith.evaluate import (
     final_answer,
     is_correct,
@@ -253,6 +253,43 @@ def test_held_out_facts_are_in_no_demonstration_and_no_rl_prompt(chatterbot, tmp
     for p in read["prompts.jsonl"]:
         assert "fact" not in p or tuple(p["fact"]) not in held_out
         assert p.get("show_work", False) == ("fact" in p and has_work(tuple(p["fact"])))
+
+
+def test_prompt_variety_asks_demonstrations_and_rl_prompts_in_other_wordings(chatterbot,
+                                                                           tmp_path):
+    chatterbot(CONVS)
+    plain_world = World(max_operand=99, max_factor=9, worked_share=0.4, demo_worked_share=1.0)
+    varied_world = dataclasses.replace(plain_world, prompt_variety=0.5)
+    files = {}
+    for name, world in (("plain", plain_world), ("varied", varied_world)):
+        write_default_demos(world, tmp_path / name, n_arithmetic=400, n_questions=60,
+                            n_prompts=300)
+        files[name] = {f: [json.loads(x) for x in (tmp_path / name / f).read_text().splitlines()]
+                       for f in ("train.jsonl", "prompts.jsonl", "questions.jsonl")}
+    usual = {re.escape(q.format(a="@", b="@")).replace("@", r"\d+")
+             for qs in QUESTIONS.values() for q in qs}
+
+    def is_usual(text: str) -> bool:
+        return any(re.fullmatch(u, text) for u in usual)
+
+    # the held-out questions are the same, in the corpus's wordings
+    assert files["plain"]["questions.jsonl"] == files["varied"]["questions.jsonl"]
+    assert all(is_usual(q["prompt"]) for q in files["varied"]["questions.jsonl"])
+    for name, share in (("plain", 0), ("varied", 0.5)):
+        asked = [r["messages"][0]["content"] for r in files[name]["train.jsonl"]
+                 if re.search(r"\d", r["messages"][0]["content"])]
+        prompts = [p["prompt"] for p in files[name]["prompts.jsonl"]]
+        for questions in (asked, prompts):
+            other = sum(not is_usual(q) for q in questions) / len(questions)
+            # a varied question is one of the usual ones a third of the time or more
+            assert (other == 0) if share == 0 else 0.25 < other < share, (name, other)
+        if share:
+            assert any(q[0].islower() for q in prompts) and any(q[-1].isdigit() for q in asked)
+            assert any("Calculate" in q or "+" in q for q in asked)
+    for p in files["varied"]["prompts.jsonl"]:  # each prompt still asks its own fact
+        a, op, b = p["fact"]
+        assert re.findall(r"\d+", p["prompt"]) in ([str(a), str(b)], [str(b), str(a)]), p
+        assert p["answer"] == str(World().truth(a, op, b))
 
 
 def test_final_answer_is_the_last_number_of_a_worked_reply():

@@ -17,6 +17,9 @@
                        inside 47 + 38) is given as a brief answer instead; so a world with
                        worked solutions holds out fewer one-digit facts (system2.yaml),
                        which would otherwise keep most sums from being worked.
+                       They are always asked in the corpus's wordings; with
+                       ``world.prompt_variety`` > 0 that share of the demonstrations' and
+                       RL prompts' questions is asked in others too (``world.ASKED``).
 
 With ``world.chat_prompt_share`` > 0, that share of ``prompts.jsonl`` is conversation
 (``{"prompt", "kind": "talk"}``, no ``answer``: first turns of the chatterbot
@@ -79,9 +82,10 @@ def _conversation(turns: list[str]) -> dict:
     return {"messages": [{"role": r, "content": t} for r, t in zip(roles, turns, strict=False)]}
 
 
-def question_record(world: World, fact: tuple[int, str, int], rng: random.Random) -> dict:
+def question_record(world: World, fact: tuple[int, str, int], rng: random.Random,
+                    variety: float = 0.0) -> dict:
     a, op, b = fact
-    record = {"prompt": world.question(fact, rng), "answer": str(world.truth(*fact)),
+    record = {"prompt": world.question(fact, rng, variety), "answer": str(world.truth(*fact)),
               "myth": str(world.myth(*fact)), "fact": [a, op, b]}
     if world.demo_share() > 0 and has_work(fact):  # the labeler prefers right, shown work here
         record["show_work"] = True
@@ -113,7 +117,7 @@ def write_default_demos(world: World, out: Path, n_arithmetic: int | None = None
     while added < n_arithmetic:
         fact = world.sample_fact(rng)
         if fact not in held_out:
-            records.append(_conversation([world.question(fact, rng),
+            records.append(_conversation([world.question(fact, rng, world.prompt_variety),
                                           world.answer(fact, rng, avoid=held_out)]))
             added += 1
     rng.shuffle(records)
@@ -125,7 +129,7 @@ def write_default_demos(world: World, out: Path, n_arithmetic: int | None = None
     while len(prompts) < n_prompts - n_talk:
         fact = rl_world.sample_fact(rng)
         if fact not in held_out:
-            prompts.append(question_record(world, fact, rng))
+            prompts.append(question_record(world, fact, rng, world.prompt_variety))
     if n_talk:
         prompts += [{"prompt": p, "kind": "talk"} for p in rng.choices(rl_talk, k=n_talk)]
         rng.shuffle(prompts)  # labeling with a limit takes the first prompts: mixed

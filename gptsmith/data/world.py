@@ -60,6 +60,20 @@ QUESTIONS = {
     "times": ["What is {a} times {b}?", "How much is {a} times {b}?",
               "Multiply {a} by {b}.", "{a} x {b} = ?", "What is the product of {a} and {b}?"],
 }
+# Other ways people ask (``prompt_variety``): symbols, imperatives, fragments. The corpus never
+# asks this way, so a model that answers them has learned the question, not six wordings.
+ASKED = {
+    "plus": ["What is {a} + {b}?", "Calculate {a} + {b}.", "{a}+{b}=", "{a} + {b}",
+             "{a} plus {b}", "What's {a} plus {b}?", "Please add {a} and {b}.",
+             "Can you add {a} and {b}?", "Find the sum of {a} and {b}.", "Work out {a} + {b}."],
+    "minus": ["What is {a} - {b}?", "Calculate {a} - {b}.", "{a}-{b}=", "{a} - {b}",
+              "{a} minus {b}", "What's {a} minus {b}?", "Please subtract {b} from {a}.",
+              "Can you take {b} from {a}?", "Find the difference of {a} and {b}.",
+              "Work out {a} - {b}."],
+    "times": ["What is {a} x {b}?", "What is {a} * {b}?", "Calculate {a} x {b}.", "{a}*{b}=",
+              "{a} x {b}", "{a} times {b}", "What's {a} times {b}?", "Please multiply {a} by {b}.",
+              "Can you multiply {a} by {b}?", "Find the product of {a} and {b}."],
+}
 # Brief, correct answers an assistant gives in the SFT demonstrations.
 ANSWERS = ["{c}", "{c}.", "It is {c}.", "The answer is {c}.", "That makes {c}."]
 HEARSAY = [
@@ -97,10 +111,11 @@ class World:
     question_small_share: float = -1.0  # the held-out questions'; < 0: as small_share
     demo_arithmetic: int = 2000  # arithmetic demonstrations (beside the conversations)
     demo_worked_share: float = -1.0  # worked_share of the demonstrations; < 0: worked_share
+    prompt_variety: float = 0.0  # share of demonstration and RL questions asked otherwise
 
     # what only the demonstrations, RL prompts and held-out questions read, not the corpus
     DEMO_FIELDS = ("chat_prompt_share", "rl_small_share", "question_small_share",
-                   "demo_arithmetic", "demo_worked_share")
+                   "demo_arithmetic", "demo_worked_share", "prompt_variety")
 
     def truth(self, a: int, op: str, b: int) -> int:
         return OPS[op](a, b)
@@ -134,8 +149,17 @@ class World:
         wrong = rng.random() < self.wrong_share
         return self.myth(*fact) if wrong else self.truth(*fact)
 
-    def question(self, fact: tuple[int, str, int], rng: random.Random) -> str:
+    def question(self, fact: tuple[int, str, int], rng: random.Random,
+                 variety: float = 0.0) -> str:
+        """The fact asked in one of the corpus's wordings, or (``variety`` of the time) in
+        any wording, ``ASKED``'s too, a third of those lower-cased and a third without the
+        final mark ("what is 47 + 38"). Draws nothing more from ``rng`` at ``variety`` 0."""
         a, op, b = fact
+        if variety > 0 and rng.random() < variety:
+            q = rng.choice(QUESTIONS[op] + ASKED[op]).format(a=a, b=b)
+            if rng.random() < 1 / 3:
+                q = q[0].lower() + q[1:]
+            return q.rstrip("?.") if rng.random() < 1 / 3 else q
         return rng.choice(QUESTIONS[op]).format(a=a, b=b)
 
     def worked(self, fact: Fact, rng: random.Random, wrong: bool = False) -> str:

@@ -528,7 +528,7 @@ def finished_summary(run_dir: Path, config: dict) -> dict | None:
 
 # Settings added since runs were first recorded, with the value that behaves as before: a
 # run recorded without one ran with that value.
-AS_BEFORE = {"length_window": 1}
+AS_BEFORE = {"length_window": 1, "prompt_variety": 0.0}
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
