@@ -1,7 +1,8 @@
 """Evaluation on questions with known answers: accuracy, end of turn, length; side by side.
 
-A questions file is ``.jsonl`` with ``prompt`` (or ``messages``) and ``answer`` per line,
-optionally ``myth`` (the wrong answer the pre-training corpus repeats). An answer is
+A questions file is ``.jsonl`` with ``prompt`` (or ``messages``) and ``answer`` (a string or a
+whole number) per line, optionally ``myth`` (the wrong answer the pre-training corpus
+repeats). An answer is
 *exactly right* when its last number equals a numeric ``answer`` (so "7", "It is 7." and
 "3 plus 4 is 7." all count), or, for other answers, when it equals ``answer`` ignoring case,
 surrounding space and final punctuation. Worked replies ("7 + 8 = 15, write 5 carry 1;
@@ -81,8 +82,11 @@ def load_questions(path: str | Path, limit: int = 0, require_answer: bool = True
     for n, rec in read_records(Path(path)):
         if not isinstance(rec, dict):
             raise located(str(path), n, "record must be a JSON object")
-        if (require_answer or "answer" in rec) and not isinstance(rec.get("answer"), str):
-            raise located(str(path), n, "field 'answer' must be a string")
+        answer = rec.get("answer")
+        if type(answer) is int:  # {"answer": 85} means "85" (not True, not 85.0)
+            rec = {**rec, "answer": str(answer)}
+        elif (require_answer or "answer" in rec) and not isinstance(answer, str):
+            raise located(str(path), n, "field 'answer' must be a string or a whole number")
         if isinstance(rec.get("prompt"), str):
             rec = {**rec, "messages": [{"role": "user", "content": rec["prompt"]}]}
         elif not isinstance(rec.get("messages"), list):

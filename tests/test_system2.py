@@ -437,6 +437,23 @@ def test_eval_scores_each_kind_of_question_and_how_often_work_is_shown():
     assert work_rate(replies) == 0.25
 
 
+def test_a_questions_file_from_elsewhere_loads_with_numbers_for_answers(tmp_path):
+    from gptsmith.errors import GptsmithError
+
+    path = tmp_path / "outside.jsonl"
+    path.write_text('{"prompt": "What is 47 + 38?", "answer": 85}\n'
+                    '{"prompt": "What is 3 - 5?", "answer": -2}\n')
+    qs = load_questions(path)
+    assert [q["answer"] for q in qs] == ["85", "-2"]
+    assert [question_kind(q) for q in qs] == ["two-digit", "one-digit"]
+    assert is_correct("So the answer is 85.", qs[0]["answer"])
+    for bad in ("85.0", "true", "[85]"):  # a whole number, not one that may have been rounded
+        path.write_text('{"prompt": "1 + 1", "answer": 2}\n'
+                        + json.dumps({"prompt": "Hi"})[:-1] + f', "answer": {bad}}}\n')
+        with pytest.raises(GptsmithError, match="outside.jsonl:2: field 'answer' must be"):
+            load_questions(path)
+
+
 def test_the_data_commands_take_a_world_file_and_name_a_bad_one(tmp_path, capsys):
     import dataclasses
     import json
