@@ -199,10 +199,21 @@ def _points(a: float, b: float) -> str:
     return "unchanged" if d == 0 else f"{'up' if d > 0 else 'down'} {abs(d)} points"
 
 
+def _talk_ends(models: dict) -> str:
+    """"; share that end their turn: ..." where eval recorded it (runs before did not)."""
+    ends = {m: r["talk_end_rate"] for m, r in models.items()
+            if r.get("talk_end_rate") is not None}
+    return ("; share that end their turn: " + ", ".join(
+        f"{NAMES.get(m, m)} {_pct(v)}" for m, v in ends.items())) if ends else ""
+
+
 def _rl_prompts_are(records: dict) -> str:
-    """What the built-in RL prompts hold: all sums, or a share of conversation."""
-    world = ((records.get("data") or {}).get("settings") or {}).get("world") or {}
-    share = world.get("chat_prompt_share", 0)
+    """What the built-in RL prompts hold: all sums, or a share of conversation (a demos
+    phase setting; runs recorded before it moved there hold it in the data phase's)."""
+    share = 0
+    for phase in ("demos", "data"):
+        world = ((records.get(phase) or {}).get("settings") or {}).get("world") or {}
+        share = share or world.get("chat_prompt_share", 0)
     if share:
         return f"{share:.0%} of the RL prompts are conversation, the rest arithmetic"
     return "The RL prompts are all arithmetic"
@@ -265,7 +276,7 @@ def story(records: dict) -> list[str]:
         out.append("Ordinary conversation (" + (f"{n} prompts" if n else "open prompts")
                    + ", e.g. \"Hello, how are you?\"), share answered with a number: "
                    + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}" for m, v in talk.items())
-                   + ". " + _rl_prompts_are(records)
+                   + _talk_ends(models) + ". " + _rl_prompts_are(records)
                    + "; a rise here is RL's cost to the conversation.")
     work = {m: r["work_rate"] for m, r in models.items() if r.get("work_rate") is not None}
     if any(work.values()):

@@ -364,8 +364,16 @@ def test_the_reports_findings_follow_the_numbers():
     assert "DPO moved greedy accuracy from 22% to 30% (up 8 points)" in text
     assert "PPO raised the sampled answers more than the greedy one" in text
     assert "DPO raised" not in text  # its greedy gain is the larger
-    assert "base 0%, SFT 12%, PPO 50%, DPO 0%" in text
+    assert "base 0%, SFT 12%, PPO 50%, DPO 0%. The RL prompts are all arithmetic" in text
     assert "the best model still gets 70% of held-out questions wrong" in text
+    # where eval recorded how many conversation replies end, and the demos phase's world
+    # holds conversation among the RL prompts, the findings say so
+    for name, end in (("sft", 0.95), ("ppo", 0.7)):
+        records["eval"]["numbers"]["models"][name]["talk_end_rate"] = end
+    records["demos"] = {"settings": {"world": {"chat_prompt_share": 0.2}}}
+    text = "\n".join(story(records))
+    assert "PPO 50%, DPO 0%; share that end their turn: SFT 95%, PPO 70%. 20% of the RL " \
+           "prompts are conversation" in text
     records["pretrain"]["numbers"]["val_bpb"] = 3.0
     assert "has not learned to use context" in "\n".join(story(records))
 
