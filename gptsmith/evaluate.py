@@ -1,15 +1,14 @@
 """Evaluation on questions with known answers: accuracy, end of turn, length; side by side.
 
-A questions file is ``.jsonl`` with ``prompt`` (or ``messages``) and ``answer`` (a string or a
-whole number) per line, optionally ``myth`` (the wrong answer the pre-training corpus
-repeats). An answer is
-*exactly right* when its last number equals a numeric ``answer`` (so "7", "It is 7." and
-"3 plus 4 is 7." all count), or, for other answers, when it equals ``answer`` ignoring case,
-surrounding space and final punctuation. Worked replies ("7 + 8 = 15, write 5 carry 1;
-4 + 3 + 1 = 8; so the answer is 85.") give their answer last, so the last number is the one
-scored, as for brief ones. A reply *shows work* when it states a calculation whose result
-is not its final answer (an intermediate step); restating the question's own fact
-("47 + 38 = 85.") is not work.
+A questions file is ``.jsonl`` with ``prompt`` (or ``messages``) and ``answer`` (a string or
+a whole number) per line, optionally ``myth`` (the wrong answer the pre-training corpus
+repeats). An answer is *exactly right* when its last number equals a numeric ``answer`` (so
+"7", "It is 7." and "3 plus 4 is 7." all count), or, for other answers, when it equals
+``answer`` ignoring case, surrounding space and final punctuation. Worked replies ("7 + 8 =
+15, write 5 carry 1; 4 + 3 + 1 = 8; so the answer is 85.") give their answer last, so the
+last number is the one scored, as for brief ones. A reply *shows work* when it states a
+calculation whose result is not its final answer (an intermediate step); restating the
+question's own fact ("47 + 38 = 85.") is not work.
 """
 
 from __future__ import annotations

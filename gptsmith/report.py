@@ -200,7 +200,8 @@ def _points(a: float, b: float) -> str:
 
 
 def _talk_ends(models: dict) -> str:
-    """"; share that end their turn: ..." where eval recorded it (runs before did not)."""
+    """How often each model ends its turn in conversation, as the findings say it; "" where
+    eval did not record it (runs made before it did)."""
     ends = {m: r["talk_end_rate"] for m, r in models.items()
             if r.get("talk_end_rate") is not None}
     return ("; share that end their turn: " + ", ".join(
