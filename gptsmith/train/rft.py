@@ -142,6 +142,7 @@ class RFTTrainer(GRPOTrainer):
             metrics["sft_loss"] = sft_sum
         return metrics
 
+
 def check_config(cfg: RFTConfig) -> None:
     """Refuse settings that cannot work, naming them."""
     if not (cfg.policy and cfg.prompts):
