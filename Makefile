@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python bench/ppo_iteration.py
 	$(BIN)/python bench/reward_step.py
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/results.py
 
 # GRPO and DPO against TRL 1.16, which has no PPOTrainer: its own environment.
 BENCH116 ?= .venv-trl116
@@ -47,6 +48,7 @@ bench-trl116:
 	$(BENCH116)/bin/python -m pip install -q -e ".[bench-trl116]"
 	$(BENCH116)/bin/python bench/grpo_step.py --threads 1
 	$(BENCH116)/bin/python bench/dpo_step.py --threads 1
+	$(BENCH116)/bin/python bench/results.py
 
 checks: setup
 	$(BIN)/python checks/fuzz_cli.py

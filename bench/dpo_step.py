@@ -22,7 +22,8 @@ the batch every step) and with ``precompute_ref_log_probs=True`` (a reference pa
 data set when the trainer is built, as ours does; the reference model is then not kept).
 Same β, ``loss_type=["sigmoid"]``, no label smoothing, same learning rate, betas, weight decay
 and clipping, constant schedule, ``max_length=None`` (no truncation), no gradient
-checkpointing, fp32 (``--precision bf16``: our autocast, TRL's ``bf16=True``).
+checkpointing, the pipeline's precision (fp32 on a CPU without native bf16; bf16: our
+autocast, TRL's ``bf16=True``).
 
 Differences left: TRL scores the replies with its fused, tiled LM head and also computes, per
 step, the metrics it logs from it (entropy, mean logits, top-1 accuracy, rewards, margins);
@@ -73,7 +74,7 @@ from ppo_iteration import (
     quiet,
     synthetic_texts,
 )
-from train_throughput import add_run_flags
+from results import add_run_flags
 
 from gptsmith.data.comparisons import read_comparisons
 from gptsmith.device import autocast

@@ -18,7 +18,8 @@ import statistics
 import time
 
 import torch
-from train_throughput import add_run_flags, check_same_logits, hf_twin  # bench/ on sys.path
+from results import add_run_flags, record  # bench/ is on sys.path when run
+from train_throughput import check_same_logits, hf_twin
 
 from gptsmith.device import autocast, set_threads
 from gptsmith.engine import Sampling, generate
@@ -31,7 +32,7 @@ def main():
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated")
-    add_run_flags(p, rounds=7)
+    add_run_flags(p, rounds=7, precision="fp32")  # chat, serve and eval decode in fp32
     args = p.parse_args()
     if args.quick:
         args.depth, args.prompt_len, args.new_tokens = 2, 8, 8
@@ -67,7 +68,7 @@ def main():
         return out
 
     sides = {"ours": run_ours, "HF": run_hf}
-    summary = []
+    summary, lines = [], []
     for B in [int(b) for b in args.batch_sizes.split(",")]:
         prompts = torch.randint(cfg.vocab_size, (B, P))
         rates: dict[str, list[float]] = {name: [] for name in sides}
@@ -87,7 +88,11 @@ def main():
         summary.append(f"batch {B:3d}:  ours {med['ours']:7.0f} / {best['ours']:7.0f}   "
                        f"HF {med['HF']:7.0f} / {best['HF']:7.0f}   "
                        f"ours/HF {med['ours'] / med['HF']:.2f}x / {best['ours'] / best['HF']:.2f}x")
+        lines.append((rates, B, same))
     print("generated tokens/s, median / best round:\n" + "\n".join(summary))
+    for rates, B, same in lines:
+        record("generate_throughput", args, rates, "tokens/s", ["ours/HF"], batch=B,
+               depth=cfg.depth, prompt_len=P, new_tokens=N, same_tokens=same)
 
 if __name__ == "__main__":
     main()

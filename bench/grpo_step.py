@@ -24,7 +24,8 @@ top-k off on both), ``beta``, ``epsilon``/``epsilon_high`` = our clip_low/clip_h
 the minibatch's reply tokens, which is also TRL's default ``dapo`` at one minibatch; sequence:
 ``grpo``; dr_grpo: ``dr_grpo``), ``use_bias_correction_kl=False`` (ours adds plain k3 KL, not
 KL x ratio), same learning rate, betas, weight decay and clipping at 1.0, constant schedule,
-no gradient checkpointing, fp32 (``--precision bf16``: our autocast, TRL's ``bf16=True``).
+no gradient checkpointing, the pipeline's precision (fp32 on a CPU without native bf16;
+bf16: our autocast, TRL's ``bf16=True``).
 
 Differences left: at one epoch of one minibatch TRL skips the no-grad forward that gives the
 old log-probs (the ratio is then exactly 1, so it reuses the trained forward's, detached);
@@ -54,8 +55,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -71,7 +70,8 @@ from ppo_iteration import (  # bench/ is on sys.path when run
     quiet,
     silence_libraries,
 )
-from train_throughput import add_run_flags, check_same_logits
+from results import add_run_flags, cpu_name, record
+from train_throughput import check_same_logits
 
 from gptsmith.chat import prompt_ids
 from gptsmith.config import to_dict
@@ -99,16 +99,6 @@ def vowel_share(prompts, completions, **_) -> list[float]:
 
 
 # --- shared with bench/dpo_step.py ---------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def start_libraries(threads: int) -> str:
@@ -163,24 +153,19 @@ def ours_steps(trainer, n: int, metrics: list[dict]) -> list[float]:
 def report(bench: str, args, times: dict[str, list[float]], unit: str, scale: float = 1.0,
            **settings) -> None:
     """Median and best of each side (``times["ours"]`` first), the ratios to ours, then the
-    result as one JSON line: seconds, ratios, and what was run where."""
-    import trl
-
+    result as one JSON line (``results.record``, in seconds)."""
     med_o, best_o = statistics.median(times["ours"]), min(times["ours"])
     width = max(len(name) for name in times)
     for name, v in times.items():
         print(f"{name:>{width}}: median {scale * statistics.median(v):8.3f} {unit}   "
               f"best {scale * min(v):8.3f} {unit}")
-    record = {"bench": bench, "cpu": cpu_name(), "threads": torch.get_num_threads(),
-              "torch_version": torch.__version__, "trl_version": trl.__version__,
-              "precision": args.precision, "rounds": args.rounds, "settings": settings}
     for name, v in times.items():
-        record[name] = {"median_s": statistics.median(v), "best_s": min(v), "n": len(v)}
         if name != "ours":
-            ratio, best = statistics.median(v) / med_o, min(v) / best_o
-            record[name].update(ratio_median=ratio, ratio_best=best)
-            print(f"{name}/ours: median {ratio:.2f}x   best {best:.2f}x")
-    print(json.dumps(record))
+            print(f"{name}/ours: median {statistics.median(v) / med_o:.2f}x   "
+                  f"best {min(v) / best_o:.2f}x")
+    record(bench, args, times, "s/" + unit.split("/")[-1],
+           [f"{name}/ours" for name in times if name != "ours"], lower_is_better=True,
+           **settings)
 
 
 # --- the GRPO bench -------------------------------------------------------------------------

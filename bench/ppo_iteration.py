@@ -15,7 +15,8 @@ reward + value from the reward run). TRL gets ``LlamaForCausalLM`` (policy, refe
 ``LlamaForSequenceClassification(num_labels=1)`` (reward, value) twins holding the same
 weights, checked to give the same fp32 outputs. Both sides see the same prompts (all of one
 token length, so nobody pads them), the same batch, response length, temperature 1, PPO
-epochs and minibatches, in fp32 (TRL's bf16 on CPU would autocast only the trained models).
+epochs and minibatches, in the pipeline's precision (fp32 on a CPU without native bf16;
+with bf16, TRL's ``bf16=True`` on CPU autocasts only the trained models).
 
 Both sides are made to generate the full response length: TRL gets no stop token, and ours,
 whose engine stops a row at ``<|end|>``, runs a random policy that rarely samples it (TRL
@@ -52,7 +53,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from train_throughput import add_run_flags, check_same_logits, hf_twin  # bench/ on sys.path
+from results import add_run_flags, record  # bench/ is on sys.path when run
+from train_throughput import check_same_logits, hf_twin
 from transformers import (
     LlamaForCausalLM,
     LlamaForSequenceClassification,
@@ -386,6 +388,13 @@ def main():
         print(f"ours: median {med_o:7.3f} s/iteration   best {best_o:7.3f} s/iteration")
         print(f" TRL: median {med_t:7.3f} s/iteration   best {best_t:7.3f} s/iteration")
         print(f"TRL/ours: median {med_t / med_o:.2f}x   best {best_t / best_o:.2f}x")
+        record("ppo_iteration", args, {"ours": ours_times, "TRL": trl_times}, "s/iteration",
+               ["TRL/ours"], lower_is_better=True, depth=c.depth, vocab=c.vocab_size,
+               rollouts=args.batch_size, prompt_len=args.prompt_len,
+               response_length=args.response_length, ppo_epochs=args.ppo_epochs,
+               minibatches=args.minibatches,
+               rollout_s=statistics.median(phases["rollout"]),
+               update_s=statistics.median(phases["update"]))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ with the loss of ``train_reward_model`` (``flatten`` + ``score_sequences`` +
 ``pairwise_loss``; one pair per prompt, as a comparisons file gives it) on a scalar-head GPT
 of the default shape (``reward_model_from`` a random-init GPT). TRL's is
 ``trl.RewardTrainer`` on a ``LlamaForSequenceClassification(num_labels=1)`` holding the same
-weights, fed the same pairs as pre-tokenized ``chosen_ids`` / ``rejected_ids``. Both fp32 by
-default (``--precision bf16``: our autocast, TRL's ``bf16=True``), same learning rate, no
+weights, fed the same pairs as pre-tokenized ``chosen_ids`` / ``rejected_ids``. Both in the
+pipeline's precision (fp32 on a CPU without native bf16; bf16: our autocast, TRL's
+``bf16=True``), same learning rate, no
 weight decay, clip 1.0, no gradient checkpointing. TRL is a bench extra only.
 
 How it is timed: ours calls ``trainer.train_step()``; TRL runs whole ``train()`` calls of
@@ -50,7 +51,7 @@ from ppo_iteration import (  # bench/ is on sys.path when run
     scalar_twin,
     silence_libraries,
 )
-from train_throughput import add_run_flags
+from results import add_run_flags, record
 
 from gptsmith.device import set_threads
 from gptsmith.model import GPT, GPTConfig
@@ -170,6 +171,9 @@ def main():
         print(f"ours: median {1e3 * med_o:8.1f} ms/step   best {1e3 * best_o:8.1f} ms/step")
         print(f" TRL: median {1e3 * med_t:8.1f} ms/step   best {1e3 * best_t:8.1f} ms/step")
         print(f"TRL/ours: median {med_t / med_o:.2f}x   best {best_t / best_o:.2f}x")
+        record("reward_step", args, {"ours": ours_times, "TRL": trl_times}, "s/step",
+               ["TRL/ours"], lower_is_better=True, depth=c.depth, vocab=c.vocab_size,
+               pairs=args.batch_size, length=args.length)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import DEFAULT_RESULTS, record  # bench/ is on sys.path when run
+
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.runs import save_model
 from gptsmith.tokenizer import train_tokenizer
@@ -166,6 +168,8 @@ def main():
                    help="share of requests that leave max_tokens out (0 to 1)")
     p.add_argument("--batched-only", action="store_true",
                    help="skip the one-at-a-time configuration")
+    p.add_argument("--results", default=DEFAULT_RESULTS,
+                   help="JSON-lines file the result is appended to ('' = print only)")
     args = p.parse_args()
     if args.max_batch < 2:
         p.error("--max-batch must be >= 2 (it is compared with max_batch=1)")
@@ -205,6 +209,10 @@ def main():
     print(f"same reply in both configurations: {same}/{args.requests}")
     (rb, tb), (r1, t1) = rate[args.max_batch], rate[1]
     print(f"batched/one-at-a-time: {tb / t1:.1f}x tokens/s, {rb / r1:.1f}x requests/s")
+    record("serve_load", args, {"batched": [tb], "one-at-a-time": [t1]}, "tokens/s",
+           ["batched/one-at-a-time"], clients=args.clients, requests=args.requests,
+           max_tokens=args.max_tokens, max_batch=args.max_batch, run=args.run or "random",
+           requests_per_s_ratio=rb / r1, errors=len(errors))
     if errors:
         sys.exit(f"{len(errors)} failed requests:\n" + "\n".join(errors[:10]))
 

@@ -2,14 +2,16 @@
 
 Both models get the same weights (copied over, checked to give the same fp32 logits), the same
 random token batches, the same AdamW (``make_optimizer``), gradient clipping at 1.0 and the same
-precision (bf16 autocast by default). A step is what ``Trainer.train_step`` does: forward with
-the loss, backward, ``loss.item()``, clip, optimizer step, zero grads. The two sides alternate
-in rounds (``--steps`` of ours, then ``--steps`` of HF, ``--rounds`` times) so that drift in the
-machine's speed hits both; the median round gives tokens/s per side and the ratio ours/HF.
+precision (by default the pipeline's: bf16 autocast where the CPU multiplies bf16 natively,
+else fp32). A step is what ``Trainer.train_step`` does: forward with the loss, backward,
+``loss.item()``, clip, optimizer step, zero grads. The two sides alternate in rounds
+(``--steps`` of ours, then ``--steps`` of HF, ``--rounds`` times) so that drift in the
+machine's speed hits both; the median round gives tokens/s per side and the ratio ours/HF,
+also written as a JSON line to ``runs/bench.jsonl`` (``bench/results.py``).
 
     .venv/bin/pip install "transformers>=4.45"      # or: pip install -e ".[bench]"
     .venv/bin/python bench/train_throughput.py                  # depth 4, seq 256, batch 16
-    .venv/bin/python bench/train_throughput.py --precision fp32 --depth 8 --threads 2
+    .venv/bin/python bench/train_throughput.py --precision bf16 --depth 8 --threads 2
     .venv/bin/python bench/train_throughput.py --quick          # a few seconds: does it run?
 """
 
@@ -19,6 +21,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from results import add_run_flags, record  # bench/ is on sys.path when run
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gptsmith.device import autocast, set_threads
@@ -55,15 +58,6 @@ def check_same_logits(model: GPT, hf: LlamaForCausalLM, batch: int = 2, atol: fl
     assert err < atol, f"logits differ by {err:.2e} > {atol}: the architectures do not match"
 
 
-def add_run_flags(p: argparse.ArgumentParser, rounds: int, precision: str = "fp32") -> None:
-    """The flags every benchmark here has: rounds, precision, threads, seed, --quick."""
-    p.add_argument("--rounds", type=int, default=rounds, help="alternating rounds per side")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default=precision)
-    p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--depth", type=int, default=4)
@@ -71,7 +65,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-    add_run_flags(p, rounds=8, precision="bf16")
+    add_run_flags(p, rounds=8)
     args = p.parse_args()
     if args.quick:
         args.depth, args.seq_len, args.batch_size = 2, 64, 4
@@ -132,6 +126,8 @@ def main():
     for name in sides:
         print(f"{name:>4}: median {med[name]:8.0f} tok/s   best {best[name]:8.0f} tok/s")
     print(f"ours/HF: median {med['ours'] / med['HF']:.2f}x   best {best['ours'] / best['HF']:.2f}x")
+    record("train_throughput", args, rates, "tokens/s", ["ours/HF"], depth=cfg.depth,
+           batch_size=B, seq_len=T, vocab=V, steps_per_round=args.steps)
 
 
 if __name__ == "__main__":
