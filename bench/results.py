@@ -116,9 +116,10 @@ def summary(lines: list[dict]) -> str:
         ratios = ", ".join(f"{r['of']} {r['median']:.2f}x (best {r['best']:.2f}x)"
                            for r in line["ratios"])
         sides = ", ".join(f"{name} {s['median']:.4g}" for name, s in line["sides"].items())
-        rows.append(f"{key}: {ratios}; {sides} {line['unit']}  [{line['cpu']}, "
-                    f"{line['threads']} threads, {line['precision']}, {line['time']}"
-                    f"{', quick' if line['quick'] else ''}]")
+        where = [line["cpu"], f"{line['threads']} threads", line["precision"], line["time"],
+                 "quick" if line["quick"] else None]
+        rows.append(f"{key}: {ratios}; {sides} {line['unit']}  "
+                    f"[{', '.join(w for w in where if w)}]")
     return "\n".join(rows)
 
 
