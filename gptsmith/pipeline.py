@@ -98,6 +98,13 @@ def _cpu_dpo() -> DPOConfig:
     return cfg
 
 
+def _cpu_world() -> World:
+    """The tiny world, with a fifth of the RL prompts conversation: with sums only, PPO
+    taught the assistant that every question is a sum (README, "What the default run
+    shows"). ``World()`` keeps 0, what world files written before the setting mean."""
+    return World(chat_prompt_share=0.2)
+
+
 def _cpu_pretrain() -> PretrainConfig:
     cfg = PretrainConfig()
     cfg.train = dataclasses.replace(cfg.train, steps=750, batch_size=16, lr=3e-3,
@@ -127,7 +134,7 @@ class PipelineConfig:
     comparisons: str = field(default="", metadata={
         "help": "comparisons/rankings for the RM (default: label SFT samples by the truth)"})
     rl_prompts: str = field(default="", metadata={
-        "help": "PPO prompts (default: the built-in arithmetic questions)"})
+        "help": "RL prompts (default: the built-in questions, a fifth of them conversation)"})
     label_prompts: int = field(default=1000, metadata={"help": "prompts the labeler ranks"})
     label_k: int = field(default=4, metadata={"help": "replies sampled per labeled prompt"})
     label_max_tokens: int = field(default=32, metadata={
@@ -142,7 +149,7 @@ class PipelineConfig:
                 "(rejection-sampling fine-tuning, truth reward), dpo (on the rankings, no "
                 "RM), a comma-separated list, or all: each from the same SFT "
                 "model, side by side in eval and the report"})
-    world: World = field(default_factory=World)  # the built-in corpus's tiny world
+    world: World = field(default_factory=_cpu_world)  # the built-in corpus's tiny world
     pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
@@ -299,8 +306,10 @@ class PipelineRun:
         derived one is redone), redone when it was made but never recorded."""
         old = self.book["phases"].get(name)
         if done and old is not None:
-            changed = config_differences(
-                _without_moved(name, portable(old.get("settings", {}), self.root)), settings)
+            recorded = _without_moved(name, portable(old.get("settings", {}), self.root))
+            if "world" in settings and "world" not in recorded:  # the default world's values
+                recorded = {**recorded, "world": _default_world(settings["world"])}
+            changed = config_differences(recorded, settings)
             if changed and derived:
                 print(f"== {name}: its inputs changed, redoing it")
                 return False
@@ -458,10 +467,14 @@ def _demos_settings(cfg: PipelineConfig) -> dict:
     return _world_settings(cfg.world, corpus=False)
 
 
+def _default_world(fields: dict) -> dict:
+    """The values ``World()`` has for these fields: what a record without them stands for."""
+    return {k: v for k, v in dataclasses.asdict(World()).items() if k in fields}
+
+
 def _unless_default(fields: dict) -> dict:
     """``{"world": fields}``, or ``{}`` where the default world has these values."""
-    default = {k: v for k, v in dataclasses.asdict(World()).items() if k in fields}
-    return {"world": fields} if fields != default else {}
+    return {"world": fields} if fields != _default_world(fields) else {}
 
 
 def _without_moved(phase: str, settings: dict) -> dict:

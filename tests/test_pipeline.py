@@ -15,11 +15,13 @@ import yaml
 
 from gptsmith.cli import main, make_parser
 from gptsmith.data.world import World
+from gptsmith.errors import GptsmithError
 from gptsmith.pipeline import (
     FILLED,
     PHASES,
     RECIPES,
     PipelineConfig,
+    PipelineRun,
     _demos_settings,
     _without_moved,
     _world_settings,
@@ -115,6 +117,19 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
     assert _demos_settings(smol)["world"]["max_operand"] == 99
     assert _demos_settings(config("--recipe", "smollm2")) == {}  # runs made before: done
     assert "max_operand" not in _demos_settings(config("--recipe", "system2"))["world"]
+
+
+def test_a_default_run_made_before_conversational_rl_prompts_redoes_its_demos(tmp_path):
+    """Default runs recorded no world settings; with a fifth of the RL prompts conversation
+    now, their demos phase is refused by name and value, not left done."""
+    cfg = config()
+    assert cfg.world.chat_prompt_share == 0.2 and World().chat_prompt_share == 0.0
+    run = PipelineRun(cfg, tmp_path, {"phases": {"demos": {"settings": {}}}})
+    with pytest.raises(GptsmithError, match=r"phase demos was done with other settings "
+                       r"\(world.chat_prompt_share: 0.0 -> 0.2\); .* --from demos"):
+        run.phase("demos", True, lambda: {}, _demos_settings(cfg))
+    run.book["phases"]["demos"]["settings"] = _demos_settings(cfg)  # made since: kept
+    run.phase("demos", True, lambda: pytest.fail("redone"), _demos_settings(cfg))
 
 
 def test_the_gpu_recipe_is_larger_with_bf16_and_its_own_directory():
