@@ -116,7 +116,8 @@ def summary(lines: list[dict]) -> str:
         ratios = ", ".join(f"{r['of']} {r['median']:.2f}x (best {r['best']:.2f}x)"
                            for r in line["ratios"])
         sides = ", ".join(f"{name} {s['median']:.4g}" for name, s in line["sides"].items())
-        where = [line["cpu"], f"{line['threads']} threads", line["precision"], line["time"],
+        threads = f"{line['threads']} thread" + ("s" if line["threads"] != 1 else "")
+        where = [line["cpu"], threads, line["precision"], line["time"],
                  "quick" if line["quick"] else None]
         rows.append(f"{key}: {ratios}; {sides} {line['unit']}  "
                     f"[{', '.join(w for w in where if w)}]")
