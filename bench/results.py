@@ -3,7 +3,7 @@ JSON line, printed and appended to ``--results`` (``runs/bench.jsonl`` by defaul
 
 A line holds the bench's name, when and where it ran (CPU model, threads, torch and peer
 versions), the precision, its settings, each side's median and best of the timed rounds, and
-the ratio the bench is about (ours against the peer, higher = ours faster). ``make bench``
+the ratios the bench is about (ours against the peer, above 1 = ours faster). ``make bench``
 appends one line per bench (two for the two batch sizes of generation); the summary of the
 latest line of each bench, as the README's table shows it:
 
