@@ -49,6 +49,11 @@ def add_run_flags(p: argparse.ArgumentParser, rounds: int, precision: str = "aut
     p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--quick", action="store_true", help="a tiny run that checks the script")
+    add_results_flag(p)
+
+
+def add_results_flag(p: argparse.ArgumentParser) -> None:
+    """--results: where ``record`` appends the line (every bench has it)."""
     p.add_argument("--results", default=DEFAULT_RESULTS,
                    help="JSON-lines file the result is appended to ('' = print only)")
 

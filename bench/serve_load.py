@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import DEFAULT_RESULTS, record  # bench/ is on sys.path when run
+from results import add_results_flag, record  # bench/ is on sys.path when run
 
 from gptsmith.model import GPT, GPTConfig
 from gptsmith.runs import save_model
@@ -168,8 +168,7 @@ def main():
                    help="share of requests that leave max_tokens out (0 to 1)")
     p.add_argument("--batched-only", action="store_true",
                    help="skip the one-at-a-time configuration")
-    p.add_argument("--results", default=DEFAULT_RESULTS,
-                   help="JSON-lines file the result is appended to ('' = print only)")
+    add_results_flag(p)
     args = p.parse_args()
     if args.max_batch < 2:
         p.error("--max-batch must be >= 2 (it is compared with max_batch=1)")
