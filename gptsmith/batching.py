@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gptsmith.engine import Sampling, draw, filter_logits, left_padded
+from gptsmith.engine import Sampling, draw, filter_logits, prefill
 from gptsmith.model import GPT, KVCache
 
 
@@ -186,9 +186,7 @@ class Batcher:
         self._joining = []
 
     def _prefill(self, rows: list[_Row]) -> tuple[KVCache, torch.Tensor]:
-        idx, pad = left_padded([r.ticket.prompt for r in rows], self.device)
-        cache = KVCache(self.model.cfg, len(rows), self.ctx, pad)
-        return cache, self.model(idx, cache=cache)[:, -1].float()
+        return prefill(self.model, [r.ticket.prompt for r in rows], self.ctx, self.device)
 
     def _join(self, rows: list[_Row], cache: KVCache, logits: torch.Tensor) -> None:
         self._cache.join(cache)

@@ -82,6 +82,25 @@ def left_padded(prompts: Sequence[Sequence[int]],
     return idx, pad
 
 
+def prefill(model: GPT, prompts: Sequence[Sequence[int]], slots: int,
+            device: torch.device) -> tuple[KVCache, torch.Tensor]:
+    """A cache of ``slots`` holding the prompts' keys and values, and the logits (B, vocab)
+    of each prompt's last position: the only ones sampled from, so the only ones projected
+    onto the vocabulary. A prompt that occurs several times (GRPO's and RFT's group of
+    replies to one prompt) is run once and its cache row copied."""
+    unique = list(dict.fromkeys(tuple(p) for p in prompts))
+    idx, pad = left_padded(unique, device)
+    cache = KVCache(model.cfg, len(unique), slots, pad)
+    last = torch.full((len(unique), 1), idx.size(1) - 1, device=device)
+    logits = model(idx, cache=cache, positions=last)[:, -1].float()
+    if len(unique) < len(prompts):
+        row = {p: i for i, p in enumerate(unique)}
+        rows = [row[tuple(p)] for p in prompts]
+        cache.keep(rows)
+        logits = logits[rows]
+    return cache, logits
+
+
 def budgets(prompts: Sequence[Sequence[int]], max_tokens: int, ctx: int) -> list[int]:
     """Each row's own number of new tokens: ``max_tokens``, or what its prompt leaves of the
     context (a long prompt ends early without cutting the other rows short)."""
@@ -105,15 +124,13 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> Iterato
     if max(left) == 0:
         return
     device = next(model.parameters()).device
-    idx, pad = left_padded(prompts, device)
     gens = [torch.Generator(device=device).manual_seed(s.seed + i) for i in range(len(prompts))]
     # dropping stopped rows cuts the padding no running row needs, so pos never passes the
     # longest running row: prompt + budget slots are enough for every row
     slots = max(len(p) + n for p, n in zip(prompts, left, strict=True))
-    cache = KVCache(model.cfg, len(prompts), slots, pad)
+    cache, logits = prefill(model, prompts, slots, device)
     stops = torch.tensor(list(s.stop_ids), device=device, dtype=torch.long)
     rows = list(range(len(prompts)))  # the running rows, as indices into prompts
-    logits = model(idx, cache=cache)[:, -1].float()
     while True:
         tok = _next_tokens(logits, s, [gens[i] for i in rows])
         out: list[int | None] = [None] * len(prompts)

@@ -13,6 +13,25 @@ def test_batched_sampling_equals_each_prompt_alone(tiny_model):
         assert batched[i] == alone[0]
 
 
+def test_a_repeated_prompt_is_run_once_and_samples_as_if_alone(tiny_model):
+    """A group of replies to one prompt (GRPO, RFT) prefills the prompt once; every row still
+    samples what it would alone with its own seed."""
+    prompts = [[1, 5, 9], [2, 3, 4, 5], [1, 5, 9], [2, 3, 4, 5], [1, 5, 9]]
+    s = Sampling(max_tokens=10, temperature=1.0, seed=7)
+    widths = []
+    hook = tiny_model.embed_tokens.register_forward_hook(
+        lambda module, args, out: widths.append(tuple(args[0].shape)))
+    try:
+        batched = generate(tiny_model, prompts, s)
+    finally:
+        hook.remove()
+    assert widths[0] == (2, 4)  # the prefill: two distinct prompts, padded to the longer
+    assert len({tuple(b) for b in batched}) > 2  # the copies did not sample alike
+    for i, p in enumerate(prompts):
+        alone = generate(tiny_model, [p], Sampling(**{**s.__dict__, "seed": s.seed + i}))
+        assert batched[i] == alone[0]
+
+
 def test_greedy_matches_argmax_of_full_forward(tiny_model):
     prompt = [1, 2, 3]
     out = generate(tiny_model, [prompt], Sampling(max_tokens=6, temperature=0))[0]
