@@ -40,9 +40,9 @@ printed is the result as one JSON object.
 On a machine shared with other work, give ``--threads 1``: with more threads than free
 cores, PyTorch's threads wait for each other and a step can take ten times longer.
 
-    /work/exp/trl116/bin/python bench/dpo_step.py                  # 16 pairs of 32 + 96 tokens
-    /work/exp/trl116/bin/python bench/dpo_step.py --batch-size 8 --threads 2
-    /work/exp/trl116/bin/python bench/dpo_step.py --quick          # a few seconds: does it run?
+    .venv-trl116/bin/python bench/dpo_step.py                  # 16 pairs of 32 + 96 tokens
+    .venv-trl116/bin/python bench/dpo_step.py --batch-size 8 --threads 2
+    .venv-trl116/bin/python bench/dpo_step.py --quick          # a few seconds: does it run?
 """
 
 from __future__ import annotations

@@ -27,12 +27,12 @@ KL x ratio), same learning rate, betas, weight decay and clipping at 1.0, consta
 no gradient checkpointing, the pipeline's precision (fp32 on a CPU without native bf16;
 bf16: our autocast, TRL's ``bf16=True``).
 
-Differences left: at one epoch of one minibatch TRL skips the no-grad forward that gives the
-old log-probs (the ratio is then exactly 1, so it reuses the trained forward's, detached);
-ours always runs it: one policy forward more per iteration (with ``--epochs 2`` or
-``--minibatches 2`` both run it). TRL computes the log-probs with its fused, tiled LM head;
-ours takes the full log-softmax. Both stop a reply at ``<|end|>``: a random-init policy rarely
-samples it, so both generate (almost) the full length; the mean reply lengths are printed.
+At one epoch of one minibatch neither side runs a forward for the old log-probs: the first
+minibatch's trained forward, detached, is π_old (with ``--minibatches 2`` ours runs one over
+the second minibatch's rows only, TRL one over all rows). Differences left: TRL computes
+the log-probs with its fused, tiled LM head; ours takes the full log-softmax. Both stop a
+reply at ``<|end|>``: a random-init policy rarely samples it, so both generate (almost) the
+full length; the mean reply lengths are printed.
 
 How it is timed: ours calls ``trainer.train_step()`` directly; TRL can only run whole
 ``train()`` calls, so each round is one ``train()`` of ``--steps`` iterations and a callback
@@ -46,9 +46,9 @@ is the result as one JSON object.
 On a machine shared with other work, give ``--threads 1``: with more threads than free
 cores, PyTorch's threads wait for each other and a step can take ten times longer.
 
-    /work/exp/trl116/bin/python bench/grpo_step.py                 # 8 prompts x 8 replies of 16
-    /work/exp/trl116/bin/python bench/grpo_step.py --max-tokens 64 --threads 2
-    /work/exp/trl116/bin/python bench/grpo_step.py --quick         # a few seconds: does it run?
+    .venv-trl116/bin/python bench/grpo_step.py                 # 8 prompts x 8 replies of 16
+    .venv-trl116/bin/python bench/grpo_step.py --max-tokens 64 --threads 2
+    .venv-trl116/bin/python bench/grpo_step.py --quick         # a few seconds: does it run?
 """
 
 from __future__ import annotations

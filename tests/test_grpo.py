@@ -202,3 +202,43 @@ def test_the_plot_is_drawn_before_the_run_is_marked_done(tiny_run, tmp_path, mon
                     train=TrainConfig(steps=1, batch_size=1, precision="fp32", device="cpu",
                                       progress=False)))
     assert plotted_when_done == [True]
+
+
+@pytest.mark.parametrize("minibatches,epochs", [(1, 1), (2, 2)])
+def test_pi_old_is_the_policy_before_the_iteration_with_no_extra_forward(
+        tiny_run, tmp_path, monkeypatch, minibatches, epochs):
+    """π_old is the policy as it samples, before the iteration's first step; the first
+    minibatch's training forward supplies it, so one minibatch needs no forward of its own
+    (two need one more, over the second minibatch's rows)."""
+    import gptsmith.train.grpo as g
+    from gptsmith.train.loop import TrainConfig
+
+    real_logprobs, real_old = g.reply_logprobs, g.GRPOTrainer._old_logprobs
+    forwards, gaps = [], []
+
+    def counted(*args, **kwargs):
+        forwards.append(len(args[1]))
+        return real_logprobs(*args, **kwargs)
+
+    def checked(self, r, first, first_logp):
+        old = real_old(self, r, first, first_logp)
+        with torch.no_grad():
+            fresh = real_logprobs(self.model, r.seq, r.pos, self.grpo.temperature)
+        gaps.append(float(((old - fresh) * r.mask).abs().max()))
+        return old
+
+    monkeypatch.setattr(g, "reply_logprobs", counted)
+    monkeypatch.setattr(g.GRPOTrainer, "_old_logprobs", checked)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Pick {i}."}) + "\n" for i in range(8)))
+    g.grpo(GRPOConfig(
+        policy=str(tiny_run), prompts=str(prompts), reward="tests.test_grpo:starts_with_7",
+        out=str(tmp_path / "run"), group_size=4, max_tokens=4, beta=0.0,
+        minibatches=minibatches, epochs=epochs,
+        train=TrainConfig(steps=3, batch_size=2, lr=3e-2, warmup_steps=0, eval_every=100,
+                          checkpoint_every=100, precision="fp32", device="cpu",
+                          progress=False)))
+    assert len(gaps) == 3 and max(gaps) < 1e-5
+    extra = 1 if minibatches > 1 else 0
+    assert len(forwards) == 3 * (minibatches * epochs + extra)
+    assert sum(forwards) == 3 * 8 * (epochs + extra / 2)  # 8 replies an iteration

@@ -149,6 +149,21 @@ class GRPOTrainer(Trainer):
                 return reply_logprobs(self.model, seq, pos, self.grpo.temperature)
         return reply_logprobs(self.ref, seq, pos, self.grpo.temperature)
 
+    def _old_logprobs(self, r, first: torch.Tensor, first_logp: torch.Tensor) -> torch.Tensor:
+        """log π_old of every reply token (B, R). The first minibatch's own forward is taken
+        before any step, so its log-probs are π_old's: only the other minibatches' rows need
+        another forward (none with one minibatch, as in TRL's single-iteration GRPO)."""
+        old = torch.zeros_like(r.mask, dtype=first_logp.dtype)
+        old[first] = first_logp
+        if self.grpo.minibatches > 1:  # every rank runs it, even on no rows (FSDP gathers)
+            rest = torch.ones(len(old), dtype=torch.bool, device=old.device)
+            rest[first] = False
+            rest = rest.nonzero().flatten()
+            with torch.no_grad(), autocast(self.device, self.precision):
+                old[rest] = reply_logprobs(self.model, r.seq[rest], r.pos[rest],
+                                           self.grpo.temperature)
+        return old
+
     def sample_groups(self, batch: list[dict]):
         """``group_size`` replies to each prompt of this rank's ``batch``, scored by the
         reward: (the prompt record of each reply, the replies, their rewards)."""
@@ -168,8 +183,8 @@ class GRPOTrainer(Trainer):
         adv = advantages(rewards.view(len(batch), G), cfg.advantage,
                          cfg.scale_rewards).reshape(-1, 1)
         with torch.no_grad(), autocast(self.device, self.precision):
-            old_logp = reply_logprobs(self.model, r.seq, r.pos, cfg.temperature)
             ref_logp = self._ref_logprobs(r.seq, r.pos)
+        old_logp = None  # π_old: the policy before this iteration's first optimizer step
         sums = {"loss": 0.0, "clipfrac": 0.0, "kl": 0.0, "entropy": 0.0}  # ranks' shares
         n = 0
         for _ in range(cfg.epochs):
@@ -178,6 +193,8 @@ class GRPOTrainer(Trainer):
                 with autocast(self.device, self.precision):
                     logp, entropy = reply_logprobs(self.forward_model, r.seq[idx], r.pos[idx],
                                                    cfg.temperature, with_entropy=True)
+                if old_logp is None:
+                    old_logp = self._old_logprobs(r, idx, logp.detach())
                 loss, ratio, kl = token_loss(logp, old_logp[idx], None if ref_logp is None
                                              else ref_logp[idx], adv[idx], cfg)
                 loss = aggregate(loss, mask, cfg.loss_aggregation, cfg.max_tokens)
