@@ -8,7 +8,9 @@ configurations generate the same replies (up to float rounding; the output count
 and shows mean generated tokens per request, from the final chunk's ``usage``). req/s and
 tok/s are over a configuration's wall time; TTFT is send to first text (queueing included,
 which dominates one-at-a-time serving); total is send to ``[DONE]``. Server and clients
-share the CPUs. Errors, non-200 answers and streams without ``[DONE]`` make it exit 1.
+share the CPUs, so one run's rates move by a fifth or more: ``--rounds`` alternates the
+configurations, a fresh server each time, and the ratios are of the rounds' medians. Errors,
+non-200 answers and streams without ``[DONE]`` make it exit 1.
 
     .venv/bin/python bench/serve_load.py                  # a fresh random model, default shape
     .venv/bin/python bench/serve_load.py --requests 32 --run runs/default/ppo
@@ -25,6 +27,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,10 +171,14 @@ def main():
                    help="share of requests that leave max_tokens out (0 to 1)")
     p.add_argument("--batched-only", action="store_true",
                    help="skip the one-at-a-time configuration")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds of the configurations; ratios of their medians")
     add_results_flag(p)
     args = p.parse_args()
     if args.max_batch < 2:
         p.error("--max-batch must be >= 2 (it is compared with max_batch=1)")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     with tempfile.TemporaryDirectory() as d:
         run = Path(args.run) if args.run else make_run(Path(d) / "model")
         size = f"{args.max_tokens} tokens" if args.max_tokens else "no max_tokens"
@@ -179,19 +186,25 @@ def main():
               f"{args.requests} requests of {size}, temperature 1; server "
               f"and clients share {os.cpu_count()} CPUs; times in seconds")
         configs = (args.max_batch,) if args.batched_only else (args.max_batch, 1)
-        out = {b: serve_and_load(run, b, args, Path(d)) for b in configs}
+        out = {b: [] for b in configs}  # each configuration's rounds
+        for _ in range(args.rounds):
+            for b in configs:
+                out[b].append(serve_and_load(run, b, args, Path(d)))
         if args.no_max_share:
             print(f"{args.no_max_share:.0%} of requests leave max_tokens out")
     print("max_batch  req/s   tok/s tok/req TTFT p50    p95 total p50    p95 errors")
-    rate, errors = {}, []
-    for b, (res, secs) in out.items():
+    rate, errors = {b: ([], []) for b in out}, []  # requests/s and tokens/s of each round
+    every_round = [(b, res, secs) for b in out for res, secs in out[b]]
+    for b, res, secs in every_round:
         good = [r for r in res if r["ok"]]
         errors += [f"max_batch={b}, request {i}: {r['error']}" for i, r in enumerate(res)
                    if not r["ok"]]
         ttft, total = [r["ttft"] for r in good if r["ttft"]], [r["total"] for r in good]
         tokens = sum(r["tokens"] for r in good)
-        rate[b] = (len(good) / secs, tokens / secs)
-        print(f"{b:>9} {rate[b][0]:6.2f} {rate[b][1]:7.1f} {tokens / max(1, len(good)):7.1f} "
+        rate[b][0].append(len(good) / secs)
+        rate[b][1].append(tokens / secs)
+        print(f"{b:>9} {len(good) / secs:6.2f} {tokens / secs:7.1f} "
+              f"{tokens / max(1, len(good)):7.1f} "
               f"{pct(ttft, .5):8.3f} {pct(ttft, .95):6.3f} {pct(total, .5):9.3f} "
               f"{pct(total, .95):6.3f} {len(res) - len(good):6d}")
         if args.no_max_share:
@@ -204,12 +217,13 @@ def main():
             sys.exit(f"{len(errors)} failed requests:\n" + "\n".join(errors[:10]))
         return
     same = sum(x["ok"] and x["text"] == y["text"] for x, y in
-               zip(out[args.max_batch][0], out[1][0], strict=True))
-    print(f"same reply in both configurations: {same}/{args.requests}")
-    (rb, tb), (r1, t1) = rate[args.max_batch], rate[1]
-    print(f"batched/one-at-a-time: {tb / t1:.1f}x tokens/s, {rb / r1:.1f}x requests/s")
-    record("serve_load", args, {"batched": [tb], "one-at-a-time": [t1]}, "tokens/s",
-           ["batched/one-at-a-time"], clients=args.clients, requests=args.requests,
+               zip(out[args.max_batch][0][0], out[1][0][0], strict=True))
+    print(f"same reply in both configurations (first round): {same}/{args.requests}")
+    (rb, tb), (r1, t1) = ([statistics.median(x) for x in rate[b]] for b in (args.max_batch, 1))
+    print(f"batched/one-at-a-time, medians of {args.rounds} rounds: {tb / t1:.1f}x tokens/s, "
+          f"{rb / r1:.1f}x requests/s")
+    record("serve_load", args, {"batched": rate[args.max_batch][1], "one-at-a-time": rate[1][1]},
+           "tokens/s", ["batched/one-at-a-time"], clients=args.clients, requests=args.requests,
            max_tokens=args.max_tokens, max_batch=args.max_batch, run=args.run or "random",
            requests_per_s_ratio=rb / r1, errors=len(errors))
     if errors:
