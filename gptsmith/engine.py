@@ -88,14 +88,14 @@ def prefill(model: GPT, prompts: Sequence[Sequence[int]], slots: int,
     of each prompt's last position: the only ones sampled from, so the only ones projected
     onto the vocabulary. A prompt that occurs several times (GRPO's and RFT's group of
     replies to one prompt) is run once and its cache row copied."""
-    unique = list(dict.fromkeys(tuple(p) for p in prompts))
-    idx, pad = left_padded(unique, device)
-    cache = KVCache(model.cfg, len(unique), slots, pad)
-    last = torch.full((len(unique), 1), idx.size(1) - 1, device=device)
+    keys = [tuple(p) for p in prompts]
+    row = {k: i for i, k in enumerate(dict.fromkeys(keys))}  # each distinct prompt's row
+    idx, pad = left_padded(list(row), device)
+    cache = KVCache(model.cfg, len(row), slots, pad)
+    last = torch.full((len(row), 1), idx.size(1) - 1, device=device)
     logits = model(idx, cache=cache, positions=last)[:, -1].float()
-    if len(unique) < len(prompts):
-        row = {p: i for i, p in enumerate(unique)}
-        rows = [row[tuple(p)] for p in prompts]
+    if len(row) < len(prompts):
+        rows = [row[k] for k in keys]
         cache.keep(rows)
         logits = logits[rows]
     return cache, logits
