@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -266,3 +267,32 @@ def test_batches_grouped_by_length_waste_less_padding_and_resume_exactly():
     resumed = EpochBatches(items, 8, seed=99, length=len, window=4)
     resumed.load_state_dict(state)
     assert passes(resumed, 20) == passes(grouped_sampler, 20)
+
+
+FAULTS = """
+import resource, torch, gptsmith
+print(gptsmith.MALLOC_TUNED)
+for i in range(12):  # big activations and their gradients, made and freed as in every step
+    if i == 6:  # the first rounds grow the heap to its high-water mark
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = torch.ones(4096, 2048) * 2
+    b = a * 3
+    del a, b
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_big_tensors_freed_each_step_are_not_faulted_in_again():
+    """gptsmith keeps glibc from giving 32 MB blocks back to the kernel on every free:
+    the same big tensors made again and again cost no page faults after the first."""
+    def faults(env):
+        out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True,
+                             check=True, env={**os.environ, **env}).stdout.split()
+        return out[0], int(out[1])
+
+    tuned, glibc = faults({}), faults({"GPTSMITH_MALLOC": "default"})
+    assert tuned[0] == "True" and glibc[0] == "False"
+    pages = 6 * 3 * 4096 * 2048 * 4 // 4096  # 6 rounds of three 32 MB tensors
+    assert glibc[1] > pages // 2  # glibc maps them anew each time
+    assert tuned[1] < pages // 8  # at most some heap still untouched; glibc: every page
