@@ -30,20 +30,25 @@ from gptsmith.device import resolve_precision
 DEFAULT_RESULTS = "runs/bench.jsonl"
 
 
-def _precision(value: str) -> str:
+def _precision(fixed_shapes: bool):
     """``auto`` is what the pipeline runs on this CPU: bf16 where it multiplies bf16
-    natively (AVX-512 BF16, AMX), else fp32."""
-    try:
-        return resolve_precision(value, torch.device("cpu"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    natively (AVX-512 BF16, AMX) for pre-training, whose batches keep one shape; fp32 for
+    the phases whose batches change shape (SFT, reward model, RL) and on other CPUs."""
+    def parse(value: str) -> str:
+        try:
+            return resolve_precision(value, torch.device("cpu"), fixed_shapes)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
-def add_run_flags(p: argparse.ArgumentParser, rounds: int, precision: str = "auto") -> None:
+def add_run_flags(p: argparse.ArgumentParser, rounds: int, precision: str = "auto",
+                  fixed_shapes: bool = False) -> None:
     """The flags every benchmark here has: rounds, precision (``auto``: the pipeline's
-    training precision here), threads, seed, --quick and --results."""
+    training precision here for the phase the bench times, ``fixed_shapes`` for
+    pre-training), threads, seed, --quick and --results."""
     p.add_argument("--rounds", type=int, default=rounds, help="alternating rounds per side")
-    p.add_argument("--precision", type=_precision, default=precision,
+    p.add_argument("--precision", type=_precision(fixed_shapes), default=precision,
                    help=f"auto (the pipeline's training precision here), bf16 or fp32 "
                         f"(default {precision})")
     p.add_argument("--threads", type=int, default=0, help="0 keeps PyTorch's choice")

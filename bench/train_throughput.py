@@ -65,7 +65,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-    add_run_flags(p, rounds=8)
+    add_run_flags(p, rounds=8, fixed_shapes=True)  # pre-training's batches: one shape
     args = p.parse_args()
     if args.quick:
         args.depth, args.seq_len, args.batch_size = 2, 64, 4

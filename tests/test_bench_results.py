@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from gptsmith import device
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import results  # noqa: E402
 
 
-def _args(tmp_path: Path, *argv: str) -> argparse.Namespace:
+def _args(tmp_path: Path, *argv: str, fixed_shapes: bool = False) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    results.add_run_flags(p, rounds=3)
+    results.add_run_flags(p, rounds=3, fixed_shapes=fixed_shapes)
     return p.parse_args(["--results", str(tmp_path / "bench.jsonl"), *argv])
 
 
@@ -37,11 +39,13 @@ def test_a_record_round_trips_with_its_ratios_and_machine(tmp_path):
 
 
 def test_auto_precision_is_what_the_pipeline_would_pick(tmp_path, monkeypatch):
-    real = results.resolve_precision  # a CPU with native bf16, seen from this one
-    monkeypatch.setattr(results, "resolve_precision",
-                        lambda p, d: "bf16" if p == "auto" else real(p, d))
-    assert _args(tmp_path).precision == "bf16"
-    assert _args(tmp_path, "--precision", "fp32").precision == "fp32"
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)  # a CPU with native bf16
+    assert _args(tmp_path).precision == "fp32"  # RL, RM and SFT batches change shape
+    assert _args(tmp_path, fixed_shapes=True).precision == "bf16"  # pre-training's do not
+    assert _args(tmp_path, "--precision", "bf16").precision == "bf16"
+    assert _args(tmp_path, "--precision", "fp32", fixed_shapes=True).precision == "fp32"
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert _args(tmp_path, fixed_shapes=True).precision == "fp32"
     with pytest.raises(SystemExit):
         _args(tmp_path, "--precision", "fp8")
 

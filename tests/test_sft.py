@@ -5,9 +5,12 @@ import json
 import pytest
 import torch
 
+from gptsmith import device
 from gptsmith.chat import render
 from gptsmith.errors import GptsmithError
+from gptsmith.model import GPTConfig
 from gptsmith.train.loop import TrainConfig
+from gptsmith.train.pretrain import PretrainConfig, pretrain
 from gptsmith.train.sft import SFTConfig, pack_batch, pad_batch, sft
 
 
@@ -75,6 +78,20 @@ def test_sft_learns_the_demonstrations(tiny_run, tmp_path):
     assert again["train_seconds"] == summary["train_seconds"]
     cfg.pack = False  # packing changes how, not what: the run is still done
     assert sft(cfg)["train_seconds"] == summary["train_seconds"]
+
+
+def test_auto_precision_on_a_bf16_cpu_is_bf16_for_pretraining_only(tiny_run, data_dir,
+                                                                   tmp_path, monkeypatch):
+    """On a CPU that multiplies bf16 natively, only pre-training's fixed-shape batches gain
+    from it; SFT's change shape every step (oneDNN keeps a kernel per shape) and stay fp32."""
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    train = TrainConfig(steps=2, batch_size=4, warmup_steps=1, device="cpu", progress=False)
+    base = pretrain(PretrainConfig(data=str(data_dir), out=str(tmp_path / "pre"),
+                                   eval_tokens=256, model=GPTConfig(depth=1, seq_len=32),
+                                   train=train))
+    tuned = sft(SFTConfig(base=str(tiny_run), data=str(demos_file(tmp_path / "d.jsonl", 20)),
+                          out=str(tmp_path / "sft"), train=train))
+    assert (base["precision"], tuned["precision"]) == ("bf16", "fp32")
 
 
 def test_conversation_longer_than_the_context_is_named(tiny_run, tmp_path):

@@ -173,7 +173,7 @@ class Trainer:
                  batches: Batches, loss_fn: Callable, evaluate: Callable | None = None,
                  phase_config: dict | None = None, tokenizer: Tokenizer | None = None,
                  parts: dict[str, tuple[torch.nn.Module, float]] | None = None,
-                 dist: DistConfig | None = None):
+                 dist: DistConfig | None = None, fixed_shapes: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         set_threads(cfg.threads)
         ranks.init(cfg.device)
@@ -182,7 +182,8 @@ class Trainer:
             raise GptsmithError(f"--train.batch-size {cfg.batch_size}: the global batch must "
                                 f"split evenly over the {ranks.world()} processes")
         self.device = ranks.rank_device(pick_device(cfg.device))
-        self.precision = resolve_precision(cfg.precision, self.device)
+        # fixed_shapes: every batch has one shape (pre-training), where CPU bf16 pays
+        self.precision = resolve_precision(cfg.precision, self.device, fixed_shapes)
         self.strategy = (dist or DistConfig()).strategy
         self.model = model.to(self.device)
         self.wrap()
@@ -488,7 +489,8 @@ class Trainer:
                 result.update(finalize(self.model))
         seconds = time.perf_counter() - start
         gathered = ranks.full_state_dict(self.model)  # FSDP2's shards, whole on rank 0
-        summary = {"steps": self.cfg.steps, "train_seconds": round(seconds, 1), **result,
+        summary = {"steps": self.cfg.steps, "train_seconds": round(seconds, 1),
+                   "precision": self.precision, **result,
                    **(extra or {}), "config": self.phase_config}
         if ranks.is_main():
             self._save_model(gathered)

@@ -80,7 +80,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return bits_per_byte(m, val, token_bytes.to(trainer.device))
 
     trainer = Trainer(model, t, out, train, loss_fn, evaluate, phase_config=to_dict(cfg),
-                      tokenizer=tokenizer, dist=cfg.dist)
+                      tokenizer=tokenizer, dist=cfg.dist, fixed_shapes=True)
     print(f"training {t.steps} steps of {t.batch_size * t.grad_accum} x {cfg.model.seq_len} "
           f"tokens on {trainer.device} ({trainer.precision}); unigram baseline "
           f"{meta['unigram_bpb']:.4f} bits/byte")
