@@ -33,7 +33,8 @@ DEFAULT_RESULTS = "runs/bench.jsonl"
 def _precision(fixed_shapes: bool):
     """``auto`` is what the pipeline runs on this CPU: bf16 where it multiplies bf16
     natively (AVX-512 BF16, AMX) for pre-training, whose batches keep one shape; fp32 for
-    the phases whose batches change shape (SFT, reward model, RL) and on other CPUs."""
+    the phases whose batches change shape (SFT, reward model, RL) at the benches' default
+    widths (below ``CPU_BF16_WIDTH``) and on other CPUs."""
     def parse(value: str) -> str:
         try:
             return resolve_precision(value, torch.device("cpu"), fixed_shapes)

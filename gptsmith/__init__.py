@@ -18,8 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # gradient) to the kernel as a fresh mapping and returns it on free, so each training step
 # faults its big tensors in again, page by page: 42k page faults a step on the default
 # pre-training step. Served from the heap instead, kept when freed (up to 512 MB free at its
-# top) and grown 64 MB at a time, the same step faults almost never and runs 1.15-1.2x
-# faster (see README, "Where the time goes"). GPTSMITH_MALLOC=default keeps glibc's own.
+# top) and grown 64 MB at a time, the same step faults almost never, and the default
+# pre-training ran 1.16x faster (README, "Where the time goes"). GPTSMITH_MALLOC=default
+# keeps glibc's own.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
 

@@ -8,7 +8,7 @@ import torch
 from gptsmith import device
 from gptsmith.chat import render
 from gptsmith.errors import GptsmithError
-from gptsmith.model import GPTConfig
+from gptsmith.model import GPT, GPTConfig
 from gptsmith.train.loop import TrainConfig
 from gptsmith.train.pretrain import PretrainConfig, pretrain
 from gptsmith.train.sft import SFTConfig, pack_batch, pad_batch, sft
@@ -82,8 +82,9 @@ def test_sft_learns_the_demonstrations(tiny_run, tmp_path):
 
 def test_auto_precision_on_a_bf16_cpu_is_bf16_for_pretraining_only(tiny_run, data_dir,
                                                                    tmp_path, monkeypatch):
-    """On a CPU that multiplies bf16 natively, only pre-training's fixed-shape batches gain
-    from it; SFT's change shape every step (oneDNN keeps a kernel per shape) and stay fp32."""
+    """On a CPU that multiplies bf16 natively, pre-training's fixed-shape batches gain from
+    it; a small model's SFT batches change shape every step (oneDNN keeps a kernel per
+    shape) and stay fp32, unless the model is wide enough for its matmuls to pay."""
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
     train = TrainConfig(steps=2, batch_size=4, warmup_steps=1, device="cpu", progress=False)
     base = pretrain(PretrainConfig(data=str(data_dir), out=str(tmp_path / "pre"),
@@ -92,6 +93,11 @@ def test_auto_precision_on_a_bf16_cpu_is_bf16_for_pretraining_only(tiny_run, dat
     tuned = sft(SFTConfig(base=str(tiny_run), data=str(demos_file(tmp_path / "d.jsonl", 20)),
                           out=str(tmp_path / "sft"), train=train))
     assert (base["precision"], tuned["precision"]) == ("bf16", "fp32")
+    # a model as wide as SmolLM2 gains from bf16 in every phase
+    wide = GPT(GPTConfig(vocab_size=64, depth=1, n_embd=576, seq_len=32))
+    assert device.matmul_width(wide) == 576
+    assert device.resolve_precision("auto", torch.device("cpu"), width=576) == "bf16"
+    assert device.resolve_precision("auto", torch.device("cpu"), width=384) == "fp32"
 
 
 def test_conversation_longer_than_the_context_is_named(tiny_run, tmp_path):

@@ -36,7 +36,13 @@ import torch
 from tqdm import tqdm
 
 import gptsmith.train.distributed as ranks
-from gptsmith.device import autocast, pick_device, resolve_precision, set_threads
+from gptsmith.device import (
+    autocast,
+    matmul_width,
+    pick_device,
+    resolve_precision,
+    set_threads,
+)
 from gptsmith.errors import GptsmithError
 from gptsmith.plots import plot_metrics
 from gptsmith.runs import (
@@ -183,7 +189,8 @@ class Trainer:
                                 f"split evenly over the {ranks.world()} processes")
         self.device = ranks.rank_device(pick_device(cfg.device))
         # fixed_shapes: every batch has one shape (pre-training), where CPU bf16 pays
-        self.precision = resolve_precision(cfg.precision, self.device, fixed_shapes)
+        self.precision = resolve_precision(cfg.precision, self.device, fixed_shapes,
+                                           matmul_width(model))
         self.strategy = (dist or DistConfig()).strategy
         self.model = model.to(self.device)
         self.wrap()
