@@ -80,8 +80,8 @@ def test_sft_learns_the_demonstrations(tiny_run, tmp_path):
     assert sft(cfg)["train_seconds"] == summary["train_seconds"]
 
 
-def test_auto_precision_on_a_bf16_cpu_is_bf16_for_pretraining_only(tiny_run, data_dir,
-                                                                   tmp_path, monkeypatch):
+def test_auto_precision_on_a_bf16_cpu_is_bf16_for_fixed_shapes_or_wide_models(
+        tiny_run, data_dir, tmp_path, monkeypatch):
     """On a CPU that multiplies bf16 natively, pre-training's fixed-shape batches gain from
     it; a small model's SFT batches change shape every step (oneDNN keeps a kernel per
     shape) and stay fp32, unless the model is wide enough for its matmuls to pay."""
