@@ -282,7 +282,7 @@ def sampling_cases() -> list[Case]:
     other = [
         ("label", "-k", "0"), ("label", "-k", "1"), ("label", "-k", "-3"),
         ("label", "--limit", "-1"), ("eval", "--limit", "-1"), ("eval", "--samples", "-1"),
-        ("eval", "--show", "-1"), ("generate", "--batch-size", "0"), ("sample", "-n", "0"),
+        ("eval", "--show", "-1"), ("generate", "--batch-size", "-1"), ("sample", "-n", "0"),
         ("sample", "-n", "-1"), ("tokenizer", "--vocab-size", "100"),
         ("tokenizer", "--vocab-size", "-1"), ("tokenizer", "--max-bytes", "0"),
         ("tokenizer", "--max-bytes", "-5"), ("prepare", "--val-fraction", "1.5"),

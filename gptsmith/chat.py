@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from gptsmith.engine import Sampling, generate, stream
+from gptsmith.engine import Sampling, batch_rows, generate, stream
 from gptsmith.model import GPT
 from gptsmith.tokenizer import IncrementalDecoder, Tokenizer
 
@@ -122,16 +122,21 @@ class Reply:
 
 
 def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], s: Sampling,
-             batch_size: int = 32) -> list[Reply]:
-    """The next assistant turn of each conversation, generated in batches by the engine.
+             batch_size: int = 0) -> list[Reply]:
+    """The next assistant turn of each conversation, generated in batches by the engine
+    (of ``batch_size`` rows; 0: as many as ``engine.batch_rows`` fits in memory).
 
     Row i of the whole list samples with seed ``s.seed + i``, whatever the batch size.
     """
     s = dataclasses.replace(s, stop_ids=tokenizer.stop_ids)
+    prompts = [prompt_ids(tokenizer, c) for c in conversations]
+    if not batch_size and prompts:
+        longest = max(len(p) for p in prompts) + s.max_tokens
+        batch_size = batch_rows(model.cfg, min(longest, model.cfg.seq_len))
     replies = []
-    for start in range(0, len(conversations), batch_size):
-        prompts = [prompt_ids(tokenizer, c) for c in conversations[start:start + batch_size]]
-        outs = generate(model, prompts, dataclasses.replace(s, seed=s.seed + start))
+    for start in range(0, len(prompts), batch_size or 1):
+        outs = generate(model, prompts[start:start + batch_size],
+                        dataclasses.replace(s, seed=s.seed + start))
         for ids in outs:
             ended = bool(ids) and ids[-1] in tokenizer.stop_ids
             body = ids[:-1] if ended else ids

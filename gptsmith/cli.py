@@ -713,7 +713,7 @@ def cmd_generate(args) -> None:
     from gptsmith.generate import generate_file
 
     s = _sampling(args)
-    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.batch_size, 0, "--batch-size")
     check_run(args.model, "--model")
     check_exists(args.input, "--input")
     check_out_file(args.output, "--output")
@@ -727,8 +727,9 @@ def register_generate(sub) -> None:
     c.add_argument("--model", required=True, help="run directory")
     c.add_argument("--input", required=True, help=".jsonl of prompts")
     c.add_argument("--output", required=True, help=".jsonl to write")
-    c.add_argument("--batch-size", type=int, default=32,
-                   help="prompts decoded together (default: 32)")
+    c.add_argument("--batch-size", type=int, default=0,
+                   help="prompts decoded together (default 0: as many as fit in 256 MB of "
+                   "keys and values, at most 256)")
     c.add_argument("--skip-bad", action="store_true", help="skip and count unusable records")
     add_sampling_flags(c, temperature=CONVERSATION_TEMPERATURE, max_tokens=200)
     c.set_defaults(func=cmd_generate)

@@ -150,7 +150,7 @@ def score_model(run_dir: str, questions: list[dict], s: Sampling,
                        work_rate=work_rate(replies), by_kind=_by_kind(questions, replies, 1))
     if samples:
         sampled = complete(model, tokenizer, [c for c in convs for _ in range(samples)],
-                           replace(s, temperature=1.0, top_k=0, top_p=1.0), batch_size=128)
+                           replace(s, temperature=1.0, top_k=0, top_p=1.0))
         score.sampled_accuracy, score.sampled_myth_rate = _rates(questions, sampled, samples)
         score.sampled_by_kind = _by_kind(questions, sampled, samples)
     return score

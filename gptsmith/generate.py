@@ -17,7 +17,7 @@ from gptsmith.runs import atomic_write_text, load_model
 
 
 def generate_file(run_dir: str, input_path: str, output_path: str, s: Sampling,
-                  batch_size: int = 32, skip_bad: bool = False) -> int:
+                  batch_size: int = 0, skip_bad: bool = False) -> int:
     """Answer every prompt of ``input_path`` into ``output_path``; returns the count."""
     convs, skipped = read_demos(input_path, "auto", skip_bad, for_generation=True)
     model, tokenizer = load_model(run_dir)

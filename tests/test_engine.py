@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from gptsmith.engine import Sampling, filter_logits, generate, stream
+from gptsmith.engine import MAX_ROWS, Sampling, batch_rows, filter_logits, generate, stream
+from gptsmith.model import GPTConfig
 
 
 def test_batched_sampling_equals_each_prompt_alone(tiny_model):
@@ -93,3 +94,14 @@ def test_rows_that_stop_early_leave_the_others_unchanged(tiny_model):
 def test_sampling_refuses_what_is_not_a_number_it_can_use(bad):
     with pytest.raises(ValueError, match="temperature|top_p"):
         Sampling(**bad)
+
+
+def test_batch_rows_keeps_the_cache_within_its_budget():
+    small, wide = GPTConfig(depth=4).resolved(), GPTConfig(depth=30, n_embd=576, n_head=9,
+                                                            n_kv_head=3).resolved()
+    assert batch_rows(small, 80) == MAX_ROWS  # the default model: the cap, not memory
+    rows = batch_rows(wide, 128)  # SmolLM2-135M's shape: memory decides
+    per_row = 2 * 30 * 3 * 64 * 128 * 4
+    assert rows * per_row <= 256 << 20 < (rows + 1) * per_row and 1 < rows < MAX_ROWS
+    assert batch_rows(wide, 128, budget=1) == 1  # never fewer than one row
+    assert batch_rows(wide, 256) < rows  # longer rows, fewer of them

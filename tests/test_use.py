@@ -118,7 +118,7 @@ def test_eval_scores_models_side_by_side(tiny_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.count("Q: What is") == 2 and text.count("[right]") == 4  # 2 shown, 2 models
     sampled = complete(model, tokenizer, [c for c in convs for _ in range(2)],
-                       Sampling(max_tokens=6, temperature=1.0), batch_size=128)
+                       Sampling(max_tokens=6, temperature=1.0))
     score = {"model": str(tiny_run), "accuracy": 0.5, "myth_rate": round(1 / 6, 4),
              "end_rate": round(sum(r.ended for r in greedy) / 6, 4),
              "mean_tokens": round(sum(r.tokens for r in greedy) / 6, 4),
