@@ -107,8 +107,9 @@ def _cpu_world() -> World:
 
 def _cpu_pretrain() -> PretrainConfig:
     cfg = PretrainConfig()
-    cfg.train = dataclasses.replace(cfg.train, steps=750, batch_size=16, lr=3e-3,
-                                    warmup_steps=30, eval_every=250, checkpoint_every=50)
+    cfg.train = dataclasses.replace(cfg.train, steps=500, batch_size=16, lr=3e-3,
+                                    warmup_steps=30, optimizer="muon", eval_every=250,
+                                    checkpoint_every=50)
     return cfg
 
 

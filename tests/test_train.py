@@ -31,11 +31,13 @@ def metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_goes_down(data_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_loss_goes_down(data_dir, tmp_path, optimizer):
     cfg = PretrainConfig(data=str(data_dir), out=str(tmp_path / "run"), eval_tokens=1024,
                          model=GPTConfig(depth=2, seq_len=64),
                          train=TrainConfig(steps=60, batch_size=8, lr=3e-3, warmup_steps=5,
-                                           eval_every=30, log_every=5, progress=False))
+                                           eval_every=30, log_every=5, progress=False,
+                                           optimizer=optimizer))
     summary = pretrain(cfg)
     rows = metrics(tmp_path / "run")
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]

@@ -58,6 +58,7 @@ from gptsmith.tracking import Trackers
 from gptsmith.train.batches import RankShare
 from gptsmith.train.distributed import DistConfig
 from gptsmith.train.lora import LoRAConfig, lora_layers, merged_state_dict, save_adapter
+from gptsmith.train.muon import MuonAdamW, is_muon_matrix
 
 # Fields that may change between a run and its resumption without changing its result
 # (beyond rounding: packing SFT batches computes the same loss from fewer positions).
@@ -75,6 +76,9 @@ class TrainConfig:
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a share of peak"})
     warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps"})
+    optimizer: str = field(default="adamw", metadata={
+        "help": "adamw | muon: Muon for the transformer blocks' matrices, AdamW for the "
+                "embeddings, head and norms, the same lr and decay (pre-training from scratch)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay (matrices only)"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW β1 (momentum)"})
     beta2: float = field(default=0.95, metadata={"help": "AdamW β2 (second-moment decay)"})
@@ -97,6 +101,8 @@ class TrainConfig:
         from gptsmith.tracking import parse
 
         parse(self.log)  # an unknown writer or a missing package, before any work
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"train.optimizer must be adamw or muon, got {self.optimizer!r}")
 
 
 class LossSum(NamedTuple):
@@ -133,17 +139,24 @@ def steps_for_epochs(cfg: TrainConfig, items: int, epochs: float) -> TrainConfig
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig,
                    parts: dict[str, tuple[torch.nn.Module, float]] | None = None,
-                   ) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only. ``parts`` (name -> (module, lr scale)) gives parts
+                   ) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (or, with ``optimizer: muon``, Muon on the blocks'
+    matrices: ``gptsmith.train.muon``). ``parts`` (name -> (module, lr scale)) gives parts
     of the model their own learning rate and gradient clipping (PPO's policy and value)."""
+    muon = cfg.optimizer == "muon"
     groups = []
     for name, (module, scale) in (parts or {"": (model, 1.0)}).items():
-        params = [p for p in module.parameters() if p.requires_grad]
-        for decay, chosen in ((cfg.weight_decay, [p for p in params if p.dim() >= 2]),
-                              (0.0, [p for p in params if p.dim() < 2])):
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        blocks = [p for n, p in params if muon and is_muon_matrix(n, p)]
+        rest = [p for n, p in params if not (muon and is_muon_matrix(n, p))]
+        matrices, vectors = [p for p in rest if p.dim() >= 2], [p for p in rest if p.dim() < 2]
+        for decay, chosen, in_muon in ((cfg.weight_decay, blocks, True),
+                                       (cfg.weight_decay, matrices, False), (0.0, vectors, False)):
             if chosen:
                 groups.append({"params": chosen, "weight_decay": decay, "part": name,
-                               "lr_scale": scale})
+                               "lr_scale": scale, **({"muon": in_muon} if muon else {})})
+    if muon:
+        return MuonAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
@@ -192,6 +205,9 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device, fixed_shapes,
                                            matmul_width(model))
         self.strategy = (dist or DistConfig()).strategy
+        if ranks.world() > 1 and self.strategy == "fsdp" and cfg.optimizer == "muon":
+            raise GptsmithError("--train.optimizer muon with --dist.strategy fsdp: Muon needs "
+                                "each matrix whole on a rank; use --dist.strategy ddp or adamw")
         self.model = model.to(self.device)
         self.wrap()
         self.optimizer = make_optimizer(self.model, cfg, parts)
