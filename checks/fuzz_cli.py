@@ -390,8 +390,8 @@ def data_cases() -> list[Case]:
                    '{"messages": [{"role": "wizard", "content": "hi"}]}\n'),
         _data_case("sft messages not a list", "sft", "--data", "m.jsonl",
                    '{"messages": "hi"}\n'),
-        _data_case("eval answer not a string", "eval", "--questions", "q.jsonl",
-                   '{"prompt": "q", "answer": 3}\n'),
+        _data_case("eval answer neither a string nor a whole number", "eval", "--questions",
+                   "q.jsonl", '{"prompt": "q", "answer": 3.5}\n'),
         _data_case("sft demo longer than the context", "sft", "--data", "long.jsonl",
                    json.dumps({"prompt": "word " * 400, "response": "a"}) + "\n"),
     ]
