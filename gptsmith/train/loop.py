@@ -146,10 +146,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig,
     muon = cfg.optimizer == "muon"
     groups = []
     for name, (module, scale) in (parts or {"": (model, 1.0)}).items():
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        blocks = [p for n, p in params if muon and is_muon_matrix(n, p)]
-        rest = [p for n, p in params if not (muon and is_muon_matrix(n, p))]
-        matrices, vectors = [p for p in rest if p.dim() >= 2], [p for p in rest if p.dim() < 2]
+        blocks, matrices, vectors = [], [], []
+        for n, p in module.named_parameters():
+            if p.requires_grad:
+                kind = blocks if muon and is_muon_matrix(n, p) else \
+                    matrices if p.dim() >= 2 else vectors
+                kind.append(p)
         for decay, chosen, in_muon in ((cfg.weight_decay, blocks, True),
                                        (cfg.weight_decay, matrices, False), (0.0, vectors, False)):
             if chosen:
