@@ -17,7 +17,8 @@ from gptsmith.train.pretrain import PretrainConfig, pretrain
 TINY = ["--model.depth", "1", "--model.seq-len", "32", "--train.steps", "24",
         "--train.batch-size", "4", "--train.checkpoint-every", "8", "--train.eval-every", "12",
         "--train.warmup-steps", "4", "--train.precision", "fp32", "--train.threads", "1",
-        "--no-train.progress", "--eval-tokens", "512"]
+        "--no-train.progress", "--eval-tokens", "512",
+        "--train.optimizer", "muon"]  # the default pre-training's (the other phases: AdamW)
 
 
 def run_pretrain(data_dir, out, fault=None):
