@@ -85,10 +85,31 @@ SEED_QUESTION = ("What is 17 times 24?", "408")  # System 1 vs System 2, as the 
 
 
 def _cpu_grpo() -> GRPOConfig:
-    """As many replies per iteration as PPO's rollouts (4 prompts x 8), as many iterations."""
-    cfg = GRPOConfig(epochs=2, minibatches=4)
-    cfg.train = dataclasses.replace(cfg.train, batch_size=4, lr=3e-5)
+    """As many replies per iteration as PPO's rollouts (4 prompts x 8), as many iterations;
+    worked replies run 30-60 tokens, and a gentle step keeps the steps (README, "System 2")."""
+    cfg = GRPOConfig(max_tokens=64, temperature=0.7, epochs=2, minibatches=2, beta=0.04)
+    cfg.train = dataclasses.replace(cfg.train, batch_size=4, lr=1e-5)
     return cfg
+
+
+def _cpu_ppo() -> PPOConfig:
+    """Worked replies run 30-60 tokens; rollouts at 0.7 hold more right ones, and a gentle step
+    (lr 1e-5, β 0.1) keeps the steps (README, "System 2")."""
+    cfg = PPOConfig(max_tokens=64, temperature=0.7, ppo_epochs=2, minibatches=2, kl_coef=0.1)
+    cfg.train = dataclasses.replace(cfg.train, lr=1e-5)
+    return cfg
+
+
+def _cpu_rft() -> RFTConfig:
+    """200 iterations of 16 prompts x 8 replies sampled at 0.7, each group's best right reply
+    learned beside 32 SFT demonstrations (which keep the conversation)."""
+    cfg = RFTConfig(max_tokens=64, temperature=0.7, sft_batch=32)
+    cfg.train = dataclasses.replace(cfg.train, steps=200)
+    return cfg
+
+
+def _cpu_sft() -> SFTConfig:
+    return SFTConfig(epochs=1.5)  # a procedure takes more passes than a fact
 
 
 def _cpu_dpo() -> DPOConfig:
@@ -99,10 +120,14 @@ def _cpu_dpo() -> DPOConfig:
 
 
 def _cpu_world() -> World:
-    """The tiny world, with a fifth of the RL prompts conversation: with sums only, PPO
-    taught the assistant that every question is a sum (README, "What the default run
-    shows"). ``World()`` keeps 0, what world files written before the setting mean."""
-    return World(chat_prompt_share=0.2)
+    """The System 2 world (README, "The built-in default"): sums and differences to 99, a share
+    of the multi-digit facts worked out in steps, demonstrations that work them out, a fifth
+    of the RL prompts conversation (with sums only, PPO taught the assistant that every
+    question is a sum). ``World()`` keeps the world of before (operands to 20, nothing worked
+    out): what world files written before these settings mean."""
+    return World(max_operand=99, max_factor=9, worked_share=0.4, arithmetic_share=0.75,
+                 chat_prompt_share=0.2, rl_small_share=0.4, question_small_share=0.2,
+                 demo_arithmetic=8000, demo_worked_share=1.0, prompt_variety=0.3)
 
 
 def _cpu_pretrain() -> PretrainConfig:
@@ -138,25 +163,25 @@ class PipelineConfig:
         "help": "RL prompts (default: the built-in questions, a fifth of them conversation)"})
     label_prompts: int = field(default=1000, metadata={"help": "prompts the labeler ranks"})
     label_k: int = field(default=4, metadata={"help": "replies sampled per labeled prompt"})
-    label_max_tokens: int = field(default=32, metadata={
-        "help": "longest reply the labeler samples (worked solutions need about 64)"})
-    eval_max_tokens: int = field(default=48, metadata={
-        "help": "longest reply eval generates (worked solutions need about 64)"})
+    label_max_tokens: int = field(default=64, metadata={
+        "help": "longest reply the labeler samples (worked solutions run 30-60 tokens)"})
+    eval_max_tokens: int = field(default=64, metadata={
+        "help": "longest reply eval generates (worked solutions run 30-60 tokens)"})
     nproc: int = field(default=1, metadata={
         "help": "processes per training phase on this machine (torchrun; one per GPU); 1: "
                 "each phase in this process"})
-    rl: str = field(default="ppo", metadata={
+    rl: str = field(default="ppo,rft", metadata={
         "help": "the last phase: ppo (RM + PPO), grpo (truth reward, no RM), rft "
                 "(rejection-sampling fine-tuning, truth reward), dpo (on the rankings, no "
                 "RM), a comma-separated list, or all: each from the same SFT "
                 "model, side by side in eval and the report"})
     world: World = field(default_factory=_cpu_world)  # the built-in corpus's tiny world
     pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    sft: SFTConfig = field(default_factory=_cpu_sft)
     rm: RMConfig = field(default_factory=RMConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
+    ppo: PPOConfig = field(default_factory=_cpu_ppo)
     grpo: GRPOConfig = field(default_factory=_cpu_grpo)
-    rft: RFTConfig = field(default_factory=RFTConfig)
+    rft: RFTConfig = field(default_factory=_cpu_rft)
     dpo: DPOConfig = field(default_factory=_cpu_dpo)
 
 

@@ -112,7 +112,7 @@ def tiny_pipeline_args(tmp_path: Path) -> list[str]:
             "--comparisons", str(comparisons), "--rl-prompts", str(questions),
             "--rm.train.steps", "4", "--rm.train.batch-size", "4", "--no-rm.train.progress",
             "--ppo.train.steps", "3", "--ppo.train.batch-size", "4", "--ppo.max-tokens", "4",
-            "--ppo.eval-limit", "4", "--no-ppo.train.progress"]
+            "--ppo.eval-limit", "4", "--no-ppo.train.progress", "--rl", "ppo"]
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: .ci/run installs it

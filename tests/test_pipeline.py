@@ -78,7 +78,7 @@ def test_the_cpu_recipe_is_the_defaults_with_every_setting_written_out():
 
 
 def test_world_settings_are_flags_checked_before_any_work(tmp_path, capsys):
-    cfg = config("--recipe", "system2", "--world.worked-share", "0.5")
+    cfg = config("--world.worked-share", "0.5")
     assert (cfg.world.max_operand, cfg.world.worked_share, cfg.ppo.max_tokens) == (99, 0.5, 64)
     assert main(["pipeline", "--out", str(tmp_path / "p"), "--world.wrong-share", "1.5"]) == 2
     assert "--world.wrong-share" in capsys.readouterr().err
@@ -94,7 +94,7 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
     assert _world_settings(more_demos, corpus=False)["world"] == {
         "chat_prompt_share": 0.0, "rl_small_share": 0.8, "question_small_share": 0.2,
         "demo_arithmetic": 8000, "demo_worked_share": -1.0, "prompt_variety": 0.0}
-    system2 = config("--recipe", "system2").world
+    system2 = config().world  # the default world is the System 2 world
     assert set(_world_settings(system2, corpus=True)["world"]).isdisjoint(World.DEMO_FIELDS)
     # recorded before the demonstration fields moved to the demos phase: still the same
     old = {"corpus": "default", "world": {**dataclasses.asdict(system2), "demo_arithmetic": 1}}
@@ -103,26 +103,26 @@ def test_a_setting_only_the_demonstrations_read_leaves_the_corpus_phases_done():
     assert _without_moved("tokenizer", {"world": {"chat_prompt_share": 0.2, **{
         k: v for k, v in dataclasses.asdict(World()).items()
         if k not in World.DEMO_FIELDS}}}) == {}
-    # the demos phase's own record is kept as it is: a finished system2 run stays done
-    for recipe in ("system2", "smollm2-system2"):
+    # the demos phase's own record is kept as it is: a finished run stays done
+    for recipe in ("cpu", "smollm2-system2"):
         demos = _demos_settings(config("--recipe", recipe))
         assert demos and _without_moved("demos", demos) == demos
-        # recorded before prompt_variety existed: it ran as prompt_variety 0 does (system2
-        # has asked in other wordings since: its demonstrations are redone)
+        # recorded before prompt_variety existed: it ran as prompt_variety 0 does (the
+        # System 2 world has asked in other wordings since: its demonstrations are redone)
         before = {"world": {k: v for k, v in demos["world"].items() if k != "prompt_variety"}}
         assert config_differences(before, demos) == {
-            "system2": ["world.prompt_variety: 0.0 -> 0.3"], "smollm2-system2": []}[recipe]
+            "cpu": ["world.prompt_variety: 0.0 -> 0.3"], "smollm2-system2": []}[recipe]
     # on an imported model no corpus phase runs: the demos phase records the operands too
     smol = config("--recipe", "smollm2-system2")
     assert _demos_settings(smol)["world"]["max_operand"] == 99
     assert _demos_settings(config("--recipe", "smollm2")) == {}  # runs made before: done
-    assert "max_operand" not in _demos_settings(config("--recipe", "system2"))["world"]
+    assert "max_operand" not in _demos_settings(config())["world"]
 
 
-def test_a_default_run_made_before_conversational_rl_prompts_redoes_its_demos(tmp_path):
-    """Default runs recorded no world settings; with a fifth of the RL prompts conversation
-    now, their demos phase is refused by name and value, not left done."""
-    cfg = config()
+def test_a_facts_run_made_before_conversational_rl_prompts_redoes_its_demos(tmp_path):
+    """Runs of the facts world (the default then) recorded no world settings; with a fifth of
+    the RL prompts conversation now, their demos phase is refused by name and value."""
+    cfg = config("--recipe", "facts")
     assert cfg.world.chat_prompt_share == 0.2 and World().chat_prompt_share == 0.0
     run = PipelineRun(cfg, tmp_path, {"phases": {"demos": {"settings": {}}}})
     with pytest.raises(GptsmithError, match=r"phase demos was done with other settings "

@@ -15,7 +15,7 @@
                        demonstrations: what the model knows of them it read in pre-training.
                        A worked demonstration whose steps state a held-out fact (7 + 8 = 15
                        inside 47 + 38) is given as a brief answer instead; so a world with
-                       worked solutions holds out fewer one-digit facts (system2.yaml),
+                       worked solutions holds out fewer one-digit facts (cpu.yaml),
                        which would otherwise keep most sums from being worked.
                        They are always asked in the corpus's wordings; with
                        ``world.prompt_variety`` > 0 that share of the demonstrations' and
