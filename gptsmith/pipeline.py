@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from gptsmith.chat import Reply, complete
 from gptsmith.config import build, load_yaml
@@ -46,6 +45,7 @@ from gptsmith.label import label
 from gptsmith.plots import plot_eval
 from gptsmith.report import NAMES, summary_rows, summary_table, write_report
 from gptsmith.runs import atomic_write_text, load_model, write_config
+from gptsmith.side_by_side import SideRun, threads_each, with_threads, write_settings
 from gptsmith.train.dpo import DPOConfig, dpo
 from gptsmith.train.grpo import GRPOConfig, grpo
 from gptsmith.train.loop import config_differences, fault
@@ -175,6 +175,9 @@ class PipelineConfig:
                 "(rejection-sampling fine-tuning, truth reward), dpo (on the rankings, no "
                 "RM), a comma-separated list, or all: each from the same SFT "
                 "model, side by side in eval and the report"})
+    side_by_side: bool = field(default=True, metadata={
+        "help": "run the RL methods (each from the SFT model) side by side, a process each, "
+                "where the CPU has a core for each; else one after another"})
     world: World = field(default_factory=_cpu_world)  # the built-in corpus's tiny world
     pretrain: PretrainConfig = field(default_factory=_cpu_pretrain)
     sft: SFTConfig = field(default_factory=_cpu_sft)
@@ -312,18 +315,19 @@ class PipelineRun:
     ran: set[str] = field(default_factory=set)
 
     def phase(self, name: str, done: bool, fn, settings: dict | None = None,
-              derived: bool = False) -> None:
+              derived: bool = False, measured: dict | None = None) -> None:
         """Skip ``name`` when done with the same settings, else run ``fn`` (which returns
-        the phase's numbers) and record its time, peak memory and numbers. A ``derived``
-        phase (eval: it only reads what earlier phases made) is redone when its settings
-        change instead of being refused."""
+        the phase's numbers) and record its time, peak memory and numbers (``measured``:
+        those of the process that did the work, once ``fn`` returns). A ``derived`` phase
+        (eval: it only reads what earlier phases made) is redone when its settings change
+        instead of being refused."""
         self.seen.append(name)
         settings = portable(json.loads(json.dumps(settings or {})), self.root)
         if self._skip(name, done, settings, derived):
             print(f"== {name}: done already, skipped")
             return
         print(f"== {name}")
-        self.book["phases"][name] = _measured(name, fn, settings)
+        self.book["phases"][name] = {**_measured(name, fn, settings), **(measured or {})}
         save_records(self.root, self.book)
         self.ran.add(name)
 
@@ -350,30 +354,61 @@ class PipelineRun:
             return False
         return done
 
-    def trainer(self, name: str, cfg, train_fn, extra: dict | None = None) -> None:
+    def trainer(self, name: str, cfg, train_fn, extra: dict | None = None,
+                threads: int = 0) -> None:
         """A training phase: done when its run directory holds a finished run that
-        pipeline.json recorded (without that record the trainer itself checks the settings)."""
+        pipeline.json recorded (without that record the trainer itself checks the settings).
+        ``threads`` > 0: on that many threads (the settings recorded are ``cfg``'s)."""
         settings = dataclasses.asdict(cfg)  # before train_fn fills in derived fields
         nproc = self.cfg.nproc
 
         def train() -> dict:
-            return train_fn(cfg) if nproc == 1 else torchrun(name, cfg, nproc)
+            if nproc != 1:
+                return torchrun(name, cfg, nproc)
+            if not threads:
+                return train_fn(cfg)
+            before = torch.get_num_threads()
+            try:
+                return train_fn(with_threads(cfg, threads))
+            finally:
+                torch.set_num_threads(before)
 
-        self.phase(name, _finished(Path(cfg.out)) and name in self.book["phases"],
+        self.phase(name, self.trainer_done(name, cfg),
                    lambda: {**_without_config(train()), **(extra or {})}, settings)
 
+    def trainer_done(self, name: str, cfg) -> bool:
+        return _finished(Path(cfg.out)) and name in self.book["phases"]
 
-def changed_settings(values: dict, defaults: dict) -> dict:
-    """The settings in ``values`` that differ from ``defaults`` (nested as they are)."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            inner = changed_settings(value, defaults[key])
-            if inner:
-                out[key] = inner
-        elif value != defaults[key]:
-            out[key] = value
-    return out
+    def trainers(self, jobs: list[tuple]) -> None:
+        """Training phases that need nothing from one another, each ``(name, cfg, train_fn,
+        extra)``: one after another, or side by side where ``side_by_side`` allows it
+        (``side_by_side.py``), the first in this process and the others in their own."""
+        for name, cfg, _, _ in jobs:  # a changed finished phase is refused before any starts
+            self._skip(name, self.trainer_done(name, cfg), portable(json.loads(json.dumps(
+                dataclasses.asdict(cfg))), self.root))
+        todo = [job for job in jobs if not self.trainer_done(job[0], job[1])]
+        threads = 0 if self.cfg.nproc != 1 else threads_each(
+            [job[1] for job in todo], self.cfg.side_by_side)
+        if not threads:
+            for job in jobs:
+                self.trainer(*job)
+            return
+        first, side = todo[0][0], {}
+        try:
+            for name, cfg, _, _ in todo[1:]:
+                side[name] = SideRun(name, cfg, threads, self.root, beside=first)
+                print(f"== {name}: started beside {first} in a process of its own ({threads} "
+                      f"thread{'s' * (threads > 1)} each); its output: {side[name].log}")
+            for name, cfg, train_fn, extra in jobs:
+                if name in side:
+                    self.phase(name, False, lambda s=side[name], e=extra: {
+                        **_without_config(s.wait()), **(e or {})},
+                        dataclasses.asdict(cfg), measured=side[name].measured)
+                else:
+                    self.trainer(name, cfg, train_fn, extra, threads=threads)
+        finally:
+            for run in side.values():
+                run.stop()
 
 
 def torchrun(command: str, cfg, nproc: int) -> dict:
@@ -381,9 +416,7 @@ def torchrun(command: str, cfg, nproc: int) -> dict:
     this machine, started by PyTorch's torchrun; its summary. A failed rank stops them all
     (torchrun says which); running the pipeline again resumes from the last checkpoint."""
     out = Path(cfg.out)
-    settings = out.parent / f".{out.name}.torchrun.yaml"
-    atomic_write_text(settings, yaml.safe_dump(changed_settings(
-        dataclasses.asdict(cfg), dataclasses.asdict(type(cfg)()))))
+    settings = write_settings(cfg, out.parent / f".{out.name}.torchrun.yaml")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            str(nproc), "-m", "gptsmith", command, "--config", str(settings)]
     try:
@@ -576,32 +609,31 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
         run.phase("label", Path(comparisons).exists(), rank_samples,
                   {"k": cfg.label_k, "prompts": cfg.label_prompts, "rl_prompts": rl_prompts,
                    **longer})
-    made, sft_run = [], str(root / "sft")
+    sft_run = str(root / "sft")
     missing = {"ppo": not (comparisons and rl_prompts), "grpo": not rl_prompts,
                "rft": not rl_prompts, "dpo": not comparisons}
     for method in [m for m in methods if missing[m]]:
         print(f"== {method}: skipped (give --comparisons and --rl-prompts for your own data)")
+    jobs = []  # each method from the SFT model: side by side where the cores allow
     if "ppo" in methods and not missing["ppo"]:
         cfg.rm.base, cfg.rm.data, cfg.rm.out = sft_run, comparisons, str(root / "rm")
         run.trainer("rm", cfg.rm, train_reward_model)
         cfg.ppo.policy, cfg.ppo.reward = sft_run, str(root / "rm")
         cfg.ppo.prompts, cfg.ppo.out = rl_prompts, str(root / "ppo")
         cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
-        run.trainer("ppo", cfg.ppo, ppo, {"rollouts": cfg.ppo.train.batch_size})
-        made.append(root / "ppo")
+        jobs.append(("ppo", cfg.ppo, ppo, {"rollouts": cfg.ppo.train.batch_size}))
     cfg.rft.sft_data = cfg.sft.data  # what RFT's mixed-in SFT loss (sft_batch) reads
     for name, train in (("grpo", grpo), ("rft", rft)):  # sampled groups, a reward program
         if name in methods and not missing[name]:
             c = getattr(cfg, name)
             c.policy, c.prompts, c.out = sft_run, rl_prompts, str(root / name)
             c.eval_questions = c.eval_questions or questions
-            run.trainer(name, c, train, {"rollouts": c.train.batch_size * c.group_size})
-            made.append(root / name)
+            jobs.append((name, c, train, {"rollouts": c.train.batch_size * c.group_size}))
     if "dpo" in methods and not missing["dpo"]:
         cfg.dpo.policy, cfg.dpo.data, cfg.dpo.out = sft_run, comparisons, str(root / "dpo")
-        run.trainer("dpo", cfg.dpo, dpo)
-        made.append(root / "dpo")
-    return made
+        jobs.append(("dpo", cfg.dpo, dpo, None))
+    run.trainers(jobs)
+    return [root / job[0] for job in jobs]
 
 
 def eval_phase(run: PipelineRun, runs: list[Path]) -> None:

@@ -111,8 +111,19 @@ def summary_rows(records: dict, phases: list[str], ran: set[str]) -> list[dict]:
                      "time": f"{rec['seconds']:.1f}s" if "seconds" in rec else "-",
                      "peak memory": memory, "data": _text(DATA.get(name), numbers),
                      "headline": _text(HEADLINE.get(name), numbers, records),
-                     "seconds": rec.get("seconds", 0.0)})
+                     "seconds": rec.get("seconds", 0.0), "beside": rec.get("beside", "")})
     return rows
+
+
+def wall_seconds(rows: list[dict]) -> float:
+    """The phases' time end to end: one run beside another (``beside``) counts only for
+    as long as it outlasted that one."""
+    seconds = {r["phase"]: r["seconds"] for r in rows}
+    total = sum(r["seconds"] for r in rows if not r.get("beside"))
+    for lead in {r["beside"] for r in rows if r.get("beside")}:
+        longest = max(r["seconds"] for r in rows if r.get("beside") == lead)
+        total += max(0.0, longest - seconds.get(lead, 0.0))
+    return total
 
 
 COLUMNS = ("phase", "status", "time", "peak memory", "data", "headline")
@@ -124,8 +135,10 @@ def summary_table(rows: list[dict]) -> str:
              "  ".join(c.ljust(widths.get(c, len(c))) for c in COLUMNS).rstrip()]
     for r in rows:
         lines.append("  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip())
-    total = sum(r["seconds"] for r in rows)
-    lines.append(f"total {total:.1f}s ({total / 60:.1f} min)")
+    total = wall_seconds(rows)
+    beside = ", ".join(f"{r['phase']} beside {r['beside']}" for r in rows if r.get("beside"))
+    lines.append(f"total {total:.1f}s ({total / 60:.1f} min)" +
+                 (f"; side by side, counted once: {beside}" if beside else ""))
     if any(r["peak memory"].split(" (")[0].endswith("*") for r in rows):
         lines.append("* peak of the whole process so far: this system cannot reset the peak "
                      "per phase (/proc/self/clear_refs)")

@@ -204,15 +204,11 @@ def test_a_killed_run_resumes_on_another_number_of_processes(first, then, inputs
                                                              tmp_path, capfd, monkeypatch):
     """Killed after step 13 (last checkpoint: 10), then the same command on the other
     number of processes; on 2, as the pipeline starts it (``--nproc 2``)."""
-    import yaml
-
     from gptsmith import pipeline
-    from gptsmith.train.pretrain import PretrainConfig
+    from gptsmith.side_by_side import write_settings
 
     cfg = phase_configs(inputs, tmp_path, 1)["pretrain"]
-    settings = tmp_path / "pretrain.yaml"
-    settings.write_text(yaml.safe_dump(pipeline.changed_settings(
-        dataclasses.asdict(cfg), dataclasses.asdict(PretrainConfig()))))
+    settings = write_settings(cfg, tmp_path / "pretrain.yaml")
     args = ["-m", "gptsmith", "pretrain", "--config", str(settings)]
     killed = torchrun(*args, nproc=first, fault="after-step:13")
     assert killed.returncode != 0

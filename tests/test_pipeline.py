@@ -132,6 +132,21 @@ def test_a_facts_run_made_before_conversational_rl_prompts_redoes_its_demos(tmp_
     run.phase("demos", True, lambda: pytest.fail("redone"), _demos_settings(cfg))
 
 
+def test_a_default_run_of_the_old_world_stops_at_its_tokenizer_naming_the_change(tmp_path):
+    """A runs/default made when the facts world was the default recorded no world settings;
+    the System 2 world's tokenizer phase refuses it by name and value and asks for --from."""
+    cfg = config()
+    settings = {"corpus": "default", "vocab_size": 2048, **_world_settings(cfg.world, True)}
+    run = PipelineRun(cfg, tmp_path, {"phases": {"tokenizer": {"settings": {
+        "corpus": "default", "vocab_size": 2048}}}})
+    with pytest.raises(GptsmithError, match=r"phase tokenizer was done with other settings "
+                       r"\(.*world.max_operand: 20 -> 99.*\); .* --from tokenizer"):
+        run.phase("tokenizer", True, lambda: {}, settings)
+    facts = config("--recipe", "facts")  # the same run under --recipe facts: still done
+    run.phase("tokenizer", True, lambda: pytest.fail("redone"),
+              {"corpus": "default", "vocab_size": 2048, **_world_settings(facts.world, True)})
+
+
 def test_the_gpu_recipe_is_larger_with_bf16_and_its_own_directory():
     gpu, cpu = config("--recipe", "gpu"), PipelineConfig()
     assert gpu.pretrain.model.depth >= 3 * cpu.pretrain.model.depth
@@ -189,6 +204,17 @@ def test_summary_table_marks_a_whole_process_peak_and_missing_numbers():
     assert lines[3].split() == ["data", "skipped", "-", "-"]
     assert lines[4].split() == ["rm", "ran", "8.0s", "900", "MB"]
     assert "total 10.0s" in table and "cannot reset the peak per phase" in table
+
+
+def test_the_total_counts_phases_run_side_by_side_once():
+    records = {"sft": {"seconds": 80.0}, "ppo": {"seconds": 190.0},
+               "rft": {"seconds": 160.0, "beside": "ppo"},
+               "dpo": {"seconds": 200.0, "beside": "ppo"}, "eval": {"seconds": 20.0}}
+    table = summary_table(summary_rows(records, list(records), set(records)))
+    assert "total 300.0s (5.0 min); side by side, counted once: rft beside ppo, dpo beside ppo" \
+        in table  # 80 + 190 + (200 - 190) + 20
+    records["dpo"]["seconds"] = 100.0
+    assert "total 290.0s" in summary_table(summary_rows(records, list(records), set()))
 
 
 def _pipeline(args: list[str]) -> subprocess.CompletedProcess:
@@ -343,6 +369,47 @@ def test_rl_all_compares_the_methods_and_a_moved_pipeline_is_still_done(tmp_path
                              capture_output=True, text=True, timeout=120)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "GRPO moved greedy accuracy" in (moved / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_rl_methods_run_side_by_side_and_a_failed_one_resumes(tmp_path, tiny_pipeline_args,
+                                                             monkeypatch, capsys):
+    """With a core for each, GRPO runs in the pipeline's process and RFT beside it in its own,
+    its output in rft.log and its own time and memory recorded; RFT killed there stops the
+    pipeline with a message naming its log, and the rerun resumes it and skips GRPO."""
+    from gptsmith import side_by_side
+
+    monkeypatch.setattr(side_by_side, "cores", lambda: 2)
+    args = [*tiny_pipeline_args, "--rl", "grpo,rft", *TINY_RL,
+            "--rft.train.steps", "3", "--rft.train.checkpoint-every", "1"]
+    out = tmp_path / "pipe"
+    monkeypatch.setenv("GPTSMITH_FAULT", "rft/after-step:2")
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "== rft: started beside grpo in a process of its own (1 thread each)" in captured.out
+    assert "exit code -9" in captured.err and str(out / "rft.log") in captured.err
+    assert "RFT: policy" in (out / "rft.log").read_text()
+    book = json.loads((out / "pipeline.json").read_text())["phases"]
+    assert "grpo" in book and "rft" not in book and not (out / ".rft.side.yaml").exists()
+
+    monkeypatch.delenv("GPTSMITH_FAULT")
+    assert main(args) == 0  # RFT alone now: in this process, from its last checkpoint
+    captured = capsys.readouterr().out
+    assert "== grpo: done already, skipped" in captured
+    assert f"resuming {out / 'rft'} from step 1" in captured
+    assert [m["model"].rsplit("/", 1)[-1] for m in json.loads(
+        (out / "eval.json").read_text())] == ["pretrain", "sft", "grpo", "rft"]
+    assert main(args) == 0 and capsys.readouterr().out.count("done already, skipped") == 8
+
+    # both redone side by side: RFT's record is its own process's time and memory
+    assert main([*args, "--from", "grpo"]) == 0
+    captured = capsys.readouterr().out
+    assert "== rft: started beside grpo" in captured and "done in" in (out / "rft.log").read_text()
+    rft_record = json.loads((out / "pipeline.json").read_text())["phases"]["rft"]
+    assert rft_record["peak_memory"] == "phase" and rft_record["peak_rss_mb"] > 100
+    assert 0 < rft_record["seconds"] < 300 and rft_record["numbers"]["rollouts"] == 4
+    assert rft_record["beside"] == "grpo"
+    assert "side by side, counted once: rft beside grpo" in captured
 
 
 def test_report_of_a_directory_without_a_pipeline_is_refused(tmp_path, capsys):
