@@ -171,7 +171,7 @@ class PipelineConfig:
         "help": "processes per training phase on this machine (torchrun; one per GPU); 1: "
                 "each phase in this process"})
     rl: str = field(default="ppo,rft", metadata={
-        "help": "the last phase: ppo (RM + PPO), grpo (truth reward, no RM), rft "
+        "help": "the RL phases: ppo (RM + PPO), grpo (truth reward, no RM), rft "
                 "(rejection-sampling fine-tuning, truth reward), dpo (on the rankings, no "
                 "RM), a comma-separated list, or all: each from the same SFT "
                 "model, side by side in eval and the report"})
@@ -322,7 +322,7 @@ class PipelineRun:
         (eval: it only reads what earlier phases made) is redone when its settings change
         instead of being refused."""
         self.seen.append(name)
-        settings = portable(json.loads(json.dumps(settings or {})), self.root)
+        settings = self._as_recorded(settings or {})
         if self._skip(name, done, settings, derived):
             print(f"== {name}: done already, skipped")
             return
@@ -330,6 +330,10 @@ class PipelineRun:
         self.book["phases"][name] = {**_measured(name, fn, settings), **(measured or {})}
         save_records(self.root, self.book)
         self.ran.add(name)
+
+    def _as_recorded(self, settings: dict) -> dict:
+        """Settings as pipeline.json records them: JSON values, paths relative to the root."""
+        return portable(json.loads(json.dumps(settings)), self.root)
 
     def _skip(self, name: str, done: bool, settings: dict, derived: bool = False) -> bool:
         """Whether a done phase can be kept: refused when it ran with other settings (a
@@ -384,8 +388,8 @@ class PipelineRun:
         extra)``: one after another, or side by side where ``side_by_side`` allows it
         (``side_by_side.py``), the first in this process and the others in their own."""
         for name, cfg, _, _ in jobs:  # a changed finished phase is refused before any starts
-            self._skip(name, self.trainer_done(name, cfg), portable(json.loads(json.dumps(
-                dataclasses.asdict(cfg))), self.root))
+            self._skip(name, self.trainer_done(name, cfg),
+                       self._as_recorded(dataclasses.asdict(cfg)))
         todo = [job for job in jobs if not self.trainer_done(job[0], job[1])]
         threads = 0 if self.cfg.nproc != 1 else threads_each(
             [job[1] for job in todo], self.cfg.side_by_side)
