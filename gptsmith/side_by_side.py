@@ -23,9 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
+from gptsmith.device import pick_device
 from gptsmith.errors import GptsmithError
 from gptsmith.runs import atomic_write_text
 
@@ -43,8 +43,7 @@ def threads_each(cfgs: list, enabled: bool) -> int:
     phases."""
     if not enabled or len(cfgs) < 2 or len(cfgs) > cores():
         return 0
-    if any(c.train.device not in ("auto", "cpu") or
-           (c.train.device == "auto" and torch.cuda.is_available()) for c in cfgs):
+    if any(pick_device(c.train.device).type != "cpu" for c in cfgs):
         return 0
     return cores() // len(cfgs)
 
