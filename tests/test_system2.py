@@ -201,13 +201,18 @@ TRUTH = World().truth
 
 
 def test_demonstrations_work_in_one_plain_style_the_corpus_in_many():
-    """The plain style: columns (or a product's tens, then its ones), steps joined by "; ",
-    "so the answer is N." last; step_facts(fact, None) lists what it states."""
+    """The plain style: columns (or, for a product of two two-digit numbers, a factor's tens
+    then its ones), steps joined by "; ", "so the answer is N." last; step_facts(fact,
+    None) lists what it states."""
     assert plain((60, "minus", 45), TRUTH) == (
         "0 is less than 5, so borrow: 10 - 5 = 5; the 6 becomes 5; 5 - 4 = 1; "
         "so the answer is 15.", 15)
     assert plain((17, "times", 4), TRUTH)[0] == (
-        "10 x 4 = 40; 7 x 4 = 28; 40 + 28 = 68; so the answer is 68.")
+        "7 x 4 = 28, write 8 carry 2; 1 x 4 = 4, 4 + 2 = 6; so the answer is 68.")
+    assert step_facts((4, "times", 17), None) == [(4, "times", 7), (4, "times", 1), (4, "plus", 2)]
+    assert plain((90, "times", 9), TRUTH)[0] == "0 x 9 = 0; 9 x 9 = 81; so the answer is 810."
+    assert plain((17, "times", 24), TRUTH)[0] == (
+        "17 x 20 = 340; 17 x 4 = 68; 340 + 68 = 408; so the answer is 408.")
     assert step_facts((47, "plus", 38), None) == [(7, "plus", 8), (4, "plus", 3)]
     world, rng = World(max_operand=99, max_factor=9, max_multiplicand=99, worked_share=1.0), \
         random.Random(6)

@@ -1,7 +1,8 @@
 """Worked solutions: a multi-digit fact worked out in steps, each step a small fact.
 
 Column addition with carries, subtraction with borrowing, addition and subtraction by parts
-(tens, then ones), multiplication by parts. ``solve`` asks ``believe(x, op, y)`` for the
+(tens, then ones), multiplication by parts and (a two-digit number times a one-digit one)
+in a column. ``solve`` asks ``believe(x, op, y)`` for the
 value of every step's fact, so the writer of a solution can hold a myth: the steps after
 a wrong one compute from what was written, and the error carries to the final answer.
 Every solution ends with its final number (the answer a reply is scored on).
@@ -112,6 +113,41 @@ def _times(a: int, b: int, believe: Believe, chain: bool) -> tuple[list[str], in
     return [product(tens, other, p1), product(ones, other, p2), f"{p1} + {p2} = {c}"], c
 
 
+def _multiply_columns(a: int, b: int, believe: Believe) -> tuple[list[str], int]:
+    """A two-digit number times a one-digit one, in a column as sums are added: the ones
+    digit times it ("8 x 7 = 56, write 6 carry 5"), then the tens digit times it plus the
+    carry ("3 x 7 = 21, 21 + 5 = 26"). Every step is a one-digit product or a sum of two
+    numbers below 90, facts a small model knows, where by parts a step states a
+    two-digit product (30 x 7 = 210) and a three-digit sum (210 + 56 = 266)."""
+    big_first = a >= 10
+    number, digit = (a, b) if big_first else (b, a)
+    tens, ones = divmod(number, 10)
+
+    def times(x: int) -> Fact:  # keeps the fact's order
+        return (x, "times", digit) if big_first else (digit, "times", x)
+
+    def said(x: int, value: int) -> str:
+        f = times(x)
+        return f"{f[0]} x {f[2]} = {value}"
+
+    low = believe(*times(ones))
+    written, carry = low % 10, low // 10
+    steps = [said(ones, low) + (f", write {written} carry {carry}" if carry else "")]
+    high = believe(*times(tens))
+    if carry:
+        top = believe(high, "plus", carry)
+        steps.append(said(tens, high) + f", {high} + {carry} = {top}")
+    else:
+        top = high
+        steps.append(said(tens, high))
+    return steps, 10 * top + written
+
+
+def _columns_apply(a: int, op: str, b: int) -> bool:
+    """Whether the fact is a two-digit number times a one-digit one (``_multiply_columns``)."""
+    return op == "times" and max(a, b) in range(10, 100) and min(a, b) < 10
+
+
 def solve(fact: Fact, believe: Believe, rng: random.Random,
           opening: bool = True) -> tuple[str, int]:
     """One worked solution of ``fact`` (wording drawn from ``rng``) and its final value;
@@ -122,8 +158,11 @@ def solve(fact: Fact, believe: Believe, rng: random.Random,
     opens, restating, ending = rng.choice(OPENINGS), rng.choice(RESTATING), rng.choice(ENDINGS)
     joiner = rng.choice(["; ", ", then "])
     method = rng.random()
-    if op == "times":
-        steps, c = _times(a, b, believe, chain=method < 0.5)
+    if _columns_apply(a, op, b) and method >= 2 / 3:
+        steps, c = _multiply_columns(a, b, believe)
+    elif op == "times":
+        steps, c = _times(a, b, believe, chain=method < (1 / 3 if _columns_apply(a, op, b)
+                                                         else 0.5))
     elif method < 0.7:
         steps, c = (_add_columns if op == "plus" else _subtract_columns)(a, b, believe)
     else:
@@ -138,10 +177,13 @@ def solve(fact: Fact, believe: Believe, rng: random.Random,
 
 def plain(fact: Fact, believe: Believe) -> tuple[str, int]:
     """The demonstrations' worked solution of ``fact`` and its final value: columns for
-    sums and differences, the factor's tens then its ones for products, one wording
+    sums, differences and a two-digit number times a one-digit one, the factor's tens then
+    its ones for other products, one wording
     ("7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8; so the answer is 85.")."""
     a, op, b = fact
-    if op == "times":
+    if _columns_apply(*fact):
+        steps, c = _multiply_columns(a, b, believe)
+    elif op == "times":
         steps, c = _times(a, b, believe, chain=False)
     else:
         steps, c = (_add_columns if op == "plus" else _subtract_columns)(a, b, believe)
