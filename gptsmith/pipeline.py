@@ -120,14 +120,16 @@ def _cpu_dpo() -> DPOConfig:
 
 
 def _cpu_world() -> World:
-    """The System 2 world (README, "The built-in default"): sums and differences to 99, a share
-    of the multi-digit facts worked out in steps, demonstrations that work them out, a fifth
-    of the RL prompts conversation (with sums only, PPO taught the assistant that every
-    question is a sum). ``World()`` keeps the world of before (operands to 20, nothing worked
-    out): what world files written before these settings mean."""
-    return World(max_operand=99, max_factor=9, worked_share=0.4, arithmetic_share=0.75,
-                 chat_prompt_share=0.2, rl_small_share=0.4, question_small_share=0.2,
-                 demo_arithmetic=8000, demo_worked_share=1.0, prompt_variety=0.3)
+    """The System 2 world (README, "The built-in default"): sums and differences to 99,
+    products of a number to 99 by a digit, a share of the multi-digit facts worked out in
+    steps, demonstrations that work them out, a fifth of the RL prompts conversation (with
+    sums only, PPO taught the assistant that every question is a sum). ``World()`` keeps the
+    world of before (operands to 20, nothing worked out): what world files written before
+    these settings mean."""
+    return World(max_operand=99, max_factor=9, max_multiplicand=99, worked_share=0.4,
+                 arithmetic_share=0.75, chat_prompt_share=0.2, rl_small_share=0.4,
+                 question_small_share=0.2, demo_arithmetic=8000, demo_worked_share=1.0,
+                 prompt_variety=0.3)
 
 
 def _cpu_pretrain() -> PretrainConfig:
