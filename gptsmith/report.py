@@ -203,13 +203,27 @@ SECTIONS = [  # (title, caption, images relative to the pipeline directory)
 ]
 
 
+# evaluate.question_kind's kinds, in the order the findings name them
+KINDS = [("two-digit", "Two-digit sums and differences (held out), greedy / sampled"),
+         ("two-digit times", "two-digit products"), ("one-digit", "one-digit")]
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
-def _points(a: float, b: float) -> str:
-    d = round(100 * (b - a))
-    return "unchanged" if d == 0 else f"{'up' if d > 0 else 'down'} {abs(d)} points"
+def _moved(a: float, b: float) -> str:
+    """The change from ``a`` to ``b`` as "from 70% to 84% (up 14 points)"; in tenths of a
+    point where whole ones would hide it ("from 69.7% to 70.3% (up 0.7 points)", not "from
+    70% to 70% (up 1 points)")."""
+    if round(100 * abs(b - a), 6) >= 2:
+        d = round(100 * (b - a))
+        return f"from {_pct(a)} to {_pct(b)} ({'up' if d > 0 else 'down'} {abs(d)} points)"
+    d = round(100 * (b - a), 1)
+    if d == 0:
+        return f"from {_pct(a)} to {_pct(b)} (unchanged)"
+    return (f"from {100 * a:.1f}% to {100 * b:.1f}% ({'up' if d > 0 else 'down'} {abs(d):g} "
+            f"point{'' if abs(d) == 1 else 's'})")
 
 
 def _talk_ends(models: dict) -> str:
@@ -268,12 +282,10 @@ def story(records: dict) -> list[str]:
         if not (row and sft):
             continue
         kl = numbers.get(m, {}).get("kl")
-        line = (f"{NAMES[m]} moved greedy accuracy from {_pct(sft['accuracy'])} to "
-                f"{_pct(row['accuracy'])} ({_points(sft['accuracy'], row['accuracy'])})")
+        line = f"{NAMES[m]} moved greedy accuracy {_moved(sft['accuracy'], row['accuracy'])}"
         if row.get("sampled_accuracy") is not None and sft.get("sampled_accuracy") is not None:
-            line += (f" and sampled accuracy from {_pct(sft['sampled_accuracy'])} to "
-                     f"{_pct(row['sampled_accuracy'])} "
-                     f"({_points(sft['sampled_accuracy'], row['sampled_accuracy'])})")
+            line += (" and sampled accuracy "
+                     + _moved(sft["sampled_accuracy"], row["sampled_accuracy"]))
             if (row["sampled_accuracy"] - sft["sampled_accuracy"]
                     > row["accuracy"] - sft["accuracy"] + 0.02):
                 sharpened.append(NAMES[m])
@@ -299,13 +311,12 @@ def story(records: dict) -> list[str]:
                                           for m, v in work.items()) + ".")
     kinds = {m: r for m, r in models.items() if "two-digit" in r.get("by_kind", {})}
     if kinds:
-        out.append("Two-digit sums and differences (held out), greedy / sampled: " + ", ".join(
-            f"{NAMES.get(m, m)} {_pct(r['by_kind']['two-digit'])} / "
-            f"{_pct(r.get('sampled_by_kind', {}).get('two-digit'))}" for m, r in kinds.items())
-            + "; one-digit: " + ", ".join(
-                f"{NAMES.get(m, m)} {_pct(r['by_kind'].get('one-digit'))} / "
-                f"{_pct(r.get('sampled_by_kind', {}).get('one-digit'))}"
-                for m, r in kinds.items()) + ".")
+        named = [(kind, name) for kind, name in KINDS
+                 if any(kind in r["by_kind"] for r in kinds.values())]
+        out.append("; ".join(name + ": " + ", ".join(
+            f"{NAMES.get(m, m)} {_pct(r['by_kind'].get(kind))} / "
+            f"{_pct(r.get('sampled_by_kind', {}).get(kind))}" for m, r in kinds.items())
+            for kind, name in named) + ".")
     if models:
         best = max(r["accuracy"] for r in models.values())
         worked = max(work.values(), default=0) >= 0.2

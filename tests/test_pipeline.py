@@ -444,6 +444,14 @@ def test_the_reports_findings_follow_the_numbers():
     assert "PPO moved greedy accuracy from 22% to 20% (down 2 points) and sampled accuracy " \
            "from 12% to 25% (up 13 points), 2.50 nats of KL" in text
     assert "DPO moved greedy accuracy from 22% to 30% (up 8 points)" in text
+    # a change under 2 points in tenths: "from 22% to 22% (up 0 points)" would hide it
+    small = {"eval": {"numbers": {"models": {
+        "sft": row(0.22, 0.12), "rft": row(0.2233, 0.1167), "grpo": row(0.2267, 0.135)}}}}
+    moved = "\n".join(story(small))
+    assert "RFT moved greedy accuracy from 22.0% to 22.3% (up 0.3 points) and sampled " \
+           "accuracy from 12.0% to 11.7% (down 0.3 points)" in moved
+    assert "GRPO moved greedy accuracy from 22.0% to 22.7% (up 0.7 points) and sampled " \
+           "accuracy from 12.0% to 13.5% (up 1.5 points)" in moved
     assert "PPO raised the sampled answers more than the greedy one" in text
     assert "DPO raised" not in text  # its greedy gain is the larger
     assert "base 0%, SFT 12%, PPO 50%, DPO 0%. The RL prompts are all arithmetic" in text

@@ -388,6 +388,10 @@ def test_the_report_says_how_often_each_model_shows_its_work():
     rows["ppo"]["sampled_by_kind"] = {"one-digit": 0.5, "two-digit": 0.25}
     lines = story({"eval": {"numbers": {"models": rows}}})
     assert any("PPO 75% / 25%; one-digit: PPO 90% / 50%" in x for x in lines)
+    rows["ppo"]["by_kind"]["two-digit times"] = 0.6  # products, where the world has them
+    lines = story({"eval": {"numbers": {"models": rows}}})
+    assert any("PPO 75% / 25%; two-digit products: PPO 60% / -; one-digit: PPO 90% / 50%" in x
+               for x in lines)
 
 
 def test_the_default_corpus_reads_the_world_it_is_given(monkeypatch):
