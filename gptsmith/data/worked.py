@@ -1,11 +1,11 @@
 """Worked solutions: a multi-digit fact worked out in steps, each step a small fact.
 
 Column addition with carries, subtraction with borrowing, addition and subtraction by parts
-(tens, then ones), multiplication by parts and (a two-digit number times a one-digit one)
-in a column. ``solve`` asks ``believe(x, op, y)`` for the
-value of every step's fact, so the writer of a solution can hold a myth: the steps after
-a wrong one compute from what was written, and the error carries to the final answer.
-Every solution ends with its final number (the answer a reply is scored on).
+(tens, then ones), multiplication by parts and, for a two-digit number times a one-digit
+one, in a column. ``solve`` asks ``believe(x, op, y)`` for the value of every step's fact,
+so the writer of a solution can hold a myth: the steps after a wrong one compute from what
+was written, and the error carries to the final answer. Every solution ends with its final
+number (the answer a reply is scored on).
 
 The corpus varies its wording and method (``solve``); demonstrations use one plain style
 (``plain``): the column method, steps joined by "; ", ending "so the answer is N." A tiny
@@ -127,8 +127,8 @@ def _multiply_columns(a: int, b: int, believe: Believe) -> tuple[list[str], int]
         return (x, "times", digit) if big_first else (digit, "times", x)
 
     def said(x: int, value: int) -> str:
-        f = times(x)
-        return f"{f[0]} x {f[2]} = {value}"
+        left, _, right = times(x)
+        return f"{left} x {right} = {value}"
 
     low = believe(*times(ones))
     written, carry = low % 10, low // 10
@@ -157,12 +157,11 @@ def solve(fact: Fact, believe: Believe, rng: random.Random,
     a, op, b = fact
     opens, restating, ending = rng.choice(OPENINGS), rng.choice(RESTATING), rng.choice(ENDINGS)
     joiner = rng.choice(["; ", ", then "])
-    method = rng.random()
-    if _columns_apply(a, op, b) and method >= 2 / 3:
+    method, columns = rng.random(), _columns_apply(*fact)
+    if columns and method >= 2 / 3:
         steps, c = _multiply_columns(a, b, believe)
     elif op == "times":
-        steps, c = _times(a, b, believe, chain=method < (1 / 3 if _columns_apply(a, op, b)
-                                                         else 0.5))
+        steps, c = _times(a, b, believe, chain=method < (1 / 3 if columns else 0.5))
     elif method < 0.7:
         steps, c = (_add_columns if op == "plus" else _subtract_columns)(a, b, believe)
     else:
