@@ -96,7 +96,7 @@ HELP: dict[str, dict[str, str]] = {
         "wrong_share": "share of statements that state the fact's myth instead",
         "small_share": "share of facts with both operands below 10 (corpus, demos, questions)",
         "arithmetic_share": "share of the default corpus's bytes that is arithmetic prose",
-        "max_multiplicand": "> 0: times takes one factor up to this (two digits by one)",
+        "max_multiplicand": "> 0: times takes its first factor up to this (two digits by one)",
         "worked_share": "share of a multi-digit fact's mentions and demonstrations worked out "
                         "step by step (System 2)",
         "chat_prompt_share": "share of the RL prompts that are conversation, not sums",

@@ -104,7 +104,7 @@ class World:
     wrong_share: float = 0.1   # share of statements that state the fact's myth instead
     small_share: float = 0.5   # share of facts drawn with both operands below 10
     arithmetic_share: float = 0.65  # share of the default corpus's bytes that is arithmetic
-    max_multiplicand: int = 0  # > 0: times takes one factor up to this (the other as before)
+    max_multiplicand: int = 0  # > 0: times takes its first factor up to this (second as before)
     worked_share: float = 0.0  # share of a two-digit fact's mentions and demos worked out
     chat_prompt_share: float = 0.0  # share of the RL prompts that are conversation, not sums
     rl_small_share: float = 0.8  # share of the RL prompts' facts with both operands below 10
@@ -140,8 +140,6 @@ class World:
         hi_a = self.max_multiplicand if op == "times" and self.max_multiplicand and not small \
             else hi
         a, b = rng.randint(0, hi_a), rng.randint(0, hi)
-        if hi_a > hi and rng.random() < 0.5:  # 38 x 7 as often as 7 x 38
-            a, b = b, a
         if op == "minus" and b > a:
             a, b = b, a
         return a, op, b
