@@ -204,8 +204,8 @@ SECTIONS = [  # (title, caption, images relative to the pipeline directory)
 
 
 # evaluate.question_kind's kinds, in the order the findings name them
-KINDS = [("two-digit", "Two-digit sums and differences (held out), greedy / sampled"),
-         ("two-digit times", "two-digit products"), ("one-digit", "one-digit")]
+KINDS = {"two-digit": "two-digit sums and differences", "two-digit times": "two-digit products",
+         "one-digit": "one-digit"}
 
 
 def _pct(x: float | None) -> str:
@@ -311,12 +311,12 @@ def story(records: dict) -> list[str]:
                                           for m, v in work.items()) + ".")
     kinds = {m: r for m, r in models.items() if "two-digit" in r.get("by_kind", {})}
     if kinds:
-        named = [(kind, name) for kind, name in KINDS
-                 if any(kind in r["by_kind"] for r in kinds.values())]
-        out.append("; ".join(name + ": " + ", ".join(
-            f"{NAMES.get(m, m)} {_pct(r['by_kind'].get(kind))} / "
-            f"{_pct(r.get('sampled_by_kind', {}).get(kind))}" for m, r in kinds.items())
-            for kind, name in named) + ".")
+        out.append("Held-out questions by kind, greedy / sampled: " + "; ".join(
+            name + ": " + ", ".join(f"{NAMES.get(m, m)} {_pct(r['by_kind'].get(kind))} / "
+                                    f"{_pct(r.get('sampled_by_kind', {}).get(kind))}"
+                                    for m, r in kinds.items())
+            for kind, name in KINDS.items() if any(kind in r["by_kind"] for r in kinds.values()))
+            + ".")
     if models:
         best = max(r["accuracy"] for r in models.values())
         worked = max(work.values(), default=0) >= 0.2

@@ -383,11 +383,12 @@ def test_the_report_says_how_often_each_model_shows_its_work():
     lines = story({"eval": {"numbers": {"models": rows}}})
     assert any("shown work" in x and "SFT 25%" in x and "PPO 50%" in x for x in lines)
     assert any("through worked steps" in x for x in lines)
-    assert not any("Two-digit" in x for x in lines)  # no accuracy per kind recorded
+    assert not any("by kind" in x for x in lines)  # no accuracy per kind recorded
     rows["ppo"]["by_kind"] = {"one-digit": 0.9, "two-digit": 0.75}
     rows["ppo"]["sampled_by_kind"] = {"one-digit": 0.5, "two-digit": 0.25}
     lines = story({"eval": {"numbers": {"models": rows}}})
-    assert any("PPO 75% / 25%; one-digit: PPO 90% / 50%" in x for x in lines)
+    assert any("Held-out questions by kind, greedy / sampled: two-digit sums and differences: "
+               "PPO 75% / 25%; one-digit: PPO 90% / 50%" in x for x in lines)
     rows["ppo"]["by_kind"]["two-digit times"] = 0.6  # products, where the world has them
     lines = story({"eval": {"numbers": {"models": rows}}})
     assert any("PPO 75% / 25%; two-digit products: PPO 60% / -; one-digit: PPO 90% / 50%" in x
