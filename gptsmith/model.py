@@ -230,6 +230,34 @@ def document_attention(documents: torch.Tensor, rope_cos: torch.Tensor, rope_sin
     return rope_cos[at][:, None], rope_sin[at][:, None], mask[:, None]
 
 
+def rows_at(t: torch.Tensor, at: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t``'s entries at indices ``at`` (B, R) along ``dim`` (batch is dim 0, or absent)."""
+    if t.dim() == 2:  # (T, ...) shared by every row
+        return t[at]
+    shape = list(t.shape)
+    shape[0], shape[dim] = at.size(0), at.size(1)
+    index = at.view(at.size(0), *[1] * (dim - 1), at.size(1), *[1] * (t.dim() - dim - 1))
+    return t.expand(at.size(0), *t.shape[1:]).gather(dim, index.expand(shape))
+
+
+def queries_only(at: torch.Tensor, x, cos, sin, mask, causal: bool, keys: int):
+    """The inputs of attention for the query positions ``at`` (B, R) of x's T only: their
+    hidden states, RoPE rows and mask rows (a causal mask made explicit: key j <= query i,
+    where the T queries are the last T of ``keys`` slots)."""
+    B, R = at.shape
+    offset = keys - x.size(1)
+    x = rows_at(x, at, 1)
+    cos, sin = rows_at(cos, at, 2), rows_at(sin, at, 2)
+    if cos.dim() == 3:  # (B, R, hd) from a shared table
+        cos, sin = cos[:, None], sin[:, None]
+    if mask is not None:
+        mask = rows_at(mask, at, 2) if mask.dim() == 4 else mask[at][:, None]
+    elif causal:
+        slots = torch.arange(keys, device=at.device)
+        mask = (slots[None, None, :] <= (at + offset)[:, :, None])[:, None]
+    return x, cos, sin, mask, False
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
@@ -240,19 +268,26 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_head * hd, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None, mask, causal: bool):
+    def forward(self, x, cos, sin, cache: KVCache | None, mask, causal: bool,
+                queries: torch.Tensor | None = None):
+        """Attention of every position over the ones before it; with ``queries`` (B, R)
+        only those positions ask (keys and values still come from all T)."""
         B, T, _ = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
-        q = self.q_proj(x).view(B, T, cfg.n_head, hd).transpose(1, 2)
         k = self.k_proj(x).view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
         v = self.v_proj(x).view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
+        if queries is not None:
+            x, cos, sin, mask, causal = queries_only(queries, x, cos, sin, mask, causal,
+                                                     k.size(2))
+        R = x.size(1)
+        q = apply_rope(self.q_proj(x).view(B, R, cfg.n_head, hd).transpose(1, 2), cos, sin)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=cfg.n_kv_head != cfg.n_head
         )
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * hd))
+        return self.o_proj(y.transpose(1, 2).reshape(B, R, cfg.n_head * hd))
 
 
 class MLP(nn.Module):
@@ -274,8 +309,10 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache, mask, causal):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, mask, causal)
+    def forward(self, x, cos, sin, cache, mask, causal, queries=None):
+        """With ``queries`` (B, R), the outputs at those positions only (B, R, width)."""
+        h = self.self_attn(self.input_layernorm(x), cos, sin, cache, mask, causal, queries)
+        x = (x if queries is None else rows_at(x, queries, 1)) + h
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -370,10 +407,13 @@ class GPT(nn.Module):
                 keys = torch.arange(start + T, device=idx.device)
                 mask, causal = keys[None, :] <= slots[:, None], False
         x = self.embed_tokens(idx)
-        for block in self.layers:
+        *body, last = self.layers
+        for block in body:
             x = block(x, cos, sin, cache, mask, causal)
+        # the last block needs every position's keys and values but only the kept
+        # positions' queries and MLP: a reply of R tokens after a prompt costs R there
+        x = last(x, cos, sin, cache, mask, causal, positions)
         if positions is not None:
-            x = x.gather(1, positions[..., None].expand(-1, -1, x.size(-1)))
             B, T = positions.shape
         x = self.norm(x)
         if cache is not None:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -38,6 +40,36 @@ def test_left_padded_rows_match_unpadded(tiny_model):
     torch.testing.assert_close(out[0, 4:], alone[0, :5], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(step[0, 0], alone[0, 5], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[1], tiny_model(long)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_kept_positions_equal_the_full_outputs_at_them(tiny_model):
+    """``positions`` computes the last block only where asked; every way a forward can be
+    masked (causal, packed documents, left-padded prefill, a cache continued) gives the
+    full forward's outputs at those positions, for the LM head and the scalar head."""
+    torch.manual_seed(4)
+    V = tiny_model.cfg.vocab_size
+    idx = torch.randint(0, V, (3, 20))
+    pos = torch.tensor([[0, 5, 19], [3, 3, 7], [19, 18, 1]])
+
+    def at(out):
+        return out.gather(1, pos[..., None].expand(-1, -1, out.size(-1)))
+
+    torch.testing.assert_close(tiny_model(idx, positions=pos), at(tiny_model(idx)))
+    docs = torch.tensor([[0] * 8 + [1] * 12, [0] * 20, [0] * 3 + [1] * 17])
+    torch.testing.assert_close(tiny_model(idx, positions=pos, documents=docs),
+                               at(tiny_model(idx, documents=docs)))
+    pad = torch.tensor([4, 0, 2])
+    full = tiny_model(idx, cache=KVCache(tiny_model.cfg, 3, 24, pad))
+    torch.testing.assert_close(
+        tiny_model(idx, cache=KVCache(tiny_model.cfg, 3, 24, pad), positions=pos), at(full))
+    cache = KVCache(tiny_model.cfg, 3, 24, None)
+    tiny_model(idx[:, :6], cache=cache)
+    tail = torch.tensor([[0, 13], [2, 2], [13, 7]])
+    expect = tiny_model(idx)[:, 6:].gather(1, tail[..., None].expand(-1, -1, V))
+    torch.testing.assert_close(tiny_model(idx[:, 6:], cache=cache, positions=tail), expect,
+                               atol=1e-5, rtol=1e-5)
+    scalar = GPT(dataclasses.replace(tiny_model.cfg, head="scalar"))
+    torch.testing.assert_close(scalar(idx, positions=pos), scalar(idx).gather(1, pos))
 
 
 def test_scalar_head_gives_one_value_per_position(tokenizer):
