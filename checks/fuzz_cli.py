@@ -295,6 +295,7 @@ def sampling_cases() -> list[Case]:
         Case("serve --port -1", lambda w: ["serve", str(w.lm), "--port", "-1"]),
         Case("serve --port 70000", lambda w: ["serve", str(w.lm), "--port", "70000"]),
         Case("serve --max-batch 0", lambda w: ["serve", str(w.lm), "--max-batch", "0"]),
+        Case("serve --threads -1", lambda w: ["serve", str(w.lm), "--threads=-1"]),
         Case("serve --device tpu", lambda w: ["serve", str(w.lm), "--device", "tpu"]),
         Case("serve a missing run", lambda w: ["serve", str(w.root / "nope")]),
         Case("serve a reward model", lambda w: ["serve", str(w.rm)]),

@@ -524,8 +524,10 @@ def cmd_serve(args) -> None:
               "this port can use the models", file=sys.stderr)
     if not args.body_timeout > 0:
         raise InvalidSetting(f"--body-timeout must be > 0, got {args.body_timeout}")
+    if args.threads < 0:
+        raise InvalidSetting(f"--threads must be >= 0, got {args.threads}")
     serve(args.run, args.host, args.port, key, args.max_batch, args.device,
-          body_timeout=args.body_timeout)
+          body_timeout=args.body_timeout, threads=args.threads)
 
 
 def register_serve(sub) -> None:
@@ -544,6 +546,9 @@ def register_serve(sub) -> None:
                    help="requests decoded together per model; 1: one at a time (default: 16)")
     c.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N (default: auto)")
+    c.add_argument("--threads", type=int, default=0,
+                   help="CPU threads that decode; 0: one fewer than the cores PyTorch uses, "
+                   "leaving one to the HTTP event loop (default: 0)")
     c.add_argument("--body-timeout", type=finite_float, default=30.0,
                    help="seconds a request body may take to arrive; a slower one gets 408 "
                    "(default: 30)")

@@ -557,7 +557,7 @@ def test_server_binds_loopback_by_default():
     from gptsmith.cli import make_parser
 
     args = make_parser().parse_args(["serve", "runs/x"])
-    assert args.host == "127.0.0.1" and args.max_batch == 16
+    assert args.host == "127.0.0.1" and args.max_batch == 16 and args.threads == 0
 
 
 def test_generation_errors_are_json_not_tracebacks(server, monkeypatch, client):
