@@ -867,7 +867,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; the user's errors (GptsmithError) exit 2 with one line, bugs raise."""
+    """Run one command; the user's errors (GptsmithError) exit 2 with one line, bugs raise.
+    A rank under torchrun ends here, without the interpreter's teardown (``exit_rank``)."""
+    code = run_command(argv)
+    distributed = sys.modules.get("gptsmith.train.distributed")  # loaded if a phase trained
+    if distributed is not None and distributed.launched():
+        distributed.exit_rank(code)
+    return code
+
+
+def run_command(argv: list[str] | None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.func(args)

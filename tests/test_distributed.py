@@ -304,6 +304,7 @@ def main(inputs: str, out: str) -> None:
     if ranks.is_main():
         (root / "decode_steps.json").write_text(json.dumps(steps))
     ranks.close()
+    ranks.exit_rank(0)  # as the CLI does: gloo may abort in the interpreter's teardown
 
 
 def pieces(out: Path) -> None:
