@@ -244,7 +244,6 @@ def queries_only(at: torch.Tensor, x, cos, sin, mask, causal: bool, keys: int):
     """The inputs of attention for the query positions ``at`` (B, R) of x's T only: their
     hidden states, RoPE rows and mask rows (a causal mask made explicit: key j <= query i,
     where the T queries are the last T of ``keys`` slots)."""
-    B, R = at.shape
     offset = keys - x.size(1)
     x = rows_at(x, at, 1)
     cos, sin = rows_at(cos, at, 2), rows_at(sin, at, 2)
@@ -370,8 +369,9 @@ class GPT(nn.Module):
         With ``targets`` the cross-entropy is returned instead (-1 targets are ignored);
         ``reduction="none"`` gives it per position. With ``cache`` the positions continue
         where the cache stands and the cache advances by T. ``positions`` (B, R) keeps only
-        those positions' outputs, taken before the head: a reply's logits cost R, not T,
-        projections onto the vocabulary (what PPO, reward scoring and prefill need).
+        those positions' outputs: the last block runs its queries, attention and MLP there
+        only, and a reply's logits cost R, not T, projections onto the vocabulary (what
+        PPO, GRPO, reward scoring and prefill need).
         ``documents`` (B, T) packs several sequences in a row: each run of equal ids is one
         sequence, attending only to itself and with positions from 0, exactly as if it had a
         row of its own (ids must differ between the runs of a row).

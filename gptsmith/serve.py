@@ -804,7 +804,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     dev = pick_device(device)
     if threads == 0 and dev.type == "cpu":
         # the event loop that streams the tokens needs a core too: on 2 cores under 16
-        # streaming clients, 1 decoding thread served 1.35x the tokens/s of 2 (README)
+        # streaming clients, 1 decoding thread served 1.45x the tokens/s of 2 (README)
         threads = max(1, torch.get_num_threads() - 1)
     set_threads(threads)
     models = load_served(specs, max_batch, str(dev))
