@@ -32,6 +32,20 @@ def has_number(text: str) -> bool:
     return bool(re.search(r"\d", text))
 
 
+def loops(text: str, n: int = 3, times: int = 3) -> bool:
+    """Whether some phrase of ``n`` words comes ``times`` times or more in ``text``: a reply
+    caught in a loop ("I am not a lot of the lot of the lot of the lot ..."), which RL's
+    drift on conversation produces and the number test does not see."""
+    words = re.findall(r"\w+", text.lower())
+    seen: dict[tuple, int] = {}
+    for i in range(len(words) - n + 1):
+        key = tuple(words[i:i + n])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] >= times:
+            return True
+    return False
+
+
 def final_answer(text: str, numeric: bool) -> str:
     if numeric:
         numbers = NUMBER.findall(text)

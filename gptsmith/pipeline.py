@@ -37,6 +37,7 @@ from gptsmith.evaluate import (
     has_number,
     is_correct,
     load_questions,
+    loops,
     question_kind,
     report,
     score_model,
@@ -669,8 +670,8 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
     """Each phase's model answering the same held-out questions (greedy, and ``samples``
     sampled replies per question), scored: eval.txt, eval.json, eval.png, and answers.json
     (for the report: the questions where the models differ most, and every model's reply to
-    ordinary conversation, with how often it answers that with a number and how often
-    it ends its turn there)."""
+    ordinary conversation, with how often it answers that with a number, ends its turn,
+    gives a reply no other prompt got, and loops there)."""
     qs = load_questions(questions, limit)
     s = Sampling(max_tokens=max_tokens, temperature=0)
     results = [score_model(str(r), qs, s, samples) for r in runs]
@@ -679,7 +680,9 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
     replies = [answer_prompts(r, TALK_PROMPTS + extra, s) for r in runs]
     open_replies = [rs[:len(TALK_PROMPTS)] for rs in replies]
     scored = [{**r.row(), "talk_number_rate": round(number_rate(replies), 4),
-               "talk_end_rate": round(sum(x.ended for x in replies) / len(replies), 4)}
+               "talk_end_rate": round(sum(x.ended for x in replies) / len(replies), 4),
+               "talk_distinct": round(len({x.text for x in replies}) / len(replies), 4),
+               "talk_loop_rate": round(sum(loops(x.text) for x in replies) / len(replies), 4)}
               for r, replies in zip(results, open_replies, strict=True)]
     atomic_write_text(root / "eval.txt", report(results, qs, show=SHOWN_QUESTIONS) + "\n")
     atomic_write_text(root / "eval.json", json.dumps(scored, indent=2) + "\n")

@@ -235,6 +235,23 @@ def _talk_ends(models: dict) -> str:
         f"{NAMES.get(m, m)} {_pct(v)}" for m, v in ends.items())) if ends else ""
 
 
+def _talk_variety(models: dict) -> str:
+    """How varied each model's conversation is: the share of distinct replies to the
+    prompts, and of replies caught in a loop; "" for runs evaluated before eval recorded
+    them. A model that answers everything alike, or loops, pays a cost the number test
+    misses."""
+    distinct = {m: r["talk_distinct"] for m, r in models.items()
+                if r.get("talk_distinct") is not None}
+    looping = {m: r["talk_loop_rate"] for m, r in models.items()
+               if r.get("talk_loop_rate") is not None}
+    if not distinct:
+        return ""
+    return ("; different replies: " + ", ".join(
+        f"{NAMES.get(m, m)} {_pct(v)}" for m, v in distinct.items())
+        + "; replies caught in a loop (a three-word phrase three times): " + ", ".join(
+        f"{NAMES.get(m, m)} {_pct(v)}" for m, v in looping.items()))
+
+
 def _rl_prompts_are(records: dict) -> str:
     """What the built-in RL prompts hold: all sums, or a share of conversation (a demos
     phase setting; runs recorded before it moved there hold it in the data phase's)."""
@@ -302,7 +319,8 @@ def story(records: dict) -> list[str]:
         out.append("Ordinary conversation (" + (f"{n} prompts" if n else "open prompts")
                    + ", e.g. \"Hello, how are you?\"), share answered with a number: "
                    + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}" for m, v in talk.items())
-                   + _talk_ends(models) + ". " + _rl_prompts_are(records)
+                   + _talk_ends(models) + _talk_variety(models) + ". "
+                   + _rl_prompts_are(records)
                    + "; a rise here is RL's cost to the conversation.")
     work = {m: r["work_rate"] for m, r in models.items() if r.get("work_rate") is not None}
     if any(work.values()):

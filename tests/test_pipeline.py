@@ -464,6 +464,13 @@ def test_the_reports_findings_follow_the_numbers():
     text = "\n".join(story(records))
     assert "PPO 50%, DPO 0%; share that end their turn: SFT 95%, PPO 70%. 20% of the RL " \
            "prompts are conversation" in text
+    # and how varied the conversation is: a model answering everything alike, or looping
+    for name, distinct, looping in (("sft", 0.5, 0.0), ("ppo", 0.05, 0.25)):
+        records["eval"]["numbers"]["models"][name].update(talk_distinct=distinct,
+                                                          talk_loop_rate=looping)
+    text = "\n".join(story(records))
+    assert "SFT 95%, PPO 70%; different replies: SFT 50%, PPO 5%; replies caught in a loop " \
+           "(a three-word phrase three times): SFT 0%, PPO 25%. 20% of the RL" in text
     records["pretrain"]["numbers"]["val_bpb"] = 3.0
     assert "has not learned to use context" in "\n".join(story(records))
 

@@ -18,6 +18,7 @@ from gptsmith.evaluate import (
     final_answer,
     is_correct,
     load_questions,
+    loops,
     question_kind,
     shows_work,
     work_rate,
@@ -303,6 +304,15 @@ def test_final_answer_is_the_last_number_of_a_worked_reply():
     assert not is_correct(worked.replace("85.", "86."), "85")
     assert not is_correct("7 + 8 = 15, write 5 carry 1", "85")  # cut off mid-work
     assert is_correct("85", "85") and is_correct("47 plus 38 is 85.", "85")  # brief as before
+
+
+def test_a_reply_caught_in_a_loop_is_told_from_one_that_repeats_a_little():
+    assert loops("I am not a lot of the lot of the lot of the lot of the study")
+    assert loops("I am not a bots of the study of the study of the study")
+    assert not loops("I am not.") and not loops("")
+    # worked sums repeat words, but no three-word phrase three times
+    assert not loops("7 + 8 = 15, write 5 carry 1; 4 + 3 + 1 = 8; so the answer is 85.")
+    assert not loops("9 minus 1 equals 8. 9 minus 1 equals 7.")
 
 
 def test_what_counts_as_showing_work():
