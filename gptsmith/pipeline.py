@@ -670,8 +670,8 @@ def evaluate_phases(runs: list[Path], questions: str, limit: int, samples: int,
     """Each phase's model answering the same held-out questions (greedy, and ``samples``
     sampled replies per question), scored: eval.txt, eval.json, eval.png, and answers.json
     (for the report: the questions where the models differ most, and every model's reply to
-    ordinary conversation, with how often it answers that with a number, ends its turn,
-    gives a reply no other prompt got, and loops there)."""
+    ordinary conversation, with how often it answers that with a number, ends its turn
+    and loops there, and the share of its replies that differ from one another)."""
     qs = load_questions(questions, limit)
     s = Sampling(max_tokens=max_tokens, temperature=0)
     results = [score_model(str(r), qs, s, samples) for r in runs]

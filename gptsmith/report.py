@@ -226,30 +226,13 @@ def _moved(a: float, b: float) -> str:
             f"point{'' if abs(d) == 1 else 's'})")
 
 
-def _talk_ends(models: dict) -> str:
-    """How often each model ends its turn in conversation, as the findings say it; "" where
-    eval did not record it (runs made before it did)."""
-    ends = {m: r["talk_end_rate"] for m, r in models.items()
-            if r.get("talk_end_rate") is not None}
-    return ("; share that end their turn: " + ", ".join(
-        f"{NAMES.get(m, m)} {_pct(v)}" for m, v in ends.items())) if ends else ""
-
-
-def _talk_variety(models: dict) -> str:
-    """How varied each model's conversation is: the share of distinct replies to the
-    prompts, and of replies caught in a loop; "" for runs evaluated before eval recorded
-    them. A model that answers everything alike, or loops, pays a cost the number test
-    misses."""
-    distinct = {m: r["talk_distinct"] for m, r in models.items()
-                if r.get("talk_distinct") is not None}
-    looping = {m: r["talk_loop_rate"] for m, r in models.items()
-               if r.get("talk_loop_rate") is not None}
-    if not distinct:
-        return ""
-    return ("; different replies: " + ", ".join(
-        f"{NAMES.get(m, m)} {_pct(v)}" for m, v in distinct.items())
-        + "; replies caught in a loop (a three-word phrase three times): " + ", ".join(
-        f"{NAMES.get(m, m)} {_pct(v)}" for m, v in looping.items()))
+def _talk_share(models: dict, key: str, label: str) -> str:
+    """"; LABEL: SFT 95%, PPO 70%": each model's conversation measure ``key`` (how often
+    it ends its turn, how varied its replies are, how often they loop), as the findings
+    say it; "" where eval did not record it (runs evaluated before it did)."""
+    shares = {m: r[key] for m, r in models.items() if r.get(key) is not None}
+    return (f"; {label}: " + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}"
+                                       for m, v in shares.items())) if shares else ""
 
 
 def _rl_prompts_are(records: dict) -> str:
@@ -319,7 +302,10 @@ def story(records: dict) -> list[str]:
         out.append("Ordinary conversation (" + (f"{n} prompts" if n else "open prompts")
                    + ", e.g. \"Hello, how are you?\"), share answered with a number: "
                    + ", ".join(f"{NAMES.get(m, m)} {_pct(v)}" for m, v in talk.items())
-                   + _talk_ends(models) + _talk_variety(models) + ". "
+                   + _talk_share(models, "talk_end_rate", "share that end their turn")
+                   + _talk_share(models, "talk_distinct", "different replies")
+                   + _talk_share(models, "talk_loop_rate", "replies caught in a loop (a "
+                                 "three-word phrase three times)") + ". "
                    + _rl_prompts_are(records)
                    + "; a rise here is RL's cost to the conversation.")
     work = {m: r["work_rate"] for m, r in models.items() if r.get("work_rate") is not None}
