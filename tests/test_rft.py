@@ -129,3 +129,45 @@ def test_conversational_prompts_are_left_to_the_demonstrations_unless_asked(tiny
     assert not (tmp_path / "run").exists()
     cfg.talk = True
     assert rft(cfg)["steps"] == 2
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_the_talk_kl_holds_the_conversation_near_the_sft_model(tiny_run, tmp_path, lora_rank):
+    """Demonstrations learned at a large step pull the policy away from the SFT model. On
+    conversational prompts the KL from it starts at 0 (the policy is the SFT model) and
+    grows; with --talk-kl it grows far less. With LoRA the SFT model is the policy with its
+    adapters off."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(q) + "\n" for q in [
+        {"prompt": "Pick a digit."}, *({"prompt": p, "kind": "talk"} for p in (
+            "Hello there.", "How are you?", "Tell me a story.", "Good night."))]))
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": w}) + "\n"
+                             for w in ("yes", "no", "maybe", "never")))
+
+    def final_kl(weight: float, name: str) -> tuple[float, float]:
+        cfg = _config(tiny_run, prompts, tmp_path / name, 10)
+        cfg.min_reward, cfg.sft_data, cfg.sft_batch = 99.0, str(demos), 4
+        cfg.talk_batch, cfg.talk_kl, cfg.max_tokens = 4, weight, 8
+        cfg.lora.rank = lora_rank
+        rft(cfg)
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text()
+                .splitlines()]
+        kls = [r["talk_kl"] for r in rows if "talk_kl" in r]
+        assert len(kls) == 10 and kls[0] < 1e-6, kls
+        assert all(0 <= r["talk_numbers"] <= 1 for r in rows if "talk_numbers" in r)
+        return sum(kls[-3:]) / 3
+
+    free, held = final_kl(0.0, "free"), final_kl(5.0, "held")
+    assert free > 0.01 and held < free * 0.5, (free, held)
+
+
+def test_talk_batch_needs_conversational_prompts(tiny_run, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Pick a digit."}) + "\n")
+    cfg = _config(tiny_run, prompts, tmp_path / "run", 2)
+    cfg.talk_batch = 2
+    with pytest.raises(GptsmithError, match=r"p.jsonl: --talk-batch needs conversational"):
+        rft(cfg)
+    with pytest.raises(GptsmithError, match="--talk-batch and --talk-kl must be >= 0"):
+        check_config(RFTConfig(policy="runs/sft", prompts="p.jsonl", talk_kl=-1.0))

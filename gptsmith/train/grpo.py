@@ -167,13 +167,18 @@ class GRPOTrainer(Trainer):
     def sample_groups(self, batch: list[dict]):
         """``group_size`` replies to each prompt of this rank's ``batch``, scored by the
         reward: (the prompt record of each reply, the replies, their rewards)."""
-        cfg, G = self.grpo, self.grpo.group_size
+        G = self.grpo.group_size
         records = [q for q in batch for _ in range(G)]
         first = self.cfg.seed + (self.step * self.cfg.batch_size + ranks.rank() * len(batch)) * G
-        with ranks.gathered(self.model):  # ranks decode their own number of steps
-            r = sample(self.model, self.tok, [q["messages"] for q in records], cfg.max_tokens,
-                       cfg.temperature, first, self.precision)
+        r = self.sample_replies(records, first)
         return records, r, total_reward(self.terms, records, r)
+
+    def sample_replies(self, records: list[dict], first_seed: int):
+        """One reply to each prompt record (row i samples with ``first_seed`` + i)."""
+        cfg = self.grpo
+        with ranks.gathered(self.model):  # ranks decode their own number of steps
+            return sample(self.model, self.tok, [q["messages"] for q in records],
+                          cfg.max_tokens, cfg.temperature, first_seed, self.precision)
 
     def train_step(self) -> dict:
         cfg, G = self.grpo, self.grpo.group_size

@@ -6,11 +6,15 @@ of prompts; score them with the reward (``rewards.py``: the truth labeler, a rew
 a program); keep each group's best reply if it scores at least ``min_reward`` (with
 ``truth``: a right answer); then one SFT step
 on the kept replies (their tokens' negative log-likelihood, averaged over those tokens),
-plus, with ``sft_batch``, the SFT loss of a batch of demonstrations (InstructGPT's "ptx").
-Conversational prompts (``"kind": "talk"``) are left out unless ``talk``: the truth reward
-scores every reply without a number alike, and learning one of them a group, over and over,
-narrowed the System 2 model's conversation to one sentence; the mixed-in demonstrations
-keep it instead.
+plus, with ``sft_batch``, the SFT loss of a batch of demonstrations (InstructGPT's "ptx"),
+and, with ``talk_batch``, ``talk_kl`` times the KL divergence from the SFT model of the
+policy's replies to conversational prompts.
+Conversational prompts (``"kind": "talk"``) are not learned from unless ``talk``: the truth
+reward scores every reply without a number alike, and learning one of them a group, over
+and over, narrowed the System 2 model's conversation to one sentence. The mixed-in
+demonstrations and the KL penalty keep the conversation instead: the demonstrations hold
+the SFT model's wording on the demonstrations' prompts, the penalty holds its distribution
+on whatever the policy now says to the others (README "System 2").
 
 It is the policy gradient with a 0/1 advantage, taken on-policy, so it needs no value
 model, no reference and no clipping; what keeps it near the SFT model is that it only ever
@@ -26,11 +30,13 @@ import functools
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 import gptsmith.train.distributed as ranks
 from gptsmith.data.demos import read_demos
 from gptsmith.device import autocast
 from gptsmith.errors import GptsmithError
+from gptsmith.evaluate import has_number, load_questions
 from gptsmith.train.batches import EpochBatches, RankShare, Zipped
 from gptsmith.train.distributed import DistConfig
 from gptsmith.train.grpo import (
@@ -41,9 +47,11 @@ from gptsmith.train.grpo import (
     sampling_metrics,
 )
 from gptsmith.train.loop import TrainConfig
-from gptsmith.train.lora import LoRAConfig
-from gptsmith.train.rollout import reply_logprobs
+from gptsmith.train.lora import LoRAConfig, adapters_off
+from gptsmith.train.rollout import at_positions, reply_logprobs
 from gptsmith.train.sft import encode_conversations, pack_batch
+
+TALK_SEEDS = 1 << 40  # conversational replies sample with seeds far from the groups' ones
 
 
 def _rft_train() -> TrainConfig:
@@ -72,6 +80,13 @@ class RFTConfig(SampledRLConfig):
         "help": "demonstrations of --sft-data per iteration (0: no SFT loss mixed in)"})
     sft_coef: float = field(default=1.0, metadata={
         "help": "weight of the mixed-in SFT loss (each loss is a mean over its tokens)"})
+    talk_batch: int = field(default=0, metadata={
+        "help": "conversational prompts of --prompts (\"kind\": \"talk\") per iteration, one "
+                "reply sampled to each, for --talk-kl (0: none)"})
+    talk_kl: float = field(default=0.1, metadata={
+        "help": "weight of KL(policy || SFT model) on the replies to --talk-batch prompts, "
+                "exact over the vocabulary at each reply token: learning sums must not change "
+                "how the assistant talks"})
     train: TrainConfig = field(default_factory=_rft_train)
     dist: DistConfig = field(default_factory=DistConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -96,17 +111,30 @@ class RFTTrainer(GRPOTrainer):
     plot_file = "rft.png"
 
     def setup(self, cfg: RFTConfig, ref, tokenizer, terms, reward_models=()) -> None:
-        """GRPO's setup, and with ``sft_batch`` a stream of demonstrations drawn beside the
-        prompts (one data state, so a run resumes both where they were)."""
+        """GRPO's setup, and beside the prompts a stream of demonstrations (``sft_batch``)
+        and one of conversational prompts (``talk_batch``): one data state, so a run
+        resumes each where it was."""
         super().setup(cfg, ref, tokenizer, terms, reward_models)
-        self.mixed = cfg.sft_batch > 0
-        if self.mixed:
+        streams = [self.batches]
+        if cfg.sft_batch:
             convs, _ = read_demos(cfg.sft_data, "auto", False)
             examples, _ = encode_conversations(convs, tokenizer, self.model.cfg.seq_len, False)
             collate = functools.partial(pack_batch, pad_id=tokenizer.pad_id,
                                         rows_multiple=ranks.world())
-            demos = EpochBatches(examples, cfg.sft_batch, self.cfg.seed, collate)
-            self.batches = Zipped(self.batches, demos if ranks.world() == 1 else RankShare(demos))
+            streams.append(EpochBatches(examples, cfg.sft_batch, self.cfg.seed, collate))
+        if cfg.talk_batch:
+            talk = [q for q in load_questions(cfg.prompts, require_answer=False)
+                    if q.get("kind") == "talk"]
+            if not talk:
+                raise GptsmithError(f"{cfg.prompts}: --talk-batch needs conversational "
+                                    f"prompts (\"kind\": \"talk\"); there are none")
+            if cfg.talk_batch % ranks.world():
+                raise GptsmithError(f"--talk-batch {cfg.talk_batch} does not split evenly over "
+                                    f"the {ranks.world()} processes")
+            streams.append(EpochBatches(talk, cfg.talk_batch, self.cfg.seed + 1))
+        if len(streams) > 1:
+            self.batches = Zipped(streams[0], *(s if ranks.world() == 1 else RankShare(s)
+                                                for s in streams[1:]))
 
     def sft_loss(self, demos) -> torch.Tensor:
         """This rank's share of the mean loss per assistant token of packed demonstrations."""
@@ -116,11 +144,32 @@ class RFTTrainer(GRPOTrainer):
             total = self.forward_model(x, y, reduction="sum", documents=docs)
         return total / max(1, n)
 
+    def talk_kl_loss(self, talk: list[dict]) -> tuple[torch.Tensor, int]:
+        """This rank's share of the mean KL(π ‖ π_SFT) per reply token of one reply sampled
+        to each conversational prompt in ``talk``; exact at each position (a sum over the
+        vocabulary, no sampling noise), differentiable through π; and how many replies hold
+        a number."""
+        first = self.cfg.seed + TALK_SEEDS + (self.step * len(talk)) * ranks.world()
+        r = self.sample_replies(talk, first + ranks.rank() * len(talk))
+        with torch.no_grad(), autocast(self.device, self.precision):
+            if self.ref is None:  # LoRA: the SFT model is the policy with its adapters off
+                with adapters_off(self.model):
+                    ref = at_positions(self.model, r.seq, r.pos)
+            else:
+                ref = at_positions(self.ref, r.seq, r.pos)
+        with autocast(self.device, self.precision):
+            logits = at_positions(self.forward_model, r.seq, r.pos)
+        logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref.float(), -1)
+        kl = (logp.exp() * (logp - ref_logp)).sum(-1)
+        return ranks.mean_share(kl, r.mask), sum(map(has_number, r.texts))
+
     def train_step(self) -> dict:
         cfg, G = self.grpo, self.grpo.group_size
         self.set_lr()
-        batch = self.batches.next()  # this rank's share of the prompts (and demonstrations)
-        batch, demos = batch if self.mixed else (batch, None)
+        drawn = self.batches.next()  # this rank's share of the prompts (and the other streams)
+        batch, *more = drawn if isinstance(self.batches, Zipped) else (drawn,)
+        demos = more.pop(0) if cfg.sft_batch else None
+        talk = more.pop(0) if cfg.talk_batch else None
         records, r, rewards = self.sample_groups(batch)
         keep = best_of_groups(rewards.view(len(batch), G), cfg.min_reward,
                               cfg.keep == "ties").reshape(-1)
@@ -132,14 +181,21 @@ class RFTTrainer(GRPOTrainer):
             logp = reply_logprobs(self.forward_model, r.seq[rows], r.pos[rows])
         loss = ranks.mean_share(-logp, mask)
         sft = self.sft_loss(demos) if demos is not None else torch.zeros(())
-        (loss + cfg.sft_coef * sft).backward()
+        kl, numbers = torch.zeros(()), 0
+        if talk is not None:
+            kl, numbers = self.talk_kl_loss(talk)
+        (loss + cfg.sft_coef * sft + cfg.talk_kl * kl).backward()
         norms = self.apply_gradients()
-        loss_sum, sft_sum, kept, n_groups = ranks.global_sums(
-            float(loss.detach()), float(sft.detach()), float(keep.sum()), len(batch))
+        loss_sum, sft_sum, kl_sum, numbers, kept, n_groups = ranks.global_sums(
+            float(loss.detach()), float(sft.detach()), float(kl.detach()), numbers,
+            float(keep.sum()), len(batch))
         metrics = {"loss": loss_sum, "kept": kept / n_groups, **norms,
                    **sampling_metrics(rewards, r, records)}
         if demos is not None:
             metrics["sft_loss"] = sft_sum
+        if talk is not None:
+            metrics["talk_kl"] = kl_sum
+            metrics["talk_numbers"] = numbers / cfg.talk_batch
         return metrics
 
 
@@ -154,6 +210,7 @@ def check_config(cfg: RFTConfig) -> None:
         (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
         (cfg.sft_batch >= 0 and cfg.sft_coef >= 0, "--sft-batch and --sft-coef must be >= 0"),
         (cfg.sft_data or not cfg.sft_batch, "--sft-batch needs --sft-data FILE"),
+        (cfg.talk_batch >= 0 and cfg.talk_kl >= 0, "--talk-batch and --talk-kl must be >= 0"),
         (cfg.train.grad_accum == 1 and not cfg.train.compile,
          "--train.grad-accum and --train.compile do not apply to rft"),
     ]
@@ -163,6 +220,6 @@ def check_config(cfg: RFTConfig) -> None:
 def rft(cfg: RFTConfig) -> dict:
     """Run rejection-sampling fine-tuning on ``cfg.policy``; resumable like every phase."""
     check_config(cfg)
-    return run_sampled_rl(cfg, RFTTrainer, "RFT", False,
+    return run_sampled_rl(cfg, RFTTrainer, "RFT", cfg.talk_batch > 0,
                           ("reward", "kept", "train_accuracy", "reply_tokens", "end_rate"),
                           learns=lambda q: cfg.talk or q.get("kind") != "talk")
