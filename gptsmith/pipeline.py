@@ -103,8 +103,9 @@ def _cpu_ppo() -> PPOConfig:
 
 def _cpu_rft() -> RFTConfig:
     """200 iterations of 16 prompts x 8 replies sampled at 0.7, each group's best right reply
-    learned beside 32 SFT demonstrations (which keep the conversation)."""
-    cfg = RFTConfig(max_tokens=64, temperature=0.7, sft_batch=32)
+    learned beside 32 SFT demonstrations, and a KL penalty to the SFT model on replies to 16
+    conversational prompts (the two keep the conversation: README "System 2")."""
+    cfg = RFTConfig(max_tokens=64, temperature=0.7, sft_batch=32, talk_batch=16, talk_kl=1.0)
     cfg.train = dataclasses.replace(cfg.train, steps=200)
     return cfg
 
@@ -635,12 +636,20 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
             c = getattr(cfg, name)
             c.policy, c.prompts, c.out = sft_run, rl_prompts, str(root / name)
             c.eval_questions = c.eval_questions or questions
+            if name == "rft" and c.talk_batch and not _has_talk(rl_prompts):
+                print(f"== rft: {rl_prompts} has no conversational prompts (\"kind\": "
+                      f"\"talk\"): no KL penalty on conversation (--rft.talk-batch 0)")
+                c.talk_batch = 0
             jobs.append((name, c, train, {"rollouts": c.train.batch_size * c.group_size}))
     if "dpo" in methods and not missing["dpo"]:
         cfg.dpo.policy, cfg.dpo.data, cfg.dpo.out = sft_run, comparisons, str(root / "dpo")
         jobs.append(("dpo", cfg.dpo, dpo, None))
     run.trainers(jobs)
     return [root / job[0] for job in jobs]
+
+
+def _has_talk(prompts: str) -> bool:
+    return any(q.get("kind") == "talk" for q in load_questions(prompts, require_answer=False))
 
 
 def eval_phase(run: PipelineRun, runs: list[Path]) -> None:

@@ -347,6 +347,7 @@ def test_rl_all_compares_the_methods_and_a_moved_pipeline_is_still_done(tmp_path
     phases = ["tokenizer", "data", "pretrain", "samples", "sft", "rm", "ppo", "grpo", "rft",
               "dpo", "eval"]
     assert [r[0] for r in _table(first.stdout)] == phases
+    assert "has no conversational prompts" in first.stdout  # RFT's talk KL: nothing to hold
     models = [row["model"] for row in json.loads((out / "eval.json").read_text())]
     assert [m.rsplit("/", 1)[-1] for m in models] == ["pretrain", "sft", "ppo", "grpo", "rft",
                                                       "dpo"]

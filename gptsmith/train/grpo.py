@@ -164,21 +164,19 @@ class GRPOTrainer(Trainer):
                                            self.grpo.temperature)
         return old
 
-    def sample_groups(self, batch: list[dict]):
+    def sample_groups(self, batch: list[dict], extra: list[dict] = ()):
         """``group_size`` replies to each prompt of this rank's ``batch``, scored by the
-        reward: (the prompt record of each reply, the replies, their rewards)."""
+        reward: (the prompt record of each reply, the replies, their rewards); and one reply
+        to each of ``extra``, sampled in the same decoding loop, not scored (the replies'
+        last rows)."""
         G = self.grpo.group_size
         records = [q for q in batch for _ in range(G)]
-        first = self.cfg.seed + (self.step * self.cfg.batch_size + ranks.rank() * len(batch)) * G
-        r = self.sample_replies(records, first)
-        return records, r, total_reward(self.terms, records, r)
-
-    def sample_replies(self, records: list[dict], first_seed: int):
-        """One reply to each prompt record (row i samples with ``first_seed`` + i)."""
-        cfg = self.grpo
+        rows = len(records) + len(extra)  # every rank's rows draw seeds of their own
+        first = self.cfg.seed + self.step * rows * ranks.world() + ranks.rank() * rows
         with ranks.gathered(self.model):  # ranks decode their own number of steps
-            return sample(self.model, self.tok, [q["messages"] for q in records],
-                          cfg.max_tokens, cfg.temperature, first_seed, self.precision)
+            r = sample(self.model, self.tok, [q["messages"] for q in records + list(extra)],
+                       self.grpo.max_tokens, self.grpo.temperature, first, self.precision)
+        return records, r, total_reward(self.terms, records, r.rows(slice(len(records))))
 
     def train_step(self) -> dict:
         cfg, G = self.grpo, self.grpo.group_size

@@ -51,8 +51,6 @@ from gptsmith.train.lora import LoRAConfig, adapters_off
 from gptsmith.train.rollout import at_positions, reply_logprobs
 from gptsmith.train.sft import encode_conversations, pack_batch
 
-TALK_SEEDS = 1 << 40  # conversational replies sample with seeds far from the groups' ones
-
 
 def _rft_train() -> TrainConfig:
     return TrainConfig(steps=100, batch_size=16, lr=1e-4, warmup_steps=5, min_lr_ratio=0.1,
@@ -83,7 +81,7 @@ class RFTConfig(SampledRLConfig):
     talk_batch: int = field(default=0, metadata={
         "help": "conversational prompts of --prompts (\"kind\": \"talk\") per iteration, one "
                 "reply sampled to each, for --talk-kl (0: none)"})
-    talk_kl: float = field(default=0.1, metadata={
+    talk_kl: float = field(default=1.0, metadata={
         "help": "weight of KL(policy || SFT model) on the replies to --talk-batch prompts, "
                 "exact over the vocabulary at each reply token: learning sums must not change "
                 "how the assistant talks"})
@@ -144,13 +142,10 @@ class RFTTrainer(GRPOTrainer):
             total = self.forward_model(x, y, reduction="sum", documents=docs)
         return total / max(1, n)
 
-    def talk_kl_loss(self, talk: list[dict]) -> tuple[torch.Tensor, int]:
-        """This rank's share of the mean KL(π ‖ π_SFT) per reply token of one reply sampled
-        to each conversational prompt in ``talk``; exact at each position (a sum over the
-        vocabulary, no sampling noise), differentiable through π; and how many replies hold
-        a number."""
-        first = self.cfg.seed + TALK_SEEDS + (self.step * len(talk)) * ranks.world()
-        r = self.sample_replies(talk, first + ranks.rank() * len(talk))
+    def talk_kl_loss(self, r) -> torch.Tensor:
+        """This rank's share of the mean KL(π ‖ π_SFT) per reply token of the replies ``r``
+        to conversational prompts: exact at each position (a sum over the vocabulary, no
+        sampling noise), differentiable through π."""
         with torch.no_grad(), autocast(self.device, self.precision):
             if self.ref is None:  # LoRA: the SFT model is the policy with its adapters off
                 with adapters_off(self.model):
@@ -160,8 +155,7 @@ class RFTTrainer(GRPOTrainer):
         with autocast(self.device, self.precision):
             logits = at_positions(self.forward_model, r.seq, r.pos)
         logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref.float(), -1)
-        kl = (logp.exp() * (logp - ref_logp)).sum(-1)
-        return ranks.mean_share(kl, r.mask), sum(map(has_number, r.texts))
+        return ranks.mean_share((logp.exp() * (logp - ref_logp)).sum(-1), r.mask)
 
     def train_step(self) -> dict:
         cfg, G = self.grpo, self.grpo.group_size
@@ -170,7 +164,8 @@ class RFTTrainer(GRPOTrainer):
         batch, *more = drawn if isinstance(self.batches, Zipped) else (drawn,)
         demos = more.pop(0) if cfg.sft_batch else None
         talk = more.pop(0) if cfg.talk_batch else None
-        records, r, rewards = self.sample_groups(batch)
+        records, r, rewards = self.sample_groups(batch, talk or [])
+        r, talk_replies = r.rows(slice(len(records))), r.rows(slice(len(records), None))
         keep = best_of_groups(rewards.view(len(batch), G), cfg.min_reward,
                               cfg.keep == "ties").reshape(-1)
         # only the kept rows are run; a rank with none runs one row that learns nothing, so
@@ -181,9 +176,8 @@ class RFTTrainer(GRPOTrainer):
             logp = reply_logprobs(self.forward_model, r.seq[rows], r.pos[rows])
         loss = ranks.mean_share(-logp, mask)
         sft = self.sft_loss(demos) if demos is not None else torch.zeros(())
-        kl, numbers = torch.zeros(()), 0
-        if talk is not None:
-            kl, numbers = self.talk_kl_loss(talk)
+        kl = self.talk_kl_loss(talk_replies) if talk is not None else torch.zeros(())
+        numbers = sum(map(has_number, talk_replies.texts))
         (loss + cfg.sft_coef * sft + cfg.talk_kl * kl).backward()
         norms = self.apply_gradients()
         loss_sum, sft_sum, kl_sum, numbers, kept, n_groups = ranks.global_sums(

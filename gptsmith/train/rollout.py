@@ -33,6 +33,11 @@ class Replies:
     ended: torch.Tensor
     texts: list[str]
 
+    def rows(self, sel: slice) -> Replies:
+        """The replies of rows ``sel``, as wide as all of them."""
+        return Replies(self.seq[sel], self.pos[sel], self.mask[sel], self.ended[sel],
+                       self.texts[sel])
+
     @property
     def last(self) -> torch.Tensor:
         """Each reply's last token's position (B,)."""
