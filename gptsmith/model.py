@@ -6,6 +6,7 @@ RoPE uses the same rotate-half convention, so weights map one to one in both dir
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
@@ -283,10 +284,15 @@ class Attention(nn.Module):
                                                      k.size(2))
         R = x.size(1)
         q = apply_rope(self.q_proj(x).view(B, R, cfg.n_head, hd).transpose(1, 2), cos, sin)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=cfg.n_kv_head != cfg.n_head
-        )
-        return self.o_proj(y.transpose(1, 2).reshape(B, R, cfg.n_head * hd))
+        dtype, fp32 = q.dtype, R == 1 and q.device.type == "cpu" and q.dtype == torch.bfloat16
+        if fp32:  # one query a row (a decoding step, a last position read): PyTorch's CPU
+            # kernel took 3-5x longer in bf16 than in fp32 here (README "Where the time goes")
+            q, k, v = q.float(), k.float(), v.float()
+        with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal,
+                enable_gqa=cfg.n_kv_head != cfg.n_head)
+        return self.o_proj(y.to(dtype).transpose(1, 2).reshape(B, R, cfg.n_head * hd))
 
 
 class MLP(nn.Module):

@@ -13,6 +13,7 @@ from gptsmith.train.lora import (
     LoRAConfig,
     adapters_off,
     apply_lora,
+    folded,
     lora_layers,
     merged_state_dict,
     save_adapter,
@@ -62,6 +63,25 @@ def test_merge_then_unmerge_is_the_identity_and_merged_equals_adapted():
         layer.merge(sign=-1)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], atol=1e-6, rtol=0)
+
+
+def test_folded_adapters_give_the_adapted_model_and_leave_the_base_as_it_was():
+    """Sampling folds each adapter into a copy of its weight: the same logits, in the
+    autocast dtype under bf16; after the block the layers run apart again, weights untouched."""
+    _, model = lora_model()
+    adapted = model(X)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with folded(model):
+        torch.testing.assert_close(model(X), adapted, atol=1e-5, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16), folded(model, torch.bfloat16):
+        assert all(layer.folded.dtype == torch.bfloat16 for layer in lora_layers(model).values())
+        torch.testing.assert_close(model(X).float(), adapted, atol=0.1, rtol=0.05)
+    assert all(layer.folded is None for layer in lora_layers(model).values())
+    assert torch.equal(model(X), adapted)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with adapters_off(model), folded(model):  # adapters switched off stay off
+        torch.testing.assert_close(model(X), lora_model()[0](X), atol=1e-6, rtol=0)
 
 
 def test_peft_loads_our_adapter_with_equal_logits(tmp_path):

@@ -72,6 +72,21 @@ def test_kept_positions_equal_the_full_outputs_at_them(tiny_model):
     torch.testing.assert_close(scalar(idx, positions=pos), scalar(idx).gather(1, pos))
 
 
+def test_a_single_query_under_bf16_on_cpu_attends_in_fp32(tiny_model):
+    """A decoding step or a last position read (one query a row) runs attention in fp32 on
+    the CPU, where the bf16 kernel is slow: it gives the full bf16 forward's outputs there
+    to bf16's precision, through a left-padded cache and grouped queries alike."""
+    torch.manual_seed(5)
+    idx = torch.randint(0, tiny_model.cfg.vocab_size, (3, 12))
+    pad = torch.tensor([3, 0, 1])
+    last = torch.full((3, 1), 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = tiny_model(idx, cache=KVCache(tiny_model.cfg, 3, 16, pad))[:, 11]
+        one = tiny_model(idx, cache=KVCache(tiny_model.cfg, 3, 16, pad), positions=last)[:, 0]
+    assert tiny_model.cfg.n_kv_head < tiny_model.cfg.n_head
+    torch.testing.assert_close(one.float(), full.float(), atol=0.05, rtol=0.02)
+
+
 def test_scalar_head_gives_one_value_per_position(tokenizer):
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, depth=1, seq_len=16, head="scalar"))
     assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5)

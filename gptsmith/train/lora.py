@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from gptsmith.errors import GptsmithError
 
@@ -51,6 +52,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
         super().__init__()
         self.base, self.scale, self.enabled = base, alpha / rank, True
+        self.folded: torch.Tensor | None = None  # set inside ``folded``
         self.lora_A = nn.Linear(base.in_features, rank, bias=False,
                                 device=base.weight.device, dtype=base.weight.dtype)
         self.lora_B = nn.Linear(rank, base.out_features, bias=False,
@@ -61,6 +63,8 @@ class LoRALinear(nn.Module):
         base.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded is not None:
+            return F.linear(x, self.folded, self.base.bias)
         y = self.base(x)
         if not self.enabled:
             return y
@@ -117,6 +121,26 @@ def adapters_off(model: nn.Module):
     finally:
         for layer in layers:
             layer.enabled = True
+
+
+@contextlib.contextmanager
+def folded(model: nn.Module, dtype: torch.dtype | None = None):
+    """Run ``model`` with each enabled adapter folded into a copy of its base weight, cast
+    to ``dtype`` (the autocast dtype the model runs under, or None): one matmul a layer
+    instead of three, and no cast of the frozen weight on every call (autocast keeps casts
+    only of weights that train). For inference (the copies take no gradient), such as
+    sampling 64 tokens one at a time; the base weights are not touched. SmolLM2-135M with
+    rank-16 adapters on every linear layer, 32 replies in bf16 on 2 cores: README, "LoRA"."""
+    layers = [layer for layer in lora_layers(model).values() if layer.enabled]
+    with torch.no_grad():
+        for layer in layers:
+            weight = layer.base.weight + layer.delta().to(layer.base.weight.dtype)
+            layer.folded = weight if dtype is None else weight.to(dtype)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.folded = None
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from gptsmith.engine import Sampling, generate
 from gptsmith.model import GPT
 from gptsmith.tokenizer import Tokenizer
 from gptsmith.train.batches import right_padded
+from gptsmith.train.lora import folded
 
 
 @dataclass
@@ -56,7 +57,8 @@ def sample(policy: GPT, tok: Tokenizer, conversations: list[list[dict]], max_tok
     policy.eval()
     s = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed,
                  stop_ids=tok.stop_ids)
-    with autocast(device, precision):
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    with autocast(device, precision), folded(policy, dtype):  # LoRA: adapters folded in
         replies = generate(policy, prompts, s)
     policy.train(was_training)
     B, R = len(prompts), max(len(r) for r in replies)
