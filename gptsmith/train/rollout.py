@@ -50,7 +50,9 @@ class Replies:
 def sample(policy: GPT, tok: Tokenizer, conversations: list[list[dict]], max_tokens: int,
            temperature: float, seed: int, precision: str) -> Replies:
     """One reply per conversation (row i samples with seed + i), under the autocast the
-    log-probs are taken in, so that π_old is the distribution sampled from."""
+    log-probs are taken in, so that π_old is the distribution sampled from. LoRA adapters
+    are folded into their weights for it (``lora.folded``): the same distribution up to
+    bf16 rounding, in a third of the matmuls."""
     device = next(policy.parameters()).device
     prompts = [prompt_ids(tok, c) for c in conversations]
     was_training = policy.training
