@@ -103,9 +103,9 @@ def _cpu_ppo() -> PPOConfig:
 
 def _cpu_rft() -> RFTConfig:
     """200 iterations of 16 prompts x 8 replies sampled at 0.7, each group's best right reply
-    learned beside 32 SFT demonstrations, and a KL penalty to the SFT model on replies to 16
+    learned beside 32 SFT demonstrations, and a KL penalty to the SFT model on replies to 8
     conversational prompts (the two keep the conversation: README "System 2")."""
-    cfg = RFTConfig(max_tokens=64, temperature=0.7, sft_batch=32, talk_batch=16, talk_kl=1.0)
+    cfg = RFTConfig(max_tokens=64, temperature=0.7, sft_batch=32, talk_batch=8, talk_kl=1.0)
     cfg.train = dataclasses.replace(cfg.train, steps=200)
     return cfg
 

@@ -18,10 +18,11 @@ on whatever the policy now says to the others (README "System 2").
 
 It is the policy gradient with a 0/1 advantage, taken on-policy, so it needs no value
 model and no clipping, and no reference but for the conversation's KL; what keeps it near
-the SFT model is that it only ever learns replies the model itself wrote. Where GRPO nudges every sampled reply by its
-advantage, RFT moves the model's mode to the best reply it can find, so it lifts the greedy
-answer more (README "System 2"). Llama 2's "rejection sampling fine-tuning" is this with a
-reward model, in a few large offline rounds; here the rounds are small and on-policy.
+the SFT model is that it only ever learns replies the model itself wrote. Where GRPO
+nudges every sampled reply by its advantage, RFT moves the model's mode to the best reply
+it can find, so it lifts the greedy answer more (README "System 2"). Llama 2's "rejection
+sampling fine-tuning" is this with a reward model, in a few large offline rounds; here the
+rounds are small and on-policy.
 """
 
 from __future__ import annotations
