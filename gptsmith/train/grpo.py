@@ -16,6 +16,7 @@ reward models are sharded; the policy samples with its weights gathered whole
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,13 +142,21 @@ class GRPOTrainer(Trainer):
                 ranks.parallel(m.to(self.device), self.strategy, self.precision == "bf16")
         self.ref = ref
 
+    @contextlib.contextmanager
+    def reference(self):
+        """The frozen reference to run: its copy, or under LoRA the policy with its adapters
+        off."""
+        if self.ref is not None:
+            yield self.ref
+        else:
+            with adapters_off(self.model):
+                yield self.model
+
     def _ref_logprobs(self, seq, pos):
         if self.grpo.beta == 0:
             return None
-        if self.ref is None:
-            with adapters_off(self.model):
-                return reply_logprobs(self.model, seq, pos, self.grpo.temperature)
-        return reply_logprobs(self.ref, seq, pos, self.grpo.temperature)
+        with self.reference() as ref:
+            return reply_logprobs(ref, seq, pos, self.grpo.temperature)
 
     def _old_logprobs(self, r, first: torch.Tensor, first_logp: torch.Tensor) -> torch.Tensor:
         """log π_old of every reply token (B, R). The first minibatch's own forward is taken

@@ -48,7 +48,7 @@ from gptsmith.train.grpo import (
     sampling_metrics,
 )
 from gptsmith.train.loop import TrainConfig
-from gptsmith.train.lora import LoRAConfig, adapters_off
+from gptsmith.train.lora import LoRAConfig
 from gptsmith.train.rollout import at_positions, reply_logprobs
 from gptsmith.train.sft import encode_conversations, pack_batch
 
@@ -147,12 +147,8 @@ class RFTTrainer(GRPOTrainer):
         """This rank's share of the mean KL(π ‖ π_SFT) per reply token of the replies ``r``
         to conversational prompts: exact at each position (a sum over the vocabulary, no
         sampling noise), differentiable through π."""
-        with torch.no_grad(), autocast(self.device, self.precision):
-            if self.ref is None:  # LoRA: the SFT model is the policy with its adapters off
-                with adapters_off(self.model):
-                    ref = at_positions(self.model, r.seq, r.pos)
-            else:
-                ref = at_positions(self.ref, r.seq, r.pos)
+        with torch.no_grad(), autocast(self.device, self.precision), self.reference() as sft:
+            ref = at_positions(sft, r.seq, r.pos)
         with autocast(self.device, self.precision):
             logits = at_positions(self.forward_model, r.seq, r.pos)
         logp, ref_logp = F.log_softmax(logits.float(), -1), F.log_softmax(ref.float(), -1)
