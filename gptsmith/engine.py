@@ -64,9 +64,17 @@ def draw(probs: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
     return ids.clamp(max=probs.size(-1) - 1)
 
 
-def _next_tokens(logits: torch.Tensor, s: Sampling, gens: list[torch.Generator]) -> torch.Tensor:
-    if s.temperature == 0:
+def _next_tokens(logits: torch.Tensor, s: Sampling,
+                 gens: list[torch.Generator | None]) -> torch.Tensor:
+    """Each row's next id: drawn with its generator, or the argmax where it has none (every
+    row when greedy)."""
+    drawn = [j for j, g in enumerate(gens) if g is not None]
+    if s.temperature == 0 or not drawn:
         return logits.argmax(-1)
+    if len(drawn) < len(gens):
+        ids = logits.argmax(-1)
+        ids[drawn] = _next_tokens(logits[drawn], s, [gens[j] for j in drawn])
+        return ids
     return draw(filter_logits(logits / s.temperature, s.top_k, s.top_p).softmax(-1), gens)
 
 
@@ -127,18 +135,23 @@ def budgets(prompts: Sequence[Sequence[int]], max_tokens: int, ctx: int) -> list
 
 
 @torch.no_grad()
-def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> Iterator[list[int | None]]:
+def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
+           greedy: Sequence[int] = ()) -> Iterator[list[int | None]]:
     """Yield, per decoding step, each row's new token (None once the row has stopped).
 
     Row i stops after emitting a stop id (which is yielded) or after ``min(max_tokens,
     context - len(prompt i))`` tokens. Stopped rows leave the batch (their cache rows are
-    dropped), so the others go on as they would alone.
+    dropped), so the others go on as they would alone. The rows listed in ``greedy`` take
+    the likeliest token whatever ``s.temperature`` (RFT's greedy baseline, decoded beside
+    the replies it samples).
     """
     left = budgets(prompts, s.max_tokens, model.cfg.seq_len)
     if max(left) == 0:
         return
     device = next(model.parameters()).device
-    gens = [torch.Generator(device=device).manual_seed(s.seed + i) for i in range(len(prompts))]
+    greedy = set(greedy)
+    gens = [None if i in greedy else torch.Generator(device=device).manual_seed(s.seed + i)
+            for i in range(len(prompts))]
     # dropping stopped rows cuts the padding no running row needs, so pos never passes the
     # longest running row: prompt + budget slots are enough for every row
     slots = max(len(p) + n for p, n in zip(prompts, left, strict=True))
@@ -165,10 +178,12 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> Iterato
         logits = model(tok[:, None], cache=cache)[:, -1].float()
 
 
-def generate(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling) -> list[list[int]]:
-    """Each prompt's new tokens (a stop id, when reached, is the last)."""
+def generate(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
+             greedy: Sequence[int] = ()) -> list[list[int]]:
+    """Each prompt's new tokens (a stop id, when reached, is the last); the rows in
+    ``greedy`` decoded greedily."""
     outs: list[list[int]] = [[] for _ in prompts]
-    for step in stream(model, prompts, s):
+    for step in stream(model, prompts, s, greedy):
         for row, t in zip(outs, step, strict=True):
             if t is not None:
                 row.append(t)

@@ -33,6 +33,20 @@ def test_a_repeated_prompt_is_run_once_and_samples_as_if_alone(tiny_model):
         assert batched[i] == alone[0]
 
 
+def test_greedy_rows_decode_greedily_beside_sampled_ones(tiny_model):
+    """RFT's greedy baseline: the rows listed as greedy take the argmax in the same batch,
+    and the other rows sample what they would alone."""
+    prompts = [[1, 5, 9], [1, 5, 9], [2, 3, 4, 5], [1, 5, 9]]
+    s = Sampling(max_tokens=10, temperature=1.5, seed=4)
+    mixed = generate(tiny_model, prompts, s, greedy=[1])
+    greedy = generate(tiny_model, [[1, 5, 9]], Sampling(max_tokens=10, temperature=0))[0]
+    assert mixed[1] == greedy
+    for i in (0, 2, 3):
+        alone = generate(tiny_model, [prompts[i]], Sampling(**{**s.__dict__, "seed": s.seed + i}))
+        assert mixed[i] == alone[0]
+    assert mixed[0] != greedy or mixed[3] != greedy  # the others did sample
+
+
 def test_greedy_matches_argmax_of_full_forward(tiny_model):
     prompt = [1, 2, 3]
     out = generate(tiny_model, [prompt], Sampling(max_tokens=6, temperature=0))[0]

@@ -18,6 +18,9 @@ def test_each_groups_best_is_kept_only_when_good_enough():
     assert best_of_groups(rewards, -1e9).tolist() == [[0, 1, 0, 0], [0, 1, 0, 0]]
     # ties: every reply that reaches the group's best
     assert best_of_groups(rewards, 1.0, ties=True).tolist() == [[0, 1, 1, 0], [0, 1, 0, 1]]
+    # a greedy baseline: only where the best beats the group's greedy reply
+    above = torch.tensor([3.0, 0.0])
+    assert best_of_groups(rewards, -1e9, above=above).tolist() == [[0] * 4, [0, 1, 0, 0]]
 
 
 def has_a_7(prompts, replies, **fields):
@@ -52,6 +55,23 @@ def test_rft_learns_a_verifiable_reward(tiny_run, tmp_path):
     assert again["train_seconds"] == summary["train_seconds"]
 
 
+def test_a_greedy_baseline_moves_the_greedy_reply(tiny_run, tmp_path):
+    """--baseline greedy: each prompt's greedy reply is decoded beside its group; groups are
+    learned only while it lacks the 7, and learning them turns the greedy reply into one
+    with a 7 (what RFT is for: the model's best answer), after which nothing is kept."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": "Pick a digit."}) + "\n"
+                               for _ in range(16)))
+    cfg = _config(tiny_run, prompts, tmp_path / "run", 25)
+    cfg.baseline = "greedy"
+    rft(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if "greedy_reward" in x]
+    flip = next(i for i, r in enumerate(rows) if r["greedy_reward"] == 1)
+    assert rows[0]["greedy_reward"] == 0 and any(r["kept"] > 0 for r in rows[:flip])
+    assert all(r["greedy_reward"] == 1 and r["kept"] == 0 for r in rows[flip:])
+
+
 def test_a_batch_with_nothing_good_enough_learns_nothing(tiny_run, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "Pick a digit."}) + "\n")
@@ -74,6 +94,7 @@ def test_a_batch_with_nothing_good_enough_learns_nothing(tiny_run, tmp_path):
     ({"temperature": 0.0}, "--temperature must be > 0"),
     ({"max_tokens": 0}, "--max-tokens must be >= 1"),
     ({"keep": "all"}, "--keep must be best or ties"),
+    ({"baseline": "mean"}, "--baseline must be none or greedy"),
 ])
 def test_bad_settings_are_named(bad, message):
     cfg = RFTConfig(policy="runs/sft", prompts="p.jsonl")

@@ -173,18 +173,20 @@ class GRPOTrainer(Trainer):
                                            self.grpo.temperature)
         return old
 
-    def sample_groups(self, batch: list[dict], extra: list[dict] = ()):
+    def sample_groups(self, batch: list[dict], extra: list[dict] = (), greedy: bool = False):
         """``group_size`` replies to each prompt of this rank's ``batch``, scored by the
-        reward: (the prompt record of each reply, the replies, their rewards); and one reply
-        to each of ``extra``, sampled in the same decoding loop, not scored (the replies'
-        last rows)."""
+        reward: (the prompt record of each reply, the replies, their rewards). With
+        ``greedy``, then each prompt's greedy reply, scored too (its record repeated). Then
+        one reply to each of ``extra``, sampled in the same decoding loop, not scored (the
+        replies' last rows)."""
         G = self.grpo.group_size
-        records = [q for q in batch for _ in range(G)]
+        records = [q for q in batch for _ in range(G)] + (list(batch) if greedy else [])
         rows = len(records) + len(extra)  # every rank's rows draw seeds of their own
         first = self.cfg.seed + self.step * rows * ranks.world() + ranks.rank() * rows
         with ranks.gathered(self.model):  # ranks decode their own number of steps
             r = sample(self.model, self.tok, [q["messages"] for q in records + list(extra)],
-                       self.grpo.max_tokens, self.grpo.temperature, first, self.precision)
+                       self.grpo.max_tokens, self.grpo.temperature, first, self.precision,
+                       greedy=range(len(batch) * G, len(records)))
         return records, r, total_reward(self.terms, records, r.rows(slice(len(records))))
 
     def train_step(self) -> dict:

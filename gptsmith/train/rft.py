@@ -68,6 +68,11 @@ class RFTConfig(SampledRLConfig):
     keep: str = field(default="best", metadata={
         "help": "best: each group's best reply (the first of equals); ties: every reply "
                 "that scores the group's best"})
+    baseline: str = field(default="none", metadata={
+        "help": "none: learn each group's best reply; greedy: also decode each prompt's "
+                "greedy reply (the model's best answer) beside the group and learn the best "
+                "only where it scores above that, so RL is spent where the best answer is "
+                "wrong (ReMax's baseline)"})
     talk: bool = field(default=False, metadata={
         "help": "also learn from conversational prompts (\"kind\": \"talk\"); by default "
                 "they are left out and conversation is kept by --sft-batch: learning the "
@@ -91,16 +96,19 @@ class RFTConfig(SampledRLConfig):
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
-def best_of_groups(rewards: torch.Tensor, min_reward: float, ties: bool = False
-                   ) -> torch.Tensor:
+def best_of_groups(rewards: torch.Tensor, min_reward: float, ties: bool = False,
+                   above: torch.Tensor | None = None) -> torch.Tensor:
     """1 on each group's best reply (the first of equals; ``ties``: every reply that
-    scores the best) where it scores at least ``min_reward``, else 0: rewards and result
-    are (P prompts, G replies)."""
+    scores the best) where it scores at least ``min_reward`` (and more than ``above``, a
+    score per group, where given), else 0: rewards and result are (P prompts, G replies)."""
     best = rewards.max(1, keepdim=True)
+    good = best.values >= min_reward
+    if above is not None:
+        good &= best.values > above.view(-1, 1)
     if ties:
-        return ((rewards == best.values) & (best.values >= min_reward)).float()
+        return ((rewards == best.values) & good).float()
     keep = torch.zeros_like(rewards)
-    keep.scatter_(1, best.indices, (best.values >= min_reward).float())
+    keep.scatter_(1, best.indices, good.float())
     return keep
 
 
@@ -161,10 +169,13 @@ class RFTTrainer(GRPOTrainer):
         batch, *more = drawn if isinstance(self.batches, Zipped) else (drawn,)
         demos = more.pop(0) if cfg.sft_batch else None
         talk = more.pop(0) if cfg.talk_batch else None
-        records, r, rewards = self.sample_groups(batch, talk or [])
-        r, talk_replies = r.rows(slice(len(records))), r.rows(slice(len(records), None))
-        keep = best_of_groups(rewards.view(len(batch), G), cfg.min_reward,
-                              cfg.keep == "ties").reshape(-1)
+        greedy = cfg.baseline == "greedy"
+        records, r, rewards = self.sample_groups(batch, talk or [], greedy)
+        n = len(batch) * G  # the sampled replies; then the greedy ones, then the talk
+        greedy_r, talk_replies = r.rows(slice(n, len(records))), r.rows(slice(len(records), None))
+        r, rewards, greedy_rewards = r.rows(slice(n)), rewards[:n], rewards[n:]
+        keep = best_of_groups(rewards.view(len(batch), G), cfg.min_reward, cfg.keep == "ties",
+                              greedy_rewards if greedy else None).reshape(-1)
         # only the kept rows are run; a rank with none runs one row that learns nothing, so
         # that every rank takes part in the gradient's all-reduce
         rows = keep.nonzero().flatten().tolist() or [0]
@@ -181,7 +192,10 @@ class RFTTrainer(GRPOTrainer):
             float(loss.detach()), float(sft.detach()), float(kl.detach()), numbers,
             float(keep.sum()), len(batch))
         metrics = {"loss": loss_sum, "kept": kept / n_groups, **norms,
-                   **sampling_metrics(rewards, r, records)}
+                   **sampling_metrics(rewards, r, records[:n])}
+        if greedy:  # the best answer to the RL prompts, as it moves
+            best = sampling_metrics(greedy_rewards, greedy_r, batch)
+            metrics |= {f"greedy_{k}": best[k] for k in ("reward", "train_accuracy") if k in best}
         if demos is not None:
             metrics["sft_loss"] = sft_sum
         if talk is not None:
@@ -197,6 +211,7 @@ def check_config(cfg: RFTConfig) -> None:
     checks = [
         (cfg.group_size >= 1, "--group-size must be >= 1"),
         (cfg.keep in ("best", "ties"), "--keep must be best or ties"),
+        (cfg.baseline in ("none", "greedy"), "--baseline must be none or greedy"),
         (cfg.temperature > 0, "--temperature must be > 0 (replies are sampled)"),
         (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
         (cfg.sft_batch >= 0 and cfg.sft_coef >= 0, "--sft-batch and --sft-coef must be >= 0"),

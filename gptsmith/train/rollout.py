@@ -7,6 +7,7 @@ PPO (``ppo.py``) and GRPO/RLOO/REINFORCE++ (``grpo.py``) both start an iteration
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +49,12 @@ class Replies:
 
 @torch.no_grad()
 def sample(policy: GPT, tok: Tokenizer, conversations: list[list[dict]], max_tokens: int,
-           temperature: float, seed: int, precision: str) -> Replies:
-    """One reply per conversation (row i samples with seed + i), under the autocast the
-    log-probs are taken in, so that π_old is the distribution sampled from. LoRA adapters
-    are folded into their weights for it (``lora.folded``): the same distribution up to
-    bf16 rounding, in a third of the matmuls."""
+           temperature: float, seed: int, precision: str, greedy: Sequence[int] = ()) -> Replies:
+    """One reply per conversation (row i samples with seed + i; the rows in ``greedy`` take
+    the likeliest tokens), under the autocast the log-probs are taken in, so that π_old is
+    the distribution sampled from. LoRA adapters are folded into their weights for it
+    (``lora.folded``): the same distribution up to bf16 rounding, in a third of the
+    matmuls."""
     device = next(policy.parameters()).device
     prompts = [prompt_ids(tok, c) for c in conversations]
     was_training = policy.training
@@ -61,7 +63,7 @@ def sample(policy: GPT, tok: Tokenizer, conversations: list[list[dict]], max_tok
                  stop_ids=tok.stop_ids)
     dtype = torch.bfloat16 if precision == "bf16" else None
     with autocast(device, precision), folded(policy, dtype):  # LoRA: adapters folded in
-        replies = generate(policy, prompts, s)
+        replies = generate(policy, prompts, s, greedy)
     policy.train(was_training)
     B, R = len(prompts), max(len(r) for r in replies)
     seq = right_padded([p + r for p, r in zip(prompts, replies, strict=True)], tok.pad_id)
