@@ -4,7 +4,8 @@ the policy's own best replies.
 Per iteration (``RFTTrainer.train_step``): sample a group of G replies for each of a batch
 of prompts; score them with the reward (``rewards.py``: the truth labeler, a reward model,
 a program); keep each group's best reply if it scores at least ``min_reward`` (with
-``truth``: a right answer); then one SFT step
+``truth``: a right answer; with ``baseline="greedy"``, also only if it beats the prompt's
+greedy reply, decoded beside the group); then one SFT step
 on the kept replies (their tokens' negative log-likelihood, averaged over those tokens),
 plus, with ``sft_batch``, the SFT loss of a batch of demonstrations (InstructGPT's "ptx"),
 and, with ``talk_batch``, ``talk_kl`` times the KL divergence from the SFT model of the
