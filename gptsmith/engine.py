@@ -68,12 +68,13 @@ def _next_tokens(logits: torch.Tensor, s: Sampling,
                  gens: list[torch.Generator | None]) -> torch.Tensor:
     """Each row's next id: drawn with its generator, or the argmax where it has none (every
     row when greedy)."""
-    drawn = [j for j, g in enumerate(gens) if g is not None]
-    if s.temperature == 0 or not drawn:
+    if s.temperature == 0:
         return logits.argmax(-1)
-    if len(drawn) < len(gens):
+    if None in gens:  # greedy rows beside sampled ones (rare: no per-step list otherwise)
         ids = logits.argmax(-1)
-        ids[drawn] = _next_tokens(logits[drawn], s, [gens[j] for j in drawn])
+        drawn = [j for j, g in enumerate(gens) if g is not None]
+        if drawn:
+            ids[drawn] = _next_tokens(logits[drawn], s, [gens[j] for j in drawn])
         return ids
     return draw(filter_logits(logits / s.temperature, s.top_k, s.top_p).softmax(-1), gens)
 
