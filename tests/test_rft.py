@@ -28,12 +28,16 @@ def has_a_7(prompts, replies, **fields):
 
 
 def _config(policy, prompts, out, steps) -> RFTConfig:
+    # beta1 0: a step that keeps nothing moves nothing. With momentum such steps went on
+    # moving the weights, and whether the tiny policy kept its 7s depended on its seed: the
+    # greedy-baseline test held for 1 model seed of 8, the reward test for 7 (a CPU's
+    # rounding is a seed too). Without it, both hold for 12 of 12.
     return RFTConfig(
         policy=str(policy), prompts=str(prompts), reward="tests.test_rft:has_a_7",
         out=str(out), group_size=8, max_tokens=2, min_reward=1.0,
         train=TrainConfig(steps=steps, batch_size=4, lr=1e-2, warmup_steps=1, min_lr_ratio=1.0,
-                          weight_decay=0.0, checkpoint_every=5, log_every=1, precision="fp32",
-                          device="cpu", progress=False))
+                          weight_decay=0.0, beta1=0.0, checkpoint_every=5, log_every=1,
+                          precision="fp32", device="cpu", progress=False))
 
 
 def test_rft_learns_a_verifiable_reward(tiny_run, tmp_path):
@@ -69,7 +73,8 @@ def test_a_greedy_baseline_moves_the_greedy_reply(tiny_run, tmp_path):
             if "greedy_reward" in x]
     flip = next(i for i, r in enumerate(rows) if r["greedy_reward"] == 1)
     assert rows[0]["greedy_reward"] == 0 and any(r["kept"] > 0 for r in rows[:flip])
-    assert all(r["greedy_reward"] == 1 and r["kept"] == 0 for r in rows[flip:])
+    assert all(r["kept"] == 0 for r in rows if r["greedy_reward"] == 1)  # nothing beats it
+    assert all(r["greedy_reward"] == 1 for r in rows[flip:])  # and so nothing moves it
 
 
 def test_a_batch_with_nothing_good_enough_learns_nothing(tiny_run, tmp_path):
