@@ -9,6 +9,11 @@ else fp32). A step is what ``Trainer.train_step`` does: forward with the loss, b
 machine's speed hits both; the median round gives tokens/s per side and the ratio ours/HF,
 also written as a JSON line to ``runs/bench.jsonl`` (``bench/results.py``).
 
+It also says what share of the CPU's matrix-multiply peak a step reaches: the step's model
+FLOPs (``train_flops_per_token``: its matrix multiplies, attention's included, forward and
+backward) per second, against the best rate of square products in the step's precision
+(``matmul_peak``, timed in the same run).
+
     .venv/bin/pip install "transformers>=4.45"      # or: pip install -e ".[bench]"
     .venv/bin/python bench/train_throughput.py                  # depth 4, seq 256, batch 16
     .venv/bin/python bench/train_throughput.py --precision bf16 --depth 8 --threads 2
@@ -56,6 +61,37 @@ def check_same_logits(model: GPT, hf: LlamaForCausalLM, batch: int = 2, atol: fl
     err = (a - b).abs().max().item()
     print(f"fp32 logits, ours vs HF: max abs difference {err:.2e}")
     assert err < atol, f"logits differ by {err:.2e} > {atol}: the architectures do not match"
+
+
+def train_flops_per_token(model: GPT, seq_len: int) -> float:
+    """A training step's matmul FLOPs per token: 2 a multiply-add, three passes (forward, and
+    backward's two products); the linear layers' weights (the LM head's included, tied or
+    not) and causal attention's two products (Q.K and weights.V) over T/2 keys on average."""
+    c = model.cfg
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    if c.tie_embeddings:
+        linear += model.embed_tokens.weight.numel()
+    attention = c.depth * 2 * (c.n_head * c.head_dim) * seq_len / 2
+    return 3 * 2 * (linear + attention)
+
+
+def matmul_peak(dtype: torch.dtype, sizes=(512, 1024, 2048, 4096),
+                seconds: float = 1.0) -> tuple[float, int]:
+    """The CPU's matmul peak in ``dtype`` on its threads, and the n where it was reached:
+    the best FLOP/s of n x n x n products, each n repeated for about ``seconds`` (the rate
+    its kernels reach with nothing but multiplies to do)."""
+    rates = {}
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        best, t_end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        rates[n] = 2 * n**3 / best
+    n = max(rates, key=rates.get)
+    return rates[n], n
 
 
 def main():
@@ -126,8 +162,17 @@ def main():
     for name in sides:
         print(f"{name:>4}: median {med[name]:8.0f} tok/s   best {best[name]:8.0f} tok/s")
     print(f"ours/HF: median {med['ours'] / med['HF']:.2f}x   best {best['ours'] / best['HF']:.2f}x")
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak, n = matmul_peak(dtype, seconds=0.1 if args.quick else 1.0)
+    per_token = train_flops_per_token(ours, T)
+    share = {name: med[name] * per_token / peak for name in sides}
+    print(f"model FLOPs: {per_token * B * T / 1e9:.1f} GFLOP a step; the CPU's "
+          f"{str(dtype).removeprefix('torch.')} matmul peak: {peak / 1e9:.0f} GFLOP/s (at "
+          f"{n}^3); a step reaches {share['ours']:.0%} of it (HF {share['HF']:.0%})")
     record("train_throughput", args, rates, "tokens/s", ["ours/HF"], depth=cfg.depth,
-           batch_size=B, seq_len=T, vocab=V, steps_per_round=args.steps)
+           batch_size=B, seq_len=T, vocab=V, steps_per_round=args.steps,
+           gflop_per_step=per_token * B * T / 1e9, matmul_peak_gflops=peak / 1e9, peak_n=n,
+           share_of_peak={name: round(v, 4) for name, v in share.items()})
 
 
 if __name__ == "__main__":
