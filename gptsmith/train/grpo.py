@@ -306,13 +306,13 @@ def run_sampled_rl(cfg: SampledRLConfig, trainer_cls: type[GRPOTrainer], name: s
     if not prompts:
         raise GptsmithError(f"{cfg.prompts}: no prompt {name} can learn from")
     questions = load_questions(cfg.eval_questions, cfg.eval_limit) if cfg.eval_questions else []
+    t = cfg.train
+    torch.manual_seed(t.seed)  # before the adapters: --train.seed draws their A matrices too
     ref = None
     if cfg.lora.rank:
         apply_lora(policy, cfg.lora)
     elif with_ref:
         ref = load_model(cfg.policy)[0].requires_grad_(False)
-    t = cfg.train
-    torch.manual_seed(t.seed)
 
     def evaluate(m) -> dict:
         from gptsmith.train.ppo import held_out_truth

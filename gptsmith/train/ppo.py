@@ -327,6 +327,8 @@ def build_trainer(cfg: PPOConfig, prompts: list[dict], questions: list[dict] = (
     if reward.cfg.head != "scalar":
         raise GptsmithError(f"{cfg.reward}: not a reward model (its head is {reward.cfg.head!r})")
     reward.requires_grad_(False)
+    t = cfg.train
+    torch.manual_seed(t.seed)  # before the adapters: --train.seed draws their A matrices too
     ref = None  # under LoRA: the policy with its adapters off, no second copy
     if cfg.lora.rank:
         apply_lora(policy, cfg.lora)
@@ -334,8 +336,6 @@ def build_trainer(cfg: PPOConfig, prompts: list[dict], questions: list[dict] = (
     else:
         ref, _ = load_model(cfg.policy)
         ref.requires_grad_(False)
-    t = cfg.train
-    torch.manual_seed(t.seed)
     value_scale = cfg.value_lr / t.lr if cfg.value_lr else 1.0
     trainer = PPOTrainer(ActorCritic(policy, value), t, Path(cfg.out),
                          EpochBatches(prompts, t.batch_size, t.seed), None,
