@@ -149,8 +149,9 @@ def test_bad_settings_are_named(bad, message):
 
 
 def test_grpo_learns_a_verifiable_reward(tiny_run, tmp_path):
-    """From an untrained tiny policy: reward 'the reply starts with 7' (a user function)
-    rises within a few iterations."""
+    """From an untrained tiny policy: reward 'the reply has a 7' (a user function) rises
+    within a few iterations. (With 'starts with 7', which the untrained policy samples about
+    1% of the time, and 4 prompts an iteration, 8 seeds in 91 never learned.)"""
     from gptsmith.train.grpo import grpo
     from gptsmith.train.loop import TrainConfig
 
@@ -160,9 +161,9 @@ def test_grpo_learns_a_verifiable_reward(tiny_run, tmp_path):
 
     def config(out, steps):
         return GRPOConfig(
-            policy=str(tiny_run), prompts=str(prompts), reward="tests.test_grpo:starts_with_7",
+            policy=str(tiny_run), prompts=str(prompts), reward="tests.test_grpo:has_a_7",
             out=str(out), group_size=8, max_tokens=2, beta=0.0,
-            train=TrainConfig(steps=steps, batch_size=4, lr=3e-2, warmup_steps=1,
+            train=TrainConfig(steps=steps, batch_size=8, lr=3e-2, warmup_steps=1,
                               min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=5,
                               log_every=1, precision="fp32", device="cpu", progress=False))
 
@@ -177,6 +178,10 @@ def test_grpo_learns_a_verifiable_reward(tiny_run, tmp_path):
 
 def starts_with_7(prompts, replies, **fields):
     return [float(r.lstrip().startswith("7")) for r in replies]
+
+
+def has_a_7(prompts, replies, **fields):
+    return [float("7" in r) for r in replies]
 
 
 def test_the_plot_is_drawn_before_the_run_is_marked_done(tiny_run, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Reward model and PPO: the pieces against hand-computed values, then short real runs."""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -169,14 +170,16 @@ def ppo_config(root, out, steps, **train):
 
 @pytest.mark.slow
 def test_ppo_learns_a_toy_reward(digit_runs, tmp_path):
-    """Reward 1 for answering 7: from chance (about 1 in 10) to most answers."""
+    """Reward 1 for answering 7: from chance (about 1 in 10) to most answers. The end is
+    read as the median of the last 5 iterations: 2 seeds of 41 reached 1.0 and then
+    fell for an iteration or two (to 0.06 once)."""
     from gptsmith.train.ppo import ppo
 
     ppo(ppo_config(digit_runs, tmp_path / "ppo", steps=30),
         reward_fn=lambda texts: [float(t.strip().startswith("7")) for t in texts])
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["rm_score"] for r in rows[:3]) / 3
-    last = sum(r["rm_score"] for r in rows[-3:]) / 3
+    last = statistics.median(r["rm_score"] for r in rows[-5:])
     assert first < 0.3 and last > 0.8, (first, last)
     assert all(k in rows[-1] for k in ("kl", "entropy", "clipfrac", "approx_kl", "value_loss",
                                        "explained_var", "reply_tokens", "beta"))
@@ -227,12 +230,14 @@ def test_reward_model_learns_comparisons(digit_runs, tmp_path):
                 for d in digits for _ in range(repeat)]
 
     # one prompt throughout, so the held-out pairs come in their own file: digits never
-    # seen in training
+    # seen in training. lr 2e-3: at 3e-3, 5 seeds of 43 never left the loss of ln 2 (a fresh
+    # head reads states at <|end|> that differ by ~1e-5 between digits); at 2e-3, 43 of 43
+    # learned
     data = write(tmp_path / "cmp.jsonl", pairs((0, 1, 2, 3, 4, 5, 6), 14))
     val = write(tmp_path / "val.jsonl", pairs((8, 9), 3))
     summary = train_reward_model(RMConfig(
         base=str(digit_runs / "sft"), data=str(data), out=str(tmp_path / "rm"),
-        val_data=str(val), train=TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=2,
+        val_data=str(val), train=TrainConfig(steps=40, batch_size=8, lr=2e-3, warmup_steps=2,
                                             eval_every=20, precision="fp32", progress=False)))
     assert summary["val_accuracy"] > 0.9
     assert "raw_reward_std" in summary
