@@ -87,6 +87,54 @@ def test_a_single_query_under_bf16_on_cpu_attends_in_fp32(tiny_model):
     torch.testing.assert_close(one.float(), full.float(), atol=0.05, rtol=0.02)
 
 
+def test_grouped_causal_attention_equals_the_flash_kernel():
+    """Q·Kᵀ, softmax, P·V with the key/value heads shared by their query groups: PyTorch's
+    attention's outputs and gradients (fp32, 4 query heads on 2 key/value heads)."""
+    import torch.nn.functional as F
+
+    from gptsmith.model import grouped_causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, h, 9, 8, requires_grad=True) for h in (4, 2, 2))
+    ours = grouped_causal_attention(q, k, v)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_bf16_training_on_cpu_attends_by_grouped_products(tiny_model, monkeypatch):
+    """A whole causal batch in bf16 on the CPU (pre-training) takes the grouped products,
+    not the flash kernel, with the same loss and gradients to bf16's precision; above
+    the scores budget it takes the flash kernel."""
+    import gptsmith.model as model
+
+    calls = []
+    real = model.grouped_causal_attention
+    monkeypatch.setattr(model, "grouped_causal_attention",
+                        lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(6)
+    idx = torch.randint(0, tiny_model.cfg.vocab_size, (4, 33))
+
+    def loss_and_grads():
+        tiny_model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = tiny_model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in tiny_model.parameters()]
+
+    grouped = loss_and_grads()
+    assert len(calls) == tiny_model.cfg.depth
+    monkeypatch.setattr(model, "GROUPED_ATTENTION_MAX_SCORES", 4 * tiny_model.cfg.n_head * 31**2)
+    flash = loss_and_grads()
+    assert len(calls) == tiny_model.cfg.depth  # 32 positions: over the budget
+    tiny_model.zero_grad()
+    torch.testing.assert_close(grouped[0], flash[0], atol=0.01, rtol=0.01)
+    for a, b in zip(grouped[1], flash[1], strict=True):
+        assert (a - b).norm() < 0.05 * b.norm()  # 0.2-0.8% here
+
+
 def test_scalar_head_gives_one_value_per_position(tokenizer):
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, depth=1, seq_len=16, head="scalar"))
     assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5)
