@@ -99,9 +99,9 @@ def test_grouped_causal_attention_equals_the_flash_kernel():
     ours = grouped_causal_attention(q, k, v)
     grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     for a, b in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v)), strict=True):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)  # fp32 rounding, any kernel
 
 
 def test_bf16_training_on_cpu_attends_by_grouped_products(tiny_model, monkeypatch):
