@@ -29,9 +29,9 @@ def has_a_7(prompts, replies, **fields):
 
 def _config(policy, prompts, out, steps) -> RFTConfig:
     # beta1 0: a step that keeps nothing moves nothing. With momentum such steps went on
-    # moving the weights, and whether the tiny policy kept its 7s depended on its seed: the
-    # greedy-baseline test held for 1 model seed of 8, the reward test for 7 (a CPU's
-    # rounding is a seed too). Without it, both hold for 12 of 12.
+    # moving the weights, and whether the greedy reply kept its 7 depended on the seed: the
+    # greedy-baseline test held for 1 model seed of 8 (a CPU's rounding is a seed too);
+    # without, for 55 of 55.
     return RFTConfig(
         policy=str(policy), prompts=str(prompts), reward="tests.test_rft:has_a_7",
         out=str(out), group_size=8, max_tokens=2, min_reward=1.0,
@@ -44,8 +44,8 @@ def test_rft_learns_a_verifiable_reward(tiny_run, tmp_path):
     """From an untrained tiny policy: reward "the reply has a 7" (a user function). Only
     replies with a 7 are learned, so the share of them rises, and with it the share
     of groups that have one. (8 prompts an iteration, and the rise read at its best 3
-    iterations: with 4, 2 model seeds in 68 never sampled a 7 to learn from, and on one
-    sampling seed a late step at this large lr threw the learned policy away.)"""
+    iterations: with 4 and the last 3, 5 seeds of 68 failed: some never sampled a 7 to
+    learn from, on others a late step at this large lr threw the learned policy away.)"""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": "Pick a digit."}) + "\n"
                                for _ in range(16)))

@@ -230,7 +230,7 @@ def test_reward_model_learns_comparisons(digit_runs, tmp_path):
                 for d in digits for _ in range(repeat)]
 
     # one prompt throughout, so the held-out pairs come in their own file: digits never
-    # seen in training. lr 2e-3: at 3e-3, 5 seeds of 43 never left the loss of ln 2 (a fresh
+    # seen in training. lr 2e-3: at 3e-3, 4 seeds of 43 never left the loss of ln 2 (a fresh
     # head reads states at <|end|> that differ by ~1e-5 between digits); at 2e-3, 43 of 43
     # learned
     data = write(tmp_path / "cmp.jsonl", pairs((0, 1, 2, 3, 4, 5, 6), 14))
