@@ -253,3 +253,32 @@ def test_the_pages_say_where_to_go_and_what_is_ranked_where(browser, tmp_path):
         expect(page.locator("a[href='/']")).to_have_text("Where to go")
         page.screenshot(path=str(tmp_path / "404.png"))
     db.close()
+
+
+def test_an_annotator_typed_while_the_tables_reload_is_added(browser, tmp_path):
+    """The page showed a new annotator's link, then reloaded its tables with the Add button
+    disabled, so Enter on the next name did nothing (this way the keyboard test above once
+    failed CI: the link stayed alice's). Here each reload's answer is held until both
+    names are added, and the stale one (alice only) arrives last: it must not undo bob."""
+    db = Database(tmp_path / "studio.db")
+    admin = store.set_admin_token(db)
+    with running(create_app(db)) as url:
+        page = new_page(browser)
+        page.goto(f"{url}/admin/{admin}")
+        expect(page).to_have_url(f"{url}/admin")
+        held = []
+        page.route("**/api/admin/state", lambda route: held.append((route, route.fetch())))
+        for name in ("alice", "bob"):
+            page.fill("#a-name", name)
+            page.press("#a-name", "Enter")
+            expect(page.locator("#link-name")).to_have_text(name)
+        assert [a["name"] for a in store.find_annotators(db)] == ["alice", "bob"]
+        for _ in range(100):  # bob's reload is asked for just after his link shows
+            if len(held) == 2:
+                break
+            page.wait_for_timeout(50)
+        assert len(held) == 2
+        for route, answer in reversed(held):  # the newer reload first, the stale one last
+            route.fulfill(response=answer)
+        page.wait_for_timeout(300)  # time for the stale answer to be (wrongly) drawn
+        expect(page.locator("#s-annotators")).to_contain_text("bob")

@@ -16,8 +16,12 @@ function option(select, value, text) {
   select.append(o);
 }
 
+let refreshes = 0;  // a reload that an earlier one outlasts is dropped: the latest state wins
+
 async function refresh() {
+  const n = ++refreshes;
   const s = await api("GET", "/api/admin/state");
+  if (n !== refreshes) return;
   csrf = s.csrf;
   const rows = $("projects");
   rows.replaceChildren();
@@ -84,6 +88,9 @@ async function act(button, work, done) {
   try {
     const result = await work();
     $("status").textContent = done(result);
+    // ready for the next one while the tables reload: with the button disabled, Enter in
+    // the form did nothing (the next annotator, typed at once, was silently not added)
+    button.disabled = false;
     await refresh();
   } catch (e) {
     $("status").textContent = "";
