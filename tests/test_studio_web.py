@@ -56,6 +56,7 @@ def admin_builds_projects(page, url: str, admin: str) -> dict[str, str]:
         page.press("#a-name", "Enter")
         expect(page.locator("#link-name")).to_have_text(name)
         links[name] = page.input_value("#link")
+    expect(page.locator("#s-annotators input")).to_have_count(2)  # the tables reloaded
     for project in ("demos", "ranks"):
         page.select_option("#s-project", project)
         for box in page.locator("#s-annotators input").all():
