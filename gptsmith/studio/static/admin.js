@@ -16,7 +16,7 @@ function option(select, value, text) {
   select.append(o);
 }
 
-let refreshes = 0;  // a reload that an earlier one outlasts is dropped: the latest state wins
+let refreshes = 0;  // an older reload that answers after a newer one is dropped
 
 async function refresh() {
   const n = ++refreshes;
