@@ -270,7 +270,7 @@ def grouped_causal_attention(q, k, v):
     In bf16 on a CPU the softmax's own kernel computes in fp32 (its output equals fp32's,
     rounded). Forward and backward together took 0.3-0.5x the time of PyTorch's CPU flash
     kernel (whose backward is the slow part) at 128-512 positions, 0.85-0.9x at 1,024-2,048,
-    but its T² scores are kept for the backward pass (README "Where the time goes now")."""
+    but its T² scores are kept for the backward pass (README "Attention in bf16 on a CPU")."""
     B, H, T, D = q.shape
     KV = k.size(1)
     q = (q / math.sqrt(D)).reshape(B, KV, H // KV * T, D)
