@@ -6,6 +6,9 @@ tokens per row (no stop ids, no eos). Each batch size alternates the two sides f
 rounds; tokens/s counts generated tokens (batch x new tokens) over the whole call, prompt
 prefill included, and the median round is reported with the ratio ours/HF. Precision is fp32
 by default, as the project generates; ``--precision bf16`` runs both under bf16 autocast.
+A third side, "compiled", is ours with ``compile=True`` (``gptsmith generate --compile``:
+torch.compile'd steps over fixed cache slots); its compiling happens in the warmup call,
+whose time is printed, not in the timed rounds. ``--no-compiled`` leaves it out.
 
     .venv/bin/pip install "transformers>=4.45"      # or: pip install -e ".[bench]"
     .venv/bin/python bench/generate_throughput.py               # depth 4, batch 1 and 16
@@ -32,6 +35,8 @@ def main():
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated")
+    p.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time ours with compiled decoding steps (default on)")
     add_run_flags(p, rounds=7, precision="fp32")  # chat, serve and eval decode in fp32
     args = p.parse_args()
     if args.quick:
@@ -52,8 +57,8 @@ def main():
 
     sampling = Sampling(max_tokens=N, temperature=0.0, stop_ids=())
 
-    def run_ours(prompts: torch.Tensor) -> torch.Tensor:
-        out = torch.tensor(generate(ours, prompts.tolist(), sampling))
+    def run_ours(prompts: torch.Tensor, compile: bool = False) -> torch.Tensor:
+        out = torch.tensor(generate(ours, prompts.tolist(), sampling, compile=compile))
         assert out.shape == (len(prompts), N), out.shape
         return out
 
@@ -68,31 +73,42 @@ def main():
         return out
 
     sides = {"ours": run_ours, "HF": run_hf}
+    if args.compiled:
+        sides["compiled"] = lambda prompts: run_ours(prompts, compile=True)
     summary, lines = [], []
     for B in [int(b) for b in args.batch_sizes.split(",")]:
         prompts = torch.randint(cfg.vocab_size, (B, P))
         rates: dict[str, list[float]] = {name: [] for name in sides}
         with autocast(device, args.precision):
-            outs = {name: fn(prompts) for name, fn in sides.items()}  # warmup
+            outs, warm = {}, {}
+            for name, fn in sides.items():  # warmup (and the compiled side's compiling)
+                t0 = time.perf_counter()
+                outs[name] = fn(prompts)
+                warm[name] = time.perf_counter() - t0
             for _ in range(args.rounds):
                 for name, fn in sides.items():
                     t0 = time.perf_counter()
                     fn(prompts)
                     rates[name].append(B * N / (time.perf_counter() - t0))
-        same = (outs["ours"] == outs["HF"]).float().mean().item()
+        same = {name: (outs[name] == outs["HF"]).float().mean().item()
+                for name in sides if name != "HF"}
         print(f"batch {B}: " + "   ".join(
             f"{name} " + " ".join(f"{r:.0f}" for r in v) for name, v in rates.items())
-            + f" tok/s; same tokens {same:.1%}")
+            + " tok/s; same tokens as HF " + ", ".join(f"{n} {v:.1%}" for n, v in same.items())
+            + "; warmup call " + ", ".join(f"{n} {t:.1f} s" for n, t in warm.items()))
         med = {name: statistics.median(v) for name, v in rates.items()}
         best = {name: max(v) for name, v in rates.items()}
-        summary.append(f"batch {B:3d}:  ours {med['ours']:7.0f} / {best['ours']:7.0f}   "
-                       f"HF {med['HF']:7.0f} / {best['HF']:7.0f}   "
-                       f"ours/HF {med['ours'] / med['HF']:.2f}x / {best['ours'] / best['HF']:.2f}x")
-        lines.append((rates, B, same))
+        summary.append(f"batch {B:3d}:  " + "   ".join(
+            f"{name} {med[name]:7.0f} / {best[name]:7.0f}" for name in sides) + "   " + "   ".join(
+            f"{name}/HF {med[name] / med['HF']:.2f}x / {best[name] / best['HF']:.2f}x"
+            for name in sides if name != "HF"))
+        lines.append((rates, B, same, warm))
     print("generated tokens/s, median / best round:\n" + "\n".join(summary))
-    for rates, B, same in lines:
-        record("generate_throughput", args, rates, "tokens/s", ["ours/HF"], batch=B,
-               depth=cfg.depth, prompt_len=P, new_tokens=N, same_tokens=same)
+    for rates, B, same, warm in lines:
+        record("generate_throughput", args, rates, "tokens/s",
+               [f"{name}/HF" for name in sides if name != "HF"], batch=B, depth=cfg.depth,
+               prompt_len=P, new_tokens=N, same_tokens=same["ours"],
+               same_tokens_compiled=same.get("compiled"), warmup_s=warm)
 
 if __name__ == "__main__":
     main()

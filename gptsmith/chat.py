@@ -122,9 +122,10 @@ class Reply:
 
 
 def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], s: Sampling,
-             batch_size: int = 0) -> list[Reply]:
+             batch_size: int = 0, compile: bool = False) -> list[Reply]:
     """The next assistant turn of each conversation, generated in batches by the engine
-    (of ``batch_size`` rows; 0: as many as ``engine.batch_rows`` fits in memory).
+    (of ``batch_size`` rows; 0: as many as ``engine.batch_rows`` fits in memory), with
+    compiled steps if ``compile`` (:mod:`gptsmith.decode`).
 
     Row i of the whole list samples with seed ``s.seed + i``, whatever the batch size.
     """
@@ -136,7 +137,7 @@ def complete(model: GPT, tokenizer: Tokenizer, conversations: list[list[dict]], 
     replies = []
     for start in range(0, len(prompts), batch_size or 1):
         outs = generate(model, prompts[start:start + batch_size],
-                        dataclasses.replace(s, seed=s.seed + start))
+                        dataclasses.replace(s, seed=s.seed + start), compile=compile)
         for ids in outs:
             ended = bool(ids) and ids[-1] in tokenizer.stop_ids
             body = ids[:-1] if ended else ids

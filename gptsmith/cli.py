@@ -722,7 +722,8 @@ def cmd_generate(args) -> None:
     check_run(args.model, "--model")
     check_exists(args.input, "--input")
     check_out_file(args.output, "--output")
-    generate_file(args.model, args.input, args.output, s, args.batch_size, args.skip_bad)
+    generate_file(args.model, args.input, args.output, s, args.batch_size, args.skip_bad,
+                  args.compile)
 
 
 def register_generate(sub) -> None:
@@ -736,6 +737,10 @@ def register_generate(sub) -> None:
                    help="prompts decoded together (default 0: as many as fit in 256 MB of "
                    "keys and values, at most 256)")
     c.add_argument("--skip-bad", action="store_true", help="skip and count unusable records")
+    c.add_argument("--compile", action="store_true",
+                   help="decode with torch.compile'd steps over fixed cache slots: faster "
+                   "steps after seconds of compiling (pays for many prompts; needs a C++ "
+                   "compiler on a CPU)")
     add_sampling_flags(c, temperature=CONVERSATION_TEMPERATURE, max_tokens=200)
     c.set_defaults(func=cmd_generate)
 

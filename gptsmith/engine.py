@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gptsmith.decode import FixedSlots
 from gptsmith.model import GPT, GPTConfig, KVCache
 
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
@@ -137,14 +138,16 @@ def budgets(prompts: Sequence[Sequence[int]], max_tokens: int, ctx: int) -> list
 
 @torch.no_grad()
 def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
-           greedy: Sequence[int] = ()) -> Iterator[list[int | None]]:
+           greedy: Sequence[int] = (), compile: bool = False) -> Iterator[list[int | None]]:
     """Yield, per decoding step, each row's new token (None once the row has stopped).
 
     Row i stops after emitting a stop id (which is yielded) or after ``min(max_tokens,
     context - len(prompt i))`` tokens. Stopped rows leave the batch (their cache rows are
     dropped), so the others go on as they would alone. The rows listed in ``greedy`` take
     the likeliest token whatever ``s.temperature`` (RFT's greedy baseline, decoded beside
-    the replies it samples).
+    the replies it samples). With ``compile`` the steps run compiled over fixed cache slots
+    (:mod:`gptsmith.decode`): stopped rows stay in the batch, decoded on and ignored; the
+    tokens are the eager steps' up to float rounding.
     """
     left = budgets(prompts, s.max_tokens, model.cfg.seq_len)
     if max(left) == 0:
@@ -157,6 +160,9 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
     # longest running row: prompt + budget slots are enough for every row
     slots = max(len(p) + n for p, n in zip(prompts, left, strict=True))
     cache, logits = prefill(model, prompts, slots, device)
+    fixed = FixedSlots(model, cache, max(left)) if compile else None
+    # with fixed slots every row is decoded: a stopped row on its last token, ignored
+    last = torch.zeros(len(prompts), dtype=torch.long, device=device)
     stops = torch.tensor(list(s.stop_ids), device=device, dtype=torch.long)
     rows = list(range(len(prompts)))  # the running rows, as indices into prompts
     while True:
@@ -174,17 +180,24 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
             return
         if len(keep) < len(rows):
             rows = [rows[j] for j in keep]
-            cache.keep(keep)
             tok = tok[keep]
-        logits = model(tok[:, None], cache=cache)[:, -1].float()
+            if fixed is None:
+                cache.keep(keep)
+        if fixed is None:
+            logits = model(tok[:, None], cache=cache)[:, -1].float()
+        elif len(rows) == len(prompts):
+            logits = fixed.step(tok)
+        else:
+            last[rows] = tok
+            logits = fixed.step(last)[rows]
 
 
 def generate(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
-             greedy: Sequence[int] = ()) -> list[list[int]]:
+             greedy: Sequence[int] = (), compile: bool = False) -> list[list[int]]:
     """Each prompt's new tokens (a stop id, when reached, is the last); the rows in
-    ``greedy`` decoded greedily."""
+    ``greedy`` decoded greedily; ``compile``: see :func:`stream`."""
     outs: list[list[int]] = [[] for _ in prompts]
-    for step in stream(model, prompts, s, greedy):
+    for step in stream(model, prompts, s, greedy, compile):
         for row, t in zip(outs, step, strict=True):
             if t is not None:
                 row.append(t)

@@ -17,7 +17,7 @@ from gptsmith.runs import atomic_write_text, load_model
 
 
 def generate_file(run_dir: str, input_path: str, output_path: str, s: Sampling,
-                  batch_size: int = 0, skip_bad: bool = False) -> int:
+                  batch_size: int = 0, skip_bad: bool = False, compile: bool = False) -> int:
     """Answer every prompt of ``input_path`` into ``output_path``; returns the count."""
     convs, skipped = read_demos(input_path, "auto", skip_bad, for_generation=True)
     model, tokenizer = load_model(run_dir)
@@ -33,7 +33,7 @@ def generate_file(run_dir: str, input_path: str, output_path: str, s: Sampling,
             raise GptsmithError(f"{c.source}: field {field!r} renders to {n} tokens, which "
                                 f"leaves no room to answer in a context of {model.cfg.seq_len}")
     convs = kept
-    replies = complete(model, tokenizer, [c.messages for c in convs], s, batch_size)
+    replies = complete(model, tokenizer, [c.messages for c in convs], s, batch_size, compile)
     lines = [json.dumps({**c.extra, "response": r.text, "finished": r.ended},
                         ensure_ascii=False) + "\n" for c, r in zip(convs, replies, strict=True)]
     atomic_write_text(Path(output_path), "".join(lines))

@@ -119,3 +119,35 @@ def test_batch_rows_keeps_the_cache_within_its_budget():
     assert rows * per_row <= 256 << 20 < (rows + 1) * per_row and 1 < rows < MAX_ROWS
     assert batch_rows(wide, 128, budget=1) == 1  # never fewer than one row
     assert batch_rows(wide, 256) < rows  # longer rows, fewer of them
+
+
+@pytest.mark.slow
+def test_compiled_steps_decode_what_the_eager_steps_do(tiny_model):
+    """``compile=True``: torch.compile'd steps over fixed cache slots. Rows of different
+    lengths, a stop id, a row that ends at the context while the others go on (it stays in
+    the batch, decoded past the context and ignored), a repeated prompt and a greedy row all
+    give the eager steps' tokens; and after the weights change, the compiled step uses the
+    new ones (an RL policy between rollouts), without compiling again."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    ctx = model.cfg.seq_len
+    prompts = [[3, 1, 4], [1] * (ctx - 4), [5, 8, 9, 7, 9, 3, 2], [3, 1, 4], [11]]
+    free = generate(model, prompts, Sampling(max_tokens=30, seed=2))
+    s = Sampling(max_tokens=30, temperature=0.9, top_k=50, seed=2, stop_ids=(free[2][4],))
+    eager = generate(model, prompts, s, greedy=[4])
+    assert generate(model, prompts, s, greedy=[4], compile=True) == eager
+    assert len(eager[1]) == 4  # the context's end
+    assert any(len(r) < 30 and r[-1] == s.stop_ids[0] for r in eager)
+    assert max(len(r) for r in eager) == 30
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    changed = generate(model, prompts, s, greedy=[4])
+    assert changed != eager
+    from torch._dynamo.utils import counters
+    frames = counters["stats"]["unique_graphs"]
+    assert frames > 0  # the compiled calls above did compile
+    assert generate(model, prompts, s, greedy=[4], compile=True) == changed
+    assert counters["stats"]["unique_graphs"] == frames

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from gptsmith.chat import complete, stream_reply
 from gptsmith.cli import main
 from gptsmith.engine import Sampling
@@ -88,6 +90,20 @@ def test_generate_answers_every_line_and_keeps_fields(tiny_run, tmp_path):
                      "finished": replies[0].ended},
                     {"messages": [{"role": "user", "content": "Hi"}], "id": 2,
                      "response": replies[1].text, "finished": replies[1].ended}]
+
+
+@pytest.mark.slow
+def test_generate_compile_writes_what_the_default_steps_do(tiny_run, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                           ("Hello", "What is 2 plus 3?", "Hi")))
+    outs = []
+    for flags in ([], ["--compile"]):
+        out = tmp_path / f"out{len(flags)}.jsonl"
+        assert main(["generate", "--model", str(tiny_run), "--input", str(src), "--output",
+                     str(out), "--max-tokens", "12", "--seed", "3", *flags]) == 0
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] and outs[0].count("response") == 3
 
 
 def test_generate_names_a_prompt_too_long(tiny_run, tmp_path, capsys):
