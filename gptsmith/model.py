@@ -180,10 +180,13 @@ class KVCache:
         first = parts[0][0].k
         rows = sum(len(r) for _, r, _ in parts)
         shape = (self.cfg.depth, rows, self.cfg.n_kv_head, self.max_len, self.cfg.head_dim)
-        k, v = first.new_zeros(shape), first.new_zeros(shape)
+        # slots from ``length`` on are written before they are read: only the padding is zeroed
+        k, v = first.new_empty(shape), first.new_empty(shape)
         pads, at = [], 0
         for cache, r, shift in parts:
             src_from = max(0, -shift)
+            k[:, at:at + len(r), :, :shift + src_from] = 0
+            v[:, at:at + len(r), :, :shift + src_from] = 0
             k[:, at:at + len(r), :, shift + src_from:shift + cache.pos] = \
                 cache.k[:, r, :, src_from:cache.pos]
             v[:, at:at + len(r), :, shift + src_from:shift + cache.pos] = \
