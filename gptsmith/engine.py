@@ -161,6 +161,8 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
     slots = max(len(p) + n for p, n in zip(prompts, left, strict=True))
     cache, logits = prefill(model, prompts, slots, device)
     fixed = FixedSlots(model, cache, max(left)) if compile else None
+    if fixed is not None:
+        cache = None  # copied into the fixed slots: not kept twice
     # with fixed slots every row is decoded: a stopped row on its last token, ignored
     last = torch.zeros(len(prompts), dtype=torch.long, device=device)
     stops = torch.tensor(list(s.stop_ids), device=device, dtype=torch.long)
