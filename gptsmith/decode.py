@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gptsmith.errors import GptsmithError
 from gptsmith.model import GPT, KVCache
 
 SLOT_STEP = 32  # slot counts are rounded up to a multiple of this, to share compiled shapes
@@ -100,6 +101,17 @@ class FixedSlots:
         if self.slot >= self.capacity:
             raise ValueError(f"the fixed cache has {self.capacity} slots; all are filled")
         slot = torch.tensor(self.slot, device=tok.device)
-        logits = compiled_step()(self.model, tok, self.ks, self.vs, slot, self.pad)
+        try:
+            logits = compiled_step()(self.model, tok, self.ks, self.vs, slot, self.pad)
+        except Exception as e:
+            from torch._dynamo.exc import BackendCompilerFailed
+            if not isinstance(e, BackendCompilerFailed):
+                raise
+            inner = getattr(e, "inner_exception", e)
+            reason = f"{type(inner).__name__}: {str(inner).strip().splitlines()[0]}"
+            raise GptsmithError(
+                f"compiled decoding: torch.compile could not build the step ({reason}); on a "
+                "CPU it needs a working C++ compiler (g++ or clang++). Decode without "
+                "--compile instead") from e
         self.slot += 1
         return logits

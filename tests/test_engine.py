@@ -151,3 +151,4 @@ def test_compiled_steps_decode_what_the_eager_steps_do(tiny_model):
     assert frames > 0  # the compiled calls above did compile
     assert generate(model, prompts, s, greedy=[4], compile=True) == changed
     assert counters["stats"]["unique_graphs"] == frames
+

@@ -106,6 +106,21 @@ def test_generate_compile_writes_what_the_default_steps_do(tiny_run, tmp_path):
     assert outs[0] == outs[1] and outs[0].count("response") == 3
 
 
+@pytest.mark.slow
+def test_generate_compile_without_a_compiler_says_so(tiny_run, tmp_path):
+    """No working C++ compiler: exit 2 with an error that names the fix, not inductor's
+    traceback, and no output file."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"prompt": "Hello"}) + "\n")
+    env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "c")}
+    r = subprocess.run([sys.executable, "-m", "gptsmith", "generate", "--model", str(tiny_run),
+                        "--input", str(src), "--output", str(out), "--compile"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "InvalidCxxCompiler" in r.stderr and "without --compile" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
 def test_generate_names_a_prompt_too_long(tiny_run, tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": "x " * 300}) + "\n")
