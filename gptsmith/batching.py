@@ -76,7 +76,7 @@ class Batcher:
         self._inbox: queue.SimpleQueue[Ticket | None] = queue.SimpleQueue()
         self._waiting: deque[Ticket] = deque()
         self._rows: list[_Row] = []
-        self._cache = KVCache(model.cfg, 0, self.ctx, None)
+        self._cache = self._new_cache()
         self._logits: torch.Tensor | None = None
         self._joining: list[Ticket] = []  # taken from the queue, not yet in the batch
         self.closed = False
@@ -129,7 +129,11 @@ class Batcher:
                 except Exception as e:  # a shared step failed: the rows it was decoding
                     self._fail([r.ticket for r in self._rows] + self._joining, e)
                     self._rows, self._joining, self._logits = [], [], None
-                    self._cache = KVCache(self.model.cfg, 0, self.ctx, None)
+                    self._cache = self._new_cache()
+
+    def _new_cache(self) -> KVCache:
+        """Room for ``max_batch`` rows: a row joining is copied into its place."""
+        return KVCache(self.model.cfg, 0, self.ctx, None, capacity=self.max_batch)
 
     def _in_hand(self) -> list[Ticket]:
         tickets = [r.ticket for r in self._rows] + self._joining + list(self._waiting)
@@ -147,9 +151,10 @@ class Batcher:
         ``max_batch`` rows.
 
         The cache never needs more than ``ctx`` slots, whatever the rows' lengths and
-        budgets: rows are right-aligned and the leading slots no row uses are dropped (join
-        aligns to the longest row, keep cuts the smallest padding), so ``pos`` is the longest
-        running row, and each row's prompt plus budget fits the context (``submit``).
+        budgets: rows are right-aligned (join aligns to the longest row), and once every
+        slot is filled the leading slots no running row uses are dropped (``make_room``):
+        each row's prompt plus budget fits the context (``submit``), so a running row is
+        shorter than it.
 
         A request that cannot start (its seed, its prompt) gets an error event alone: the
         running rows and the other newcomers go on.
@@ -229,7 +234,7 @@ class Batcher:
         """Sample one token per row, retire finished rows, run the survivors forward."""
         self.steps += 1
         self.peak_batch = max(self.peak_batch, len(self._rows))
-        keep, tokens, sends = [], [], []
+        keep, tokens, sends = [], {}, []
         chosen = self._choose()
         logprobs = self._logprobs(chosen)
         for i, (row, token) in enumerate(zip(self._rows, chosen, strict=True)):
@@ -247,14 +252,17 @@ class Batcher:
                 sends.append((t, ("done", "length")))
             else:
                 keep.append(i)
-                tokens.append(token)
+                tokens[i] = token
         _deliver(sends)
-        if len(keep) < len(self._rows):
-            self._rows = [self._rows[i] for i in keep]
-            self._cache.keep(keep)
-            self._logits = self._logits[keep] if keep else None
+        if len(keep) < len(self._rows):  # the last rows take the finished rows' places
+            order = self._cache.remove([i for i in range(len(self._rows)) if i not in tokens])
+            self._rows = [self._rows[i] for i in order]
+            keep = order
+        self._logits = None
         if keep:
-            idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+            idx = torch.tensor([tokens[i] for i in keep], dtype=torch.long,
+                               device=self.device)[:, None]
+            self._cache.make_room()
             self._logits = self.model(idx, cache=self._cache)[:, -1].float()
 
 

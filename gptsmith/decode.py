@@ -91,8 +91,8 @@ class FixedSlots:
         self.ks = [k.new_zeros(shape) for _ in range(cfg.depth)]
         self.vs = [k.new_zeros(shape) for _ in range(cfg.depth)]
         for i in range(cfg.depth):  # separate tensors: the compiled step writes them in place
-            self.ks[i][:, :, :cache.pos] = cache.k[i, :, :, :cache.pos]
-            self.vs[i][:, :, :cache.pos] = cache.v[i, :, :, :cache.pos]
+            self.ks[i][:, :, :cache.pos] = cache.k[i, :cache.batch_size, :, :cache.pos]
+            self.vs[i][:, :, :cache.pos] = cache.v[i, :cache.batch_size, :, :cache.pos]
         self.pad = cache.pads().to(k.device)
         self.slot = cache.pos
         self.capacity, self.model = S, model

@@ -143,7 +143,8 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
 
     Row i stops after emitting a stop id (which is yielded) or after ``min(max_tokens,
     context - len(prompt i))`` tokens. Stopped rows leave the batch (their cache rows are
-    dropped), so the others go on as they would alone. The rows listed in ``greedy`` take
+    dropped, the last rows moved into their places), so the others go on as they would
+    alone. The rows listed in ``greedy`` take
     the likeliest token whatever ``s.temperature`` (RFT's greedy baseline, decoded beside
     the replies it samples). With ``compile`` the steps run compiled over fixed cache slots
     (:mod:`gptsmith.decode`): stopped rows stay in the batch, decoded on and ignored; the
@@ -156,8 +157,8 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
     greedy = set(greedy)
     gens = [None if i in greedy else torch.Generator(device=device).manual_seed(s.seed + i)
             for i in range(len(prompts))]
-    # dropping stopped rows cuts the padding no running row needs, so pos never passes the
-    # longest running row: prompt + budget slots are enough for every row
+    # prompt + budget slots hold every row: when they are all filled, make_room drops the
+    # leading padding no running row needs (a running row is shorter than its prompt + budget)
     slots = max(len(p) + n for p, n in zip(prompts, left, strict=True))
     cache, logits = prefill(model, prompts, slots, device)
     fixed = FixedSlots(model, cache, max(left)) if compile else None
@@ -181,11 +182,13 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
         if not keep:
             return
         if len(keep) < len(rows):
+            if fixed is None:  # the last rows take the stopped rows' places
+                kept = set(keep)
+                keep = cache.remove([j for j in range(len(rows)) if j not in kept])
             rows = [rows[j] for j in keep]
             tok = tok[keep]
-            if fixed is None:
-                cache.keep(keep)
         if fixed is None:
+            cache.make_room()
             logits = model(tok[:, None], cache=cache)[:, -1].float()
         elif len(rows) == len(prompts):
             logits = fixed.step(tok)

@@ -133,10 +133,15 @@ class KVCache:
     row's length (``pos - pad``), not the number of slots: ``max_len`` may exceed it.
     """
 
-    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, pad: torch.Tensor | None):
+    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, pad: torch.Tensor | None,
+                 capacity: int = 0):
+        """``capacity``: rows to make room for when the tensors are (re)made, so that rows
+        joining later are copied in place (the server's batch size)."""
         self.cfg, self.batch_size, self.max_len = cfg, batch_size, max_len
+        self.capacity = capacity
         self._set_pad(pad if pad is not None and bool(pad.any()) else None)
         self.pos = 0
+        # (depth, rows, kv heads, max_len, head dim): the first batch_size rows are the batch
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
@@ -160,9 +165,10 @@ class KVCache:
                      self.cfg.head_dim)
             self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        B = self.batch_size
+        self.k[layer, :B, :, self.pos:end] = k
+        self.v[layer, :B, :, self.pos:end] = v
+        return self.k[layer, :B, :, :end], self.v[layer, :B, :, :end]
 
     # Continuous batching (the server): rows leave a running batch and new ones join it.
 
@@ -179,7 +185,8 @@ class KVCache:
             raise ValueError(f"the KV cache has {self.max_len} slots; {length} are needed")
         first = parts[0][0].k
         rows = sum(len(r) for _, r, _ in parts)
-        shape = (self.cfg.depth, rows, self.cfg.n_kv_head, self.max_len, self.cfg.head_dim)
+        shape = (self.cfg.depth, max(rows, self.capacity), self.cfg.n_kv_head, self.max_len,
+                 self.cfg.head_dim)
         # slots from ``length`` on are written before they are read: only the padding is zeroed
         k, v = first.new_empty(shape), first.new_empty(shape)
         pads, at = [], 0
@@ -196,23 +203,67 @@ class KVCache:
         self.k, self.v, self.pos, self.batch_size = k, v, length, rows
         self._set_pad(torch.cat(pads))
 
+    def _empty(self) -> None:
+        self.k = self.v = None
+        self.pos, self.batch_size = 0, 0
+        self._set_pad(None)
+
     def keep(self, rows: list[int]) -> None:
         """Only ``rows`` stay, in that order; leading slots no kept row uses are dropped."""
         if not rows:
-            self.k = self.v = None
-            self.pos, self.batch_size = 0, 0
-            self._set_pad(None)
-            return
+            return self._empty()
         index = torch.tensor(rows, dtype=torch.long, device=self.k.device)
         cut = int(self.pads()[index].min())
         self._rebuild([(self, index, -cut)], self.pos - cut)
 
+    def remove(self, gone: list[int]) -> list[int]:
+        """Drop the rows ``gone``: the last rows move into their places, so only as many
+        rows are copied as leave (``keep`` copies them all). Returns the new order: entry i
+        is the index, before, of the row now at i. The slots stay where they are (see
+        ``make_room``)."""
+        n, dropped = self.batch_size, set(gone)
+        stay = n - len(dropped)
+        if stay == 0:
+            self._empty()
+            return []
+        holes = [i for i in sorted(dropped) if i < stay]
+        movers = [i for i in range(stay, n) if i not in dropped]
+        order = list(range(stay))
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+        if holes and self.k is not None:
+            dst = torch.tensor(holes, device=self.k.device)
+            src = torch.tensor(movers, device=self.k.device)
+            self.k[:, dst, :, :self.pos] = self.k[:, src, :, :self.pos]
+            self.v[:, dst, :, :self.pos] = self.v[:, src, :, :self.pos]
+        self.batch_size = stay
+        if self.pad is not None:
+            self._set_pad(self.pad[torch.tensor(order, device=self.pad.device)])
+        return order
+
+    def make_room(self) -> None:
+        """When every slot is filled, drop the leading slots no row uses (rows that left by
+        ``remove`` leave their padding behind)."""
+        if self.pos >= self.max_len and self.batch_size:
+            self.keep(list(range(self.batch_size)))
+
     def join(self, other: KVCache) -> None:
         """Append ``other``'s rows; both are right-aligned at the longer one's position, so
-        every row decodes its next token at the same slot."""
+        every row decodes its next token at the same slot. Where this cache is the longer
+        and has room for the rows, only theirs are copied."""
         theirs = torch.arange(other.batch_size, device=other.k.device)
         if self.k is None:
             self._rebuild([(other, theirs, 0)], other.pos)
+            return
+        at, m = self.batch_size, other.batch_size
+        if other.pos <= self.pos and self.k.size(1) >= at + m:
+            shift = self.pos - other.pos
+            for mine, their in ((self.k, other.k), (self.v, other.v)):
+                mine[:, at:at + m, :, :shift] = 0
+                mine[:, at:at + m, :, shift:self.pos] = their[:, :m, :, :other.pos]
+            pads = torch.cat([self.pads(), other.pads().to(self.k.device) + shift])
+            self.batch_size += m
+            self._set_pad(pads if bool(pads.any()) else None)
             return
         length = max(self.pos, other.pos)
         mine = torch.arange(self.batch_size, device=self.k.device)

@@ -604,6 +604,61 @@ def test_kv_cache_keep_and_join_match_fresh_decoding(tiny_model):
     torch.testing.assert_close(out[1], solo[0], atol=1e-5, rtol=1e-5)
 
 
+
+def test_kv_cache_remove_moves_only_the_last_rows_and_decoding_goes_on(tiny_model):
+    """remove: the last rows take the places of the rows that leave (nothing else is copied)
+    and every row continues as it would alone; a row that joins into the room left is
+    copied in place; make_room drops the padding no row needs once every slot is filled."""
+    from gptsmith.model import KVCache
+
+    cfg = tiny_model.cfg
+    torch.manual_seed(0)
+    seqs = [torch.randint(0, cfg.vocab_size, (1, n)) for n in (7, 3, 5, 2)]
+
+    def solo(x, steps):
+        cache = KVCache(cfg, 1, cfg.seq_len, None)
+        tiny_model(x, cache=cache)
+        return [tiny_model(torch.tensor([[5]]), cache=cache)[0, -1] for _ in range(steps)]
+
+    pads = torch.tensor([7 - x.size(1) for x in seqs[:3]])
+    big = KVCache(cfg, 3, 12, pads, capacity=4)
+    tiny_model(torch.cat([torch.cat([torch.zeros(1, int(p), dtype=torch.long), x], 1)
+                          for p, x in zip(pads, seqs[:3], strict=True)]), cache=big)
+    before = big.k.clone()
+    assert big.remove([0]) == [2, 1]  # row 2 moves into row 0's place; row 1 stays
+    assert big.batch_size == 2 and big.pad.tolist() == [2, 4] and big.pos == 7
+    torch.testing.assert_close(big.k[:, :2, :, :7], before[:, [2, 1], :, :7])
+    other = KVCache(cfg, 1, cfg.seq_len, None)
+    tiny_model(seqs[3], cache=other)
+    storage = big.k.data_ptr()
+    big.join(other)  # shorter than the batch, and there is room: copied in place
+    assert big.k.data_ptr() == storage and big.pad.tolist() == [2, 4, 5]
+    outs = [tiny_model(torch.tensor([[5]] * 3), cache=big)[:, -1] for _ in range(5)]
+    assert big.pos == 12 and big.pad.tolist() == [2, 4, 5]
+    big.make_room()  # every slot filled: the 2 slots of padding every row has go
+    assert big.pos == 10 and big.pad.tolist() == [0, 2, 3]
+    outs.append(tiny_model(torch.tensor([[5]] * 3), cache=big)[:, -1])
+    for row, x in enumerate((seqs[2], seqs[1], seqs[3])):
+        for out, alone in zip(outs, solo(x, 6), strict=True):
+            torch.testing.assert_close(out[row], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_batcher_rows_fill_the_context_and_go_on_as_alone(tiny_model):
+    """A long prompt with a short budget beside a short prompt with a long one: the short
+    row is padded to the long one's end, and goes on past the context's last slot once the
+    long row has left (its padding dropped), with its solo tokens."""
+    ctx = tiny_model.cfg.seq_len
+    specs = [([3] * 40, 20), ([1, 2, 3, 4, 5], ctx - 6)]
+    solo = [generate(tiny_model, [p], Sampling(max_tokens=m, temperature=0.0))[0]
+            for p, m in specs]
+    batcher = Batcher(tiny_model, max_batch=4)
+    try:
+        tickets = [batcher.submit(Ticket(p, Sampling(max_tokens=m, temperature=0.0)))
+                   for p, m in specs]
+        assert [drain(t) for t in tickets] == [(solo[0], "length"), (solo[1], "length")]
+    finally:
+        batcher.close()
+
 def test_serve_many_threads_share_one_batcher(tiny_model):
     batcher = Batcher(tiny_model, max_batch=16)
     results = {}
