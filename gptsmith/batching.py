@@ -132,7 +132,7 @@ class Batcher:
                     self._cache = self._new_cache()
 
     def _new_cache(self) -> KVCache:
-        """Room for ``max_batch`` rows: a row joining is copied into its place."""
+        """A cache that keeps room for rows to join (up to ``max_batch``, see KVCache)."""
         return KVCache(self.model.cfg, 0, self.ctx, None, capacity=self.max_batch)
 
     def _in_hand(self) -> list[Ticket]:

@@ -144,11 +144,11 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
     Row i stops after emitting a stop id (which is yielded) or after ``min(max_tokens,
     context - len(prompt i))`` tokens. Stopped rows leave the batch (their cache rows are
     dropped, the last rows moved into their places), so the others go on as they would
-    alone. The rows listed in ``greedy`` take
-    the likeliest token whatever ``s.temperature`` (RFT's greedy baseline, decoded beside
-    the replies it samples). With ``compile`` the steps run compiled over fixed cache slots
-    (:mod:`gptsmith.decode`): stopped rows stay in the batch, decoded on and ignored; the
-    tokens are the eager steps' up to float rounding.
+    alone. The rows listed in ``greedy`` take the likeliest token whatever
+    ``s.temperature`` (RFT's greedy baseline, decoded beside the replies it samples).
+    With ``compile`` the steps run compiled over fixed cache slots (:mod:`gptsmith.decode`):
+    stopped rows stay in the batch, decoded on and ignored; the tokens are the eager
+    steps' up to float rounding.
     """
     left = budgets(prompts, s.max_tokens, model.cfg.seq_len)
     if max(left) == 0:
@@ -161,11 +161,11 @@ def stream(model: GPT, prompts: Sequence[Sequence[int]], s: Sampling,
     # leading padding no running row needs (a running row is shorter than its prompt + budget)
     slots = max(len(p) + n for p, n in zip(prompts, left, strict=True))
     cache, logits = prefill(model, prompts, slots, device)
-    fixed = FixedSlots(model, cache, max(left)) if compile else None
-    if fixed is not None:
-        cache = None  # copied into the fixed slots: not kept twice
-    # with fixed slots every row is decoded: a stopped row on its last token, ignored
-    last = torch.zeros(len(prompts), dtype=torch.long, device=device)
+    fixed = last = None
+    if compile:  # the cache, copied into the fixed slots, is not kept twice
+        fixed, cache = FixedSlots(model, cache, max(left)), None
+        # every row is decoded: a stopped row on its last token, its output ignored
+        last = torch.zeros(len(prompts), dtype=torch.long, device=device)
     stops = torch.tensor(list(s.stop_ids), device=device, dtype=torch.long)
     rows = list(range(len(prompts)))  # the running rows, as indices into prompts
     while True:

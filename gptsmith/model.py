@@ -135,8 +135,10 @@ class KVCache:
 
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, pad: torch.Tensor | None,
                  capacity: int = 0):
-        """``capacity``: rows to make room for when the tensors are (re)made, so that rows
-        joining later are copied in place (the server's batch size)."""
+        """``capacity``: the most rows the batch will hold (the server's batch size). When
+        the tensors are remade they keep room for a quarter more rows than they hold (at
+        least one, at most ``capacity``), so a row joining later is usually copied into
+        that room instead of every row into new tensors."""
         self.cfg, self.batch_size, self.max_len = cfg, batch_size, max_len
         self.capacity = capacity
         self._set_pad(pad if pad is not None and bool(pad.any()) else None)
@@ -185,7 +187,8 @@ class KVCache:
             raise ValueError(f"the KV cache has {self.max_len} slots; {length} are needed")
         first = parts[0][0].k
         rows = sum(len(r) for _, r, _ in parts)
-        shape = (self.cfg.depth, max(rows, self.capacity), self.cfg.n_kv_head, self.max_len,
+        room = min(self.capacity, rows + 1 + rows // 4)
+        shape = (self.cfg.depth, max(rows, room), self.cfg.n_kv_head, self.max_len,
                  self.cfg.head_dim)
         # slots from ``length`` on are written before they are read: only the padding is zeroed
         k, v = first.new_empty(shape), first.new_empty(shape)
