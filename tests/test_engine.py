@@ -3,6 +3,7 @@ import torch
 
 from gptsmith.engine import MAX_ROWS, Sampling, batch_rows, filter_logits, generate, stream
 from gptsmith.model import GPTConfig
+from tests.conftest import needs_cxx
 
 
 def test_batched_sampling_equals_each_prompt_alone(tiny_model):
@@ -122,6 +123,7 @@ def test_batch_rows_keeps_the_cache_within_its_budget():
 
 
 @pytest.mark.slow
+@needs_cxx
 def test_compiled_steps_decode_what_the_eager_steps_do(tiny_model):
     """``compile=True``: torch.compile'd steps over fixed cache slots. Rows of different
     lengths, a stop id, a row that ends at the context while the others go on (it stays in

@@ -15,6 +15,7 @@ from gptsmith.cli import main
 from gptsmith.engine import Sampling
 from gptsmith.evaluate import is_correct
 from gptsmith.runs import load_model
+from tests.conftest import needs_cxx
 
 
 class Terminal:
@@ -93,6 +94,7 @@ def test_generate_answers_every_line_and_keeps_fields(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+@needs_cxx
 def test_generate_compile_writes_what_the_default_steps_do(tiny_run, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
