@@ -27,14 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from gptsmith.errors import GptsmithError
-from gptsmith.model import GPT, KVCache
+from gptsmith.model import GPT, KVCache, apply_rope
 
 SLOT_STEP = 32  # slot counts are rounded up to a multiple of this, to share compiled shapes
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.size(-1) // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 def _step(model: GPT, tok: torch.Tensor, ks: list[torch.Tensor], vs: list[torch.Tensor],
@@ -56,8 +51,8 @@ def _step(model: GPT, tok: torch.Tensor, ks: list[torch.Tensor], vs: list[torch.
     for block, k_cache, v_cache in zip(model.layers, ks, vs, strict=True):
         attn = block.self_attn
         h = block.input_layernorm(x)
-        q = _rope(attn.q_proj(h).view(B, H, 1, D), cos, sin)
-        k = _rope(attn.k_proj(h).view(B, KV, 1, D), cos, sin)
+        q = apply_rope(attn.q_proj(h).view(B, H, 1, D), cos, sin)
+        k = apply_rope(attn.k_proj(h).view(B, KV, 1, D), cos, sin)
         k_cache.index_copy_(2, slot.view(1), k.to(dtype))
         v_cache.index_copy_(2, slot.view(1), attn.v_proj(h).view(B, KV, 1, D).to(dtype))
         # each key/value head with its group of query heads: (B, KV, group, S)
