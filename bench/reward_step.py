@@ -22,6 +22,10 @@ call does before its first step is left out. TRL's console logging callbacks are
 untimed warm-up per side, then ``--rounds`` rounds alternate ``--steps`` steps of ours with
 ``--steps`` of TRL's; the medians give seconds per step and the ratio TRL/ours.
 
+A third side, "compiled", is ours with ``--train.compile`` (a second ``Trainer`` with
+``compile=True`` on a copy of the same weights and pairs); it compiles in its warm-up steps,
+whose time is printed, not in the timed rounds. ``--no-compiled`` leaves it out.
+
     .venv/bin/pip install trl==1.12.0
     .venv/bin/python bench/reward_step.py                       # 8 pairs of 128 tokens
     .venv/bin/python bench/reward_step.py --batch-size 32 --length 256 --threads 2
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import functools
 import io
@@ -70,6 +75,8 @@ def main():
                    help="(chosen, rejected) pairs per step")
     p.add_argument("--length", type=int, default=128, help="tokens in every sequence")
     p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
+    p.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time ours with --train.compile (default on)")
     add_run_flags(p, rounds=6)
     args = p.parse_args()
     if args.quick:
@@ -108,9 +115,16 @@ def main():
                                 threads=args.threads, seed=args.seed, progress=False)
         items = [(pair, [(0, 1)]) for pair in ids]
 
-        ours = Trainer(model, t, tmp / "ours", EpochBatches(items, t.batch_size, t.seed),
-                       functools.partial(rm_loss, pad_id=tok.pad_id))
-        ours.model.train()
+        def our_trainer(name: str, m: torch.nn.Module, compile: bool) -> Trainer:
+            trainer = Trainer(m, dataclasses.replace(t, compile=compile), tmp / name,
+                              EpochBatches(items, t.batch_size, t.seed),
+                              functools.partial(rm_loss, pad_id=tok.pad_id))
+            trainer.model.train()
+            return trainer
+
+        ours = {"ours": our_trainer("ours", model, False)}
+        if args.compiled:
+            ours["compiled"] = our_trainer("compiled", copy.deepcopy(model), True)
 
         # TRL: RewardTrainer on the twin, with the same pairs already tokenized
         config = RewardConfig(
@@ -138,13 +152,13 @@ def main():
         print(f"step: {args.batch_size} pairs = {2 * args.batch_size} sequences of "
               f"{args.length} tokens")
 
-        def run_ours(n: int) -> list[float]:
+        def run_ours(trainer: Trainer, n: int) -> list[float]:
             times = []
             for _ in range(n):
                 t0 = time.perf_counter()
-                ours.train_step()
+                trainer.train_step()
                 times.append(time.perf_counter() - t0)
-                ours.step += 1
+                trainer.step += 1
             return times
 
         def run_trl(n: int) -> list[float]:
@@ -155,25 +169,35 @@ def main():
             assert len(times) == n, f"TRL ran {len(times) + 1} steps, not {n + 1}"
             return times
 
-        run_ours(1)  # warm-up, untimed
-        run_trl(1)
-        ours_times: list[float] = []
-        trl_times: list[float] = []
+        sides = {name: functools.partial(run_ours, trainer) for name, trainer in ours.items()}
+        sides["TRL"] = run_trl
+        warm = {}
+        for name, run in sides.items():  # warm-up, untimed (the compiled side compiles)
+            t0 = time.perf_counter()
+            run(2 if name == "compiled" else 1)
+            warm[name] = time.perf_counter() - t0
+        print("warm-up: " + ", ".join(f"{name} {s:.1f} s" for name, s in warm.items()))
+        times: dict[str, list[float]] = {name: [] for name in sides}
         for r in range(args.rounds):
-            a, b = run_ours(args.steps), run_trl(args.steps)
-            ours_times += a
-            trl_times += b
-            print(f"round {r + 1}: ours {1e3 * statistics.mean(a):8.1f} ms/step   "
-                  f"TRL {1e3 * statistics.mean(b):8.1f} ms/step")
+            line = []
+            for name, run in sides.items():
+                got = run(args.steps)
+                times[name] += got
+                line.append(f"{name} {1e3 * statistics.mean(got):8.1f} ms/step")
+            print(f"round {r + 1}: " + "   ".join(line))
 
-        med_o, med_t = statistics.median(ours_times), statistics.median(trl_times)
-        best_o, best_t = min(ours_times), min(trl_times)
-        print(f"ours: median {1e3 * med_o:8.1f} ms/step   best {1e3 * best_o:8.1f} ms/step")
-        print(f" TRL: median {1e3 * med_t:8.1f} ms/step   best {1e3 * best_t:8.1f} ms/step")
-        print(f"TRL/ours: median {med_t / med_o:.2f}x   best {best_t / best_o:.2f}x")
-        record("reward_step", args, {"ours": ours_times, "TRL": trl_times}, "s/step",
-               ["TRL/ours"], lower_is_better=True, depth=c.depth, vocab=c.vocab_size,
-               pairs=args.batch_size, length=args.length)
+        med = {name: statistics.median(v) for name, v in times.items()}
+        best = {name: min(v) for name, v in times.items()}
+        for name in sides:
+            print(f"{name:>8}: median {1e3 * med[name]:8.1f} ms/step   "
+                  f"best {1e3 * best[name]:8.1f} ms/step")
+        ratios = [f"TRL/{name}" for name in ours]
+        for name in ours:
+            print(f"TRL/{name}: median {med['TRL'] / med[name]:.2f}x   "
+                  f"best {best['TRL'] / best[name]:.2f}x")
+        record("reward_step", args, times, "s/step", ratios, lower_is_better=True,
+               depth=c.depth, vocab=c.vocab_size, pairs=args.batch_size, length=args.length,
+               warmup_s=warm)
 
 
 if __name__ == "__main__":

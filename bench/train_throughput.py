@@ -14,6 +14,10 @@ FLOPs (``train_flops_per_token``: its matrix multiplies, attention's included, f
 backward) per second, against the best rate of square products in the step's precision
 (``matmul_peak``, timed in the same run).
 
+A third side, "compiled", is ours under ``torch.compile`` as ``--train.compile`` runs it (the
+model compiled, the optimizer not), from a copy of the same weights; it compiles in its warmup
+steps, whose time is printed, not in the timed rounds. ``--no-compiled`` leaves it out.
+
     .venv/bin/pip install "transformers>=4.45"      # or: pip install -e ".[bench]"
     .venv/bin/python bench/train_throughput.py                  # depth 4, seq 256, batch 16
     .venv/bin/python bench/train_throughput.py --precision bf16 --depth 8 --threads 2
@@ -21,6 +25,7 @@ backward) per second, against the best rate of square products in the step's pre
 """
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -101,6 +106,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    p.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time ours under torch.compile, as --train.compile (default on)")
     add_run_flags(p, rounds=8, fixed_shapes=True)  # pre-training's batches: one shape
     args = p.parse_args()
     if args.quick:
@@ -131,6 +138,10 @@ def main():
         "ours": (ours, make_optimizer(ours, tcfg), lambda x, y: ours(x, y)),
         "HF": (hf, make_optimizer(hf, tcfg), hf_loss),
     }
+    if args.compiled:  # as the Trainer compiles with --train.compile
+        twin = copy.deepcopy(ours)
+        compiled = torch.compile(twin)
+        sides["compiled"] = (twin, make_optimizer(twin, tcfg), lambda x, y: compiled(x, y))
 
     def run(name: str, steps: int) -> tuple[float, float]:
         model, opt, loss_fn = sides[name]
@@ -146,8 +157,10 @@ def main():
             opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0, last
 
-    for name in sides:
-        run(name, args.warmup)
+    warm = {}
+    for name in sides:  # warmup (and the compiled side's compiling)
+        warm[name] = run(name, args.warmup)[0]
+    print("warmup: " + ", ".join(f"{name} {t:.1f} s" for name, t in warm.items()))
     rates: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(args.rounds):
         line = []
@@ -160,19 +173,23 @@ def main():
     med = {name: statistics.median(v) for name, v in rates.items()}
     best = {name: max(v) for name, v in rates.items()}
     for name in sides:
-        print(f"{name:>4}: median {med[name]:8.0f} tok/s   best {best[name]:8.0f} tok/s")
-    print(f"ours/HF: median {med['ours'] / med['HF']:.2f}x   best {best['ours'] / best['HF']:.2f}x")
+        print(f"{name:>8}: median {med[name]:8.0f} tok/s   best {best[name]:8.0f} tok/s")
+    ratios = [f"{name}/HF" for name in sides if name != "HF"]
+    for of in ratios:
+        top = of.split("/")[0]
+        print(f"{of}: median {med[top] / med['HF']:.2f}x   best {best[top] / best['HF']:.2f}x")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak, n = matmul_peak(dtype, seconds=0.1 if args.quick else 1.0)
     per_token = train_flops_per_token(ours, T)
     share = {name: med[name] * per_token / peak for name in sides}
     print(f"model FLOPs: {per_token * B * T / 1e9:.1f} GFLOP a step; the CPU's "
           f"{str(dtype).removeprefix('torch.')} matmul peak: {peak / 1e9:.0f} GFLOP/s (at "
-          f"{n}^3); a step reaches {share['ours']:.0%} of it (HF {share['HF']:.0%})")
-    record("train_throughput", args, rates, "tokens/s", ["ours/HF"], depth=cfg.depth,
+          f"{n}^3); a step reaches " + ", ".join(f"{v:.0%} of it ({name})"
+                                           for name, v in share.items()))
+    record("train_throughput", args, rates, "tokens/s", ratios, depth=cfg.depth,
            batch_size=B, seq_len=T, vocab=V, steps_per_round=args.steps,
            gflop_per_step=per_token * B * T / 1e9, matmul_peak_gflops=peak / 1e9, peak_n=n,
-           share_of_peak={name: round(v, 4) for name, v in share.items()})
+           share_of_peak={name: round(v, 4) for name, v in share.items()}, warmup_s=warm)
 
 
 if __name__ == "__main__":
