@@ -179,6 +179,9 @@ class PipelineConfig:
                 "(rejection-sampling fine-tuning, truth reward), dpo (on the rankings, no "
                 "RM), a comma-separated list, or all: each from the same SFT "
                 "model, side by side in eval and the report"})
+    rl_from: str = field(default="sft", metadata={
+        "help": "what RL starts from: sft (the SFT model), or base (the base model, pre-trained "
+                "or imported, with no SFT run: RL alone, for the truth-rewarded grpo and rft)"})
     side_by_side: bool = field(default=True, metadata={
         "help": "run the RL methods (each from the SFT model) side by side, a process each, "
                 "where the CPU has a core for each; else one after another"})
@@ -466,7 +469,7 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
         raise GptsmithError(f"--from {redo_from!r}: no such phase; the phases, in order: "
                             f"{', '.join(PHASES)}")
     _check_filled(cfg)
-    rl_methods(cfg.rl)  # refused before any phase runs
+    check_rl_from(cfg)  # refused before any phase runs
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     given = dataclasses.asdict(cfg)  # before the phases fill in their paths
@@ -476,7 +479,7 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
         forget_from(root, run.book, redo_from, {Path(p).resolve() for p in inputs if p})
     base_model_phases(run)
     sft_phases(run)
-    runs = [root / "pretrain", root / "sft", *rlhf_phases(run)]
+    runs = [root / "pretrain", *[root / "sft"] * (cfg.rl_from == "sft"), *rlhf_phases(run)]
     eval_phase(run, runs)
     write_config(root, given)  # what the pipeline directory now holds was made with
     rows = summary_rows(run.book["phases"], run.seen, run.ran)
@@ -576,7 +579,24 @@ def sft_phases(run: PipelineRun) -> None:
     else:
         cfg.sft.data = cfg.demos
     cfg.sft.base, cfg.sft.out = str(root / "pretrain"), str(root / "sft")
+    if cfg.rl_from == "base":
+        print("== sft: not run (--rl-from base: RL starts from the base model)")
+        return
     run.trainer("sft", cfg.sft, sft)
+
+
+def check_rl_from(cfg: PipelineConfig) -> None:
+    """``--rl`` names known methods, and with ``--rl-from base`` only those that need no
+    comparisons (the labeler ranks the SFT model's samples, and the reward model starts
+    from it)."""
+    methods = rl_methods(cfg.rl)
+    if cfg.rl_from not in ("sft", "base"):
+        raise GptsmithError(f"--rl-from {cfg.rl_from!r}: give sft or base")
+    need_sft = [m for m in methods if m in ("ppo", "dpo")]
+    if cfg.rl_from == "base" and need_sft:
+        raise GptsmithError(f"--rl-from base with --rl {cfg.rl}: {' and '.join(need_sft)} "
+                            "learn from comparisons of the SFT model's replies; from the base "
+                            "model give --rl grpo, rft or grpo,rft (the truth reward)")
 
 
 def rlhf_inputs(cfg: PipelineConfig, root: Path) -> tuple[str, str, str]:
@@ -600,9 +620,9 @@ def rl_methods(rl: str) -> list[str]:
 
 
 def rlhf_phases(run: PipelineRun) -> list[Path]:
-    """label (unless --comparisons gives them), then each method of --rl from the SFT model:
-    rm and ppo, grpo and rft (the truth reward), dpo (on the comparisons); the run directories made
-    (none without comparisons and prompts)."""
+    """label (unless --comparisons gives them), then each method of --rl from the SFT model
+    (or the base model, ``--rl-from base``): rm and ppo, grpo and rft (the truth reward), dpo
+    (on the comparisons); the run directories made (none without comparisons and prompts)."""
     cfg, root = run.cfg, run.root
     methods = rl_methods(cfg.rl)
     questions, comparisons, rl_prompts = rlhf_inputs(cfg, root)
@@ -617,16 +637,16 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
         run.phase("label", Path(comparisons).exists(), rank_samples,
                   {"k": cfg.label_k, "prompts": cfg.label_prompts, "rl_prompts": rl_prompts,
                    **longer})
-    sft_run = str(root / "sft")
+    start = str(root / ("sft" if cfg.rl_from == "sft" else "pretrain"))  # where RL starts
     missing = {"ppo": not (comparisons and rl_prompts), "grpo": not rl_prompts,
                "rft": not rl_prompts, "dpo": not comparisons}
     for method in [m for m in methods if missing[m]]:
         print(f"== {method}: skipped (give --comparisons and --rl-prompts for your own data)")
-    jobs = []  # each method from the SFT model: side by side where the cores allow
+    jobs = []  # each method from the same model: side by side where the cores allow
     if "ppo" in methods and not missing["ppo"]:
-        cfg.rm.base, cfg.rm.data, cfg.rm.out = sft_run, comparisons, str(root / "rm")
+        cfg.rm.base, cfg.rm.data, cfg.rm.out = start, comparisons, str(root / "rm")
         run.trainer("rm", cfg.rm, train_reward_model)
-        cfg.ppo.policy, cfg.ppo.reward = sft_run, str(root / "rm")
+        cfg.ppo.policy, cfg.ppo.reward = start, str(root / "rm")
         cfg.ppo.prompts, cfg.ppo.out = rl_prompts, str(root / "ppo")
         cfg.ppo.eval_questions = cfg.ppo.eval_questions or questions
         jobs.append(("ppo", cfg.ppo, ppo, {"rollouts": cfg.ppo.train.batch_size}))
@@ -634,7 +654,7 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
     for name, train in (("grpo", grpo), ("rft", rft)):  # sampled groups, a reward program
         if name in methods and not missing[name]:
             c = getattr(cfg, name)
-            c.policy, c.prompts, c.out = sft_run, rl_prompts, str(root / name)
+            c.policy, c.prompts, c.out = start, rl_prompts, str(root / name)
             c.eval_questions = c.eval_questions or questions
             if name == "rft" and c.talk_batch and not _has_talk(rl_prompts):
                 print(f"== rft: {rl_prompts} has no conversational prompts (\"kind\": "
@@ -642,7 +662,7 @@ def rlhf_phases(run: PipelineRun) -> list[Path]:
                 c.talk_batch = 0
             jobs.append((name, c, train, {"rollouts": c.train.batch_size * c.group_size}))
     if "dpo" in methods and not missing["dpo"]:
-        cfg.dpo.policy, cfg.dpo.data, cfg.dpo.out = sft_run, comparisons, str(root / "dpo")
+        cfg.dpo.policy, cfg.dpo.data, cfg.dpo.out = start, comparisons, str(root / "dpo")
         jobs.append(("dpo", cfg.dpo, dpo, None))
     run.trainers(jobs)
     return [root / job[0] for job in jobs]

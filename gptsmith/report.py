@@ -277,27 +277,29 @@ def story(records: dict) -> list[str]:
         out.append(f"The reward model agrees with the labeler on "
                    f"{_pct(numbers['rm']['val_accuracy'])} of held-out comparisons.")
     sharpened = []
+    start, named = (sft, "SFT") if sft else (base, "base")  # what RL started from
     for m in RL:
         row = models.get(m)
-        if not (row and sft):
+        if not (row and start):
             continue
         kl = numbers.get(m, {}).get("kl")
-        line = f"{NAMES[m]} moved greedy accuracy {_moved(sft['accuracy'], row['accuracy'])}"
-        if row.get("sampled_accuracy") is not None and sft.get("sampled_accuracy") is not None:
+        line = f"{NAMES[m]} moved greedy accuracy {_moved(start['accuracy'], row['accuracy'])}"
+        if row.get("sampled_accuracy") is not None and \
+                start.get("sampled_accuracy") is not None:
             line += (" and sampled accuracy "
-                     + _moved(sft["sampled_accuracy"], row["sampled_accuracy"]))
-            if (row["sampled_accuracy"] - sft["sampled_accuracy"]
-                    > row["accuracy"] - sft["accuracy"] + 0.02):
+                     + _moved(start["sampled_accuracy"], row["sampled_accuracy"]))
+            if (row["sampled_accuracy"] - start["sampled_accuracy"]
+                    > row["accuracy"] - start["accuracy"] + 0.02):
                 sharpened.append(NAMES[m])
-        out.append(line + (f", {kl:.2f} nats of KL from the SFT model." if kl is not None
-                           else "."))
+        out.append(line + (f", {kl:.2f} nats of KL from the {named} model." if kl is not None
+                           else f" (from the {named} model)."))
     if sharpened:
         out.append(f"{' and '.join(sharpened)} raised the sampled answers more than the greedy "
                    "one: RL here mostly makes the model choose, more often, an answer it "
                    "already gave sometimes; the best answer gains less than the typical one.")
     talk = {m: r.get("talk_number_rate") for m, r in models.items()
             if r.get("talk_number_rate") is not None}
-    if talk and sft and any(m in talk for m in RL):
+    if talk and start and any(m in talk for m in RL):
         n = (records.get("eval") or {}).get("numbers", {}).get("open_prompts")
         out.append("Ordinary conversation (" + (f"{n} prompts" if n else "open prompts")
                    + ", e.g. \"Hello, how are you?\"), share answered with a number: "
@@ -406,21 +408,23 @@ def _settings(root: Path, records: dict) -> str:
 
 
 def _next_steps(root: Path) -> str:
-    last = next((root / m for m in RL if (root / m / "model.safetensors").exists()),
-                root / "sft")
+    start = root / "sft" if (root / "sft").exists() else root / "pretrain"
+    last = next((root / m for m in RL if (root / m / "model.safetensors").exists()), start)
     named = " ".join(f"{NAMES.get(m, m).lower()}={root / m}" for m in ("pretrain", "sft", *RL)
                      if (root / m / "model.safetensors").exists())
     lines = [("Chat with the assistant in the terminal", f"gptsmith chat {last}"),
              ("Serve the models (OpenAI-compatible API and a chat page with a model picker)",
               f"gptsmith serve {named}"),
              ("Compare them on your own questions (a .jsonl of prompt and answer)",
-              f"gptsmith eval --model {root / 'sft'} --model {last} "
+              f"gptsmith eval --model {start} --model {last} "
               "--questions my_questions.jsonl"),
              ("Bring your own data (each file replaces a built-in one)",
               "gptsmith pipeline --out runs/mine --corpus my_corpus.txt --demos my_demos.jsonl "
               "--comparisons my_rankings.jsonl --rl-prompts my_prompts.jsonl"),
              ("Try the other RL methods on the same SFT model",
-              f"gptsmith pipeline --out {root} --rl all"),
+              f"gptsmith pipeline --out {root} --rl all") if start.name == "sft" else
+             ("Try both truth-rewarded RL methods from the same base model",
+              f"gptsmith pipeline --out {root} --rl grpo,rft --rl-from base"),
              ("Rebuild this page", f"gptsmith report {root}")]
     return "<h2>What next</h2>" + "".join(f"<p class=cap>{escape(what)}:</p><pre>"
                                           f"{escape(cmd)}</pre>" for what, cmd in lines)

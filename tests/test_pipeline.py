@@ -413,6 +413,36 @@ def test_rl_methods_run_side_by_side_and_a_failed_one_resumes(tmp_path, tiny_pip
     assert "side by side, counted once: rft beside grpo" in captured
 
 
+def test_rl_from_the_base_model_runs_no_sft(tmp_path, tiny_pipeline_args, capsys):
+    """--rl-from base: RFT starts from the base model and no SFT runs; eval and the report
+    compare RL with the base model. PPO, which learns from the SFT model's ranked replies,
+    is refused before anything runs."""
+    out = tmp_path / "pipe"
+    assert main([*tiny_pipeline_args, "--rl-from", "base"]) == 2  # the fixture's --rl ppo
+    assert "--rl-from base with --rl ppo" in capsys.readouterr().err
+    assert not out.exists()
+
+    assert main([*tiny_pipeline_args, *TINY_RL, "--rl", "rft", "--rl-from", "base"]) == 0
+    assert "== sft: not run (--rl-from base" in capsys.readouterr().out
+    assert list(json.loads((out / "pipeline.json").read_text())["phases"]) == [
+        "tokenizer", "data", "pretrain", "samples", "rft", "eval"]
+    assert not (out / "sft").exists()
+    assert yaml.safe_load((out / "rft" / "config.yaml").read_text())["policy"] == \
+        str(out / "pretrain")
+    assert [m["model"] for m in json.loads((out / "eval.json").read_text())] == [
+        str(out / "pretrain"), str(out / "rft")]
+    html = (out / "report.html").read_text()
+    assert "RFT moved greedy accuracy" in html and "from the base model" in html
+    assert f"gptsmith eval --model {out / 'pretrain'} --model {out / 'rft'}" in html
+
+
+def test_the_smollm2_rl_recipe_asks_the_questions_of_smollm2_system2():
+    """RL alone and SFT then RL on SmolLM2 are measured on the same held-out questions."""
+    rl, system2 = config("--recipe", "smollm2-rl"), config("--recipe", "smollm2-system2")
+    assert (rl.rl, rl.rl_from, rl.base, rl.rft.sft_batch) == ("rft", "base", "smollm2", 0)
+    assert rl.world == system2.world
+
+
 def test_report_of_a_directory_without_a_pipeline_is_refused(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no pipeline.json" in capsys.readouterr().err
