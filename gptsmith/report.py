@@ -283,7 +283,8 @@ def story(records: dict) -> list[str]:
         if not (row and start):
             continue
         kl = numbers.get(m, {}).get("kl")
-        line = f"{NAMES[m]} moved greedy accuracy {_moved(start['accuracy'], row['accuracy'])}"
+        line = (f"{NAMES[m]}{' (from the base model, no SFT)' * (named == 'base')} moved "
+                f"greedy accuracy {_moved(start['accuracy'], row['accuracy'])}")
         if row.get("sampled_accuracy") is not None and \
                 start.get("sampled_accuracy") is not None:
             line += (" and sampled accuracy "
@@ -292,7 +293,7 @@ def story(records: dict) -> list[str]:
                     > row["accuracy"] - start["accuracy"] + 0.02):
                 sharpened.append(NAMES[m])
         out.append(line + (f", {kl:.2f} nats of KL from the {named} model." if kl is not None
-                           else f" (from the {named} model)."))
+                           else "."))
     if sharpened:
         out.append(f"{' and '.join(sharpened)} raised the sampled answers more than the greedy "
                    "one: RL here mostly makes the model choose, more often, an answer it "
