@@ -479,7 +479,8 @@ def run_pipeline(cfg: PipelineConfig, redo_from: str | None = None) -> dict:
         forget_from(root, run.book, redo_from, {Path(p).resolve() for p in inputs if p})
     base_model_phases(run)
     sft_phases(run)
-    runs = [root / "pretrain", *[root / "sft"] * (cfg.rl_from == "sft"), *rlhf_phases(run)]
+    sft_run = [root / "sft"] if cfg.rl_from == "sft" else []
+    runs = [root / "pretrain", *sft_run, *rlhf_phases(run)]
     eval_phase(run, runs)
     write_config(root, given)  # what the pipeline directory now holds was made with
     rows = summary_rows(run.book["phases"], run.seen, run.ran)
