@@ -409,13 +409,19 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg = cfg.resolved()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        # under torch.device("meta") (from_state_dict, read_weights): shapes only, and no
+        # arithmetic, as the first op on that device imports torch._dynamo (a second at start)
+        skeleton = torch.empty(0).is_meta
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.n_embd, _weight=torch.empty(
+            cfg.vocab_size, cfg.n_embd) if skeleton else None)  # given a weight: no init
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         if cfg.head == "scalar":
             self.score = nn.Linear(cfg.n_embd, 1, bias=True)
         elif not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if skeleton:
+            return
         cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)

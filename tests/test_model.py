@@ -171,3 +171,27 @@ def test_a_full_cache_is_a_clear_error(tiny_model):
     tiny_model(torch.zeros(1, 6, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="KV cache has 8 slots"):
         tiny_model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+
+
+def test_loading_a_run_builds_no_random_weights_and_imports_no_compiler(tiny_run, tiny_model):
+    """``load_model`` builds the model's skeleton on the meta device and assigns the saved
+    weights: no random initialisation, and no op on that device, whose first one imports
+    torch._dynamo (a second at the start of every chat, serve or eval; it runs apart, as
+    this process has imported it already)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from gptsmith.runs import load_model; m, _ = load_model(sys.argv[1], "
+            "'cpu'); print(int('torch._dynamo' in sys.modules), m.rope_cos.shape[0])")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_run)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    from gptsmith.runs import load_model
+
+    model, _ = load_model(tiny_run, "cpu")
+    assert out == ["0", str(model.cfg.seq_len)]
+    torch.manual_seed(0)
+    a = GPT(tiny_model.cfg)
+    torch.manual_seed(0)
+    b = GPT(tiny_model.cfg)  # the random initialisation itself is unchanged and seeded
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert float(a.embed_tokens.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
