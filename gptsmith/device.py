@@ -54,6 +54,9 @@ def resolve_precision(precision: str, device: torch.device, fixed_shapes: bool =
     memory (1.5 GB instead of 0.6 for SFT): oneDNN, which multiplies bf16 there, builds and
     keeps a kernel for every new shape. Wider models gain more from each matmul: SFT ran
     1.08x faster in bf16 at width 384, 1.2x at width 576 (a 45M model, and SmolLM2-135M).
+    Measured again on 2026-11-30 (README "Benchmarks"): the default run's PPO on 1 thread,
+    as it runs beside RFT, 1.34x faster in bf16 but at 1.34 GB against 0.68 (1.08-1.10x on
+    2 threads); its RFT and SFT no faster. Its RFT sets the run's time, so fp32 stays.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
