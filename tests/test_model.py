@@ -189,9 +189,9 @@ def test_loading_a_run_builds_no_random_weights_and_imports_no_compiler(tiny_run
 
     model, _ = load_model(tiny_run, "cpu")
     assert out == ["0", str(model.cfg.seq_len)]
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # off the meta device a new model is still initialised, seeded
     a = GPT(tiny_model.cfg)
     torch.manual_seed(0)
-    b = GPT(tiny_model.cfg)  # the random initialisation itself is unchanged and seeded
+    b = GPT(tiny_model.cfg)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
     assert float(a.embed_tokens.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
